@@ -1,0 +1,1 @@
+"""Helpers for ``bench/run.py``: the devpid vs devpi-server benchmark."""

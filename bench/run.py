@@ -1,0 +1,234 @@
+"""Benchmark devpid against devpi-server, both mirroring the same local upstream.
+
+Run from anywhere as ``python bench/run.py [--quick] [--skip-devpi] [--json FILE]``;
+see bench/README.md for what it measures and how.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import attrs
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fixtures
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for devpid_bench
+
+from devpid_bench import devpi, measure, procs, repository, wrk
+from devpid_bench.http import http_get
+from devpid_bench.report import Results, format_table
+
+MiB = 2**20
+RATE = 10_000_000  # bytes/s of the rate-limited upstream
+BIG_FILE = 16 * MiB
+CORPUS = procs.REPO_ROOT.parent / "shared" / "corpus"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="short runs and a 100 MiB instead of a 1 GiB file (a few minutes)",
+    )
+    parser.add_argument("--skip-devpi", action="store_true", help="measure devpid only")
+    parser.add_argument(
+        "--skip-devpid", action="store_true", help="measure devpi only (to check the harness)"
+    )
+    parser.add_argument("--json", type=Path, help="write the results as JSON to this file")
+    parser.add_argument(
+        "--devpi-venv",
+        type=Path,
+        default=devpi.DEFAULT_VENV,
+        help="venv for devpi-server and devpi-client, created when missing (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--corpus",
+        type=Path,
+        default=CORPUS,
+        help="real distributions for the pip run, used when present (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the temporary directory (logs, serverdirs) for a look after",
+    )
+    return parser.parse_args(argv)
+
+
+def settings_for(quick: bool) -> measure.Settings:
+    return measure.Settings(
+        quick=quick,
+        load_seconds=3 if quick else 10,
+        file_connections=4,
+        cold_repeats=1 if quick else 3,
+        pip_runs=3,
+        huge_clients=10,
+        herd_clients=20,
+    )
+
+
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def run(args: argparse.Namespace, workdir: Path, results: Results) -> None:
+    settings = settings_for(args.quick)
+    huge_size = 100 * MiB if args.quick else 1024 * MiB
+    setup: list[str] = []
+    results.meta.update(
+        quick=args.quick,
+        python=sys.version.split()[0],
+        machine=f"{platform.machine()}, {platform.node()}",
+        settings=attrs.asdict(settings),
+        rate_limited_upstream_bytes_per_s=RATE,
+        big_file_bytes=BIG_FILE,
+        huge_file_bytes=huge_size,
+        devpi_setup=setup,
+    )
+    group = procs.ProcessGroup(log_dir=workdir)
+    try:
+        notes: list[str] = []
+        wrk_path = wrk.ensure_wrk(notes)
+        results.problems.extend(notes)
+        wrk_script = wrk.write_script(workdir)
+
+        bin_dir = None
+        if not args.skip_devpi:
+            say(f"devpi venv: {args.devpi_venv}")
+            bin_dir = devpi.ensure_venv(args.devpi_venv, setup)
+            results.meta["devpi_server_version"] = devpi.devpi_version(bin_dir)
+        if not args.skip_devpid:
+            why = procs.devpid_available()
+            if why:
+                raise procs.BenchError(why)
+
+        say("building the upstream repository")
+        root = workdir / "upstream-root"
+        started = time.monotonic()
+        repo = repository.build(root, args.corpus, BIG_FILE, settings.cold_repeats, huge_size)
+        say(f"  built in {time.monotonic() - started:.1f}s")
+
+        fast_up = procs.start_upstream(group, "upstream-fast", root)
+        slow_up = procs.start_upstream(group, "upstream-slow", root)
+        slow_up.set_rate(RATE)
+        say(f"upstreams: {fast_up.url} (fast), {slow_up.url} (rate {RATE / 1e6:.0f} MB/s)")
+
+        fast: dict[str, measure.Mirror] = {}
+        slow: dict[str, measure.Mirror] = {}
+        if not args.skip_devpid:
+            server = procs.start_devpid(group, "devpid", workdir / "devpid-serverdir", fast_up)
+            fast["devpid"] = measure.Mirror(server, "root/pypi", fast_up)
+            server = procs.start_devpid(
+                group, "devpid-slow", workdir / "devpid-slow-serverdir", slow_up
+            )
+            slow["devpid"] = measure.Mirror(server, "root/pypi", slow_up)
+            say(f"devpid: {fast['devpid'].server.url}, {server.url} (rate-limited upstream)")
+        if bin_dir is not None:
+            server = devpi.start_devpi(
+                group,
+                bin_dir,
+                workdir,
+                {"root/pypi": fast_up.simple_url, "root/slow": slow_up.simple_url},
+                setup,
+            )
+            fast["devpi"] = measure.Mirror(server, "root/pypi", fast_up)
+            slow["devpi"] = measure.Mirror(server, "root/slow", slow_up)
+            say(f"devpi-server: {server.url} (root/pypi fast, root/slow rate-limited)")
+
+        bench = measure.Bench(
+            settings=settings,
+            results=results,
+            fast=fast,
+            slow=slow,
+            fast_upstream=fast_up,
+            slow_upstream=slow_up,
+            wrk=wrk_path,
+            wrk_script=wrk_script,
+            workdir=workdir,
+        )
+        page_project = repo.requirements[0]
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("cached project page", lambda: measure.cached_page(bench, page_project)),
+            ("cached big file", lambda: measure.cached_file(bench, repo.warm)),
+            (
+                "cold file via the rate-limited upstream",
+                lambda: measure.cold_file(bench, repo.cold, RATE),
+            ),
+            ("concurrent cold requests", lambda: measure.herd(bench, repo.herd)),
+            ("pip install", lambda: measure.pip_install(bench, repo.requirements)),
+            ("peak RSS", lambda: measure.peak_rss(bench, repo.huge)),
+        ]
+        for name, step in steps:
+            say(name)
+            step()
+        for label, mirror in fast.items():
+            if label == "devpid":
+                try:
+                    _, _, body = http_get(mirror.server.url + "+status", timeout=10)
+                    results.details["devpid_status"] = body.decode(errors="replace")[:5000]
+                except OSError as exc:
+                    results.problems.append(f"devpid /+status: {exc}")
+        for child in list(group.children):
+            if not child.alive():
+                results.problems.append(f"{child.name} exited early with {child.popen.returncode}")
+            if child.name.startswith("devpid"):
+                scan_log(child, results)
+    finally:
+        group.close()
+
+
+def scan_log(child: procs.Child, results: Results) -> None:
+    """Note tracebacks and unhandled errors in a devpid log."""
+    if child.log_path is None:
+        return
+    text = child.log_path.read_text(errors="replace")
+    lines = text.splitlines()
+    bad = [
+        i
+        for i, line in enumerate(lines)
+        if "Traceback" in line or "Unhandled" in line or "CRITICAL" in line
+    ]
+    if bad:
+        first = "\n      ".join(lines[bad[0] : bad[0] + 12])
+        results.problems.append(
+            f"{child.name} log has {len(bad)} traceback/unhandled lines; first:\n      {first}"
+        )
+    results.details[f"{child.name}_log_lines"] = len(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    results = Results()
+    workdir = Path(tempfile.mkdtemp(prefix="devpid-bench-"))
+    say(f"work directory: {workdir}")
+    status = 0
+    try:
+        run(args, workdir, results)
+    except procs.BenchError as exc:
+        results.problems.append(f"benchmark stopped: {exc}")
+        status = 1
+    except KeyboardInterrupt:
+        results.problems.append("interrupted")
+        status = 130
+    finally:
+        print()
+        print(format_table(results))
+        if args.json:
+            results.write_json(args.json)
+            say(f"results written to {args.json}")
+        if args.keep:
+            say(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

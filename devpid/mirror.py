@@ -1,0 +1,240 @@
+"""The mirror index (``root/pypi``): freshness, coalesced refreshes, stale and offline fallback.
+
+A project page is served from memory (or the serverdir after a restart) while
+it is fresh. After ``cache_expiry`` seconds it is revalidated with a
+conditional GET; concurrent revalidations of one page share one upstream
+request. When the upstream fails, the stale page is served (and the upstream
+is not asked again for ``error_backoff`` seconds); with nothing cached, the
+caller gets ``IndexUnavailable`` and answers 502.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from devpid.coalesce import Coalescer
+from devpid.filestore import FileStore
+from devpid.render import LinkRenderer, render_project_list, render_project_page
+from devpid.simple import (
+    Link,
+    PageParseError,
+    ProjectPage,
+    parse_project_list,
+    parse_project_page,
+)
+from devpid.stats import Stats
+from devpid.store import StateStore
+from devpid.upstream import PageResponse, UpstreamClient, UpstreamError
+
+PROJECT_LIST = "+projects"
+
+
+class ProjectNotFound(Exception):
+    """The upstream does not have the project (or devpid is offline without it)."""
+
+
+class IndexUnavailable(Exception):
+    """Nothing is cached and the upstream failed; the message is one line."""
+
+
+@attrs.define(eq=False)
+class CachedPage:
+    """A project page (or the project list) with what is needed to revalidate it."""
+
+    content: ProjectPage | tuple[str, ...]
+    etag: str | None
+    serial: int | None
+    fetched_at: float
+    #: Until when a failed revalidation lets the stale page be served without retrying.
+    retry_at: float = 0.0
+    _renders: dict[tuple[str, LinkRenderer], bytes] = attrs.field(factory=dict)
+
+    def is_fresh(self, now: float, expiry: float) -> bool:
+        return now - self.fetched_at < expiry or now < self.retry_at
+
+    def render(
+        self, media_type: str, urls: LinkRenderer, include: Callable[[Link], bool] | None = None
+    ) -> bytes:
+        key = (media_type, urls)
+        body = self._renders.get(key)
+        if body is None:
+            if isinstance(self.content, ProjectPage):
+                body = render_project_page(self.content, media_type, urls, include)
+            else:
+                body = render_project_list(self.content, media_type, urls)
+            if len(self._renders) > 8:  # a few media types x outside URLs at most
+                self._renders.clear()
+            self._renders[key] = body
+        return body
+
+    def meta(self) -> dict[str, Any]:
+        return {"etag": self.etag, "serial": self.serial, "fetched_at": self.fetched_at}
+
+
+@attrs.define
+class MirrorIndex:
+    name: str
+    upstream: UpstreamClient
+    store: StateStore
+    files: FileStore
+    clock: IReactorTime
+    stats: Stats
+    cache_expiry: float
+    offline: bool = False
+    #: After a failed revalidation, serve stale pages this long before asking again.
+    error_backoff: float = 30.0
+    #: How long "the upstream has no such project" is remembered.
+    missing_ttl: float = 60.0
+    #: Project pages kept in memory (least recently used are dropped first).
+    memory_pages: int = 2000
+    _pages: OrderedDict[str, CachedPage] = attrs.field(factory=OrderedDict)
+    _missing: dict[str, float] = attrs.field(factory=dict)
+    _refreshes: Coalescer[CachedPage] = attrs.field(factory=Coalescer)
+    log = Logger()
+
+    def _store_key(self, project: str) -> str:
+        return f"page:{self.name}:{project}"
+
+    # -- reading -------------------------------------------------------------
+
+    async def cached(self, project: str) -> CachedPage | None:
+        """The cached page, fresh or not, from memory or the serverdir."""
+        entry = self._pages.get(project)
+        if entry is not None:
+            self._pages.move_to_end(project)
+            return entry
+        data = self.files.read_page(self.name, project)
+        if data is None:
+            return None
+        meta = await self.store.get_document(self._store_key(project)) or {}
+        try:
+            content: ProjectPage | tuple[str, ...]
+            if project == PROJECT_LIST:
+                content = tuple(data["names"])
+            else:
+                content = ProjectPage.from_json(data)
+        except (KeyError, TypeError, ValueError):
+            self.log.warn("ignoring a damaged cached page for {project}", project=project)
+            return None
+        entry = CachedPage(
+            content, meta.get("etag"), meta.get("serial"), float(meta.get("fetched_at", 0.0))
+        )
+        self._remember(project, entry)
+        return entry
+
+    def _remember(self, project: str, entry: CachedPage) -> None:
+        self._pages[project] = entry
+        self._pages.move_to_end(project)
+        while len(self._pages) > self.memory_pages:
+            self._pages.popitem(last=False)
+
+    async def project_page(self, project: str) -> CachedPage:
+        """The page to serve for a (normalized) project name."""
+        return await self._get(project)
+
+    async def project_list(self) -> CachedPage:
+        if self.offline:
+            names = tuple(self.files.cached_projects(self.name))
+            return CachedPage(names, None, None, self.clock.seconds())
+        return await self._get(PROJECT_LIST)
+
+    async def _get(self, project: str) -> CachedPage:
+        entry = await self.cached(project)
+        now = self.clock.seconds()
+        if entry is not None and (self.offline or entry.is_fresh(now, self.cache_expiry)):
+            self.stats.incr("page_hits")
+            return entry
+        if entry is None:
+            if self.offline:
+                raise ProjectNotFound(f"project {project!r} is not cached and devpid is offline")
+            if self._missing.get(project, 0.0) > now:
+                raise ProjectNotFound(f"project {project!r} is not on the upstream index")
+        self.stats.incr("page_misses")
+        return await self._refreshes.run(project, lambda: self._revalidate(project, entry))
+
+    async def link_for(self, project: str, filename: str, hash_prefix: str) -> Link | None:
+        """The link a file URL refers to, from the cached page (fetched if never seen)."""
+        entry = await self.cached(project)
+        if entry is None:
+            entry = await self.project_page(project)
+        assert isinstance(entry.content, ProjectPage)
+        return entry.content.link_for(filename, hash_prefix)
+
+    # -- revalidating --------------------------------------------------------
+
+    async def _revalidate(self, project: str, entry: CachedPage | None) -> CachedPage:
+        target = None if project == PROJECT_LIST else project
+        try:
+            response = await self.upstream.fetch_page(target, entry.etag if entry else None)
+            if response.status == 304 and entry is not None:
+                return await self._confirmed(project, entry)
+            if response.status in (404, 410):
+                return await self._gone(project, entry)
+            if response.status != 200:
+                raise UpstreamError(f"upstream answered {response.status} for {response.url}")
+            fresh = self._parse(project, response)
+        except (UpstreamError, PageParseError) as e:
+            return self._stale_or_fail(project, entry, str(e))
+        if (
+            entry is not None
+            and entry.serial is not None
+            and fresh.serial is not None
+            and fresh.serial < entry.serial
+        ):
+            self.log.warn(
+                "upstream page for {project} has serial {new} < cached {old}; keeping the cache",
+                project=project,
+                new=fresh.serial,
+                old=entry.serial,
+            )
+            return await self._confirmed(project, entry)
+        await self._save(project, fresh)
+        return fresh
+
+    def _parse(self, project: str, response: PageResponse) -> CachedPage:
+        content: ProjectPage | tuple[str, ...]
+        if project == PROJECT_LIST:
+            content = parse_project_list(response.body, response.content_type)
+        else:
+            content = parse_project_page(
+                project, response.body, response.content_type, response.url, response.serial
+            )
+        return CachedPage(content, response.etag, response.serial, self.clock.seconds())
+
+    async def _confirmed(self, project: str, entry: CachedPage) -> CachedPage:
+        entry.fetched_at = self.clock.seconds()
+        entry.retry_at = 0.0
+        await self.store.set_document(self._store_key(project), entry.meta())
+        return entry
+
+    async def _gone(self, project: str, entry: CachedPage | None) -> CachedPage:
+        self._missing[project] = self.clock.seconds() + self.missing_ttl
+        if entry is not None:
+            self.log.info("upstream no longer has {project}; dropping its page", project=project)
+            self._pages.pop(project, None)
+            self.files.delete_page(self.name, project)
+            await self.store.delete_document(self._store_key(project))
+        raise ProjectNotFound(f"project {project!r} is not on the upstream index")
+
+    def _stale_or_fail(self, project: str, entry: CachedPage | None, reason: str) -> CachedPage:
+        if entry is None:
+            raise IndexUnavailable(f"upstream unavailable and {project!r} is not cached: {reason}")
+        self.log.warn("serving stale page for {project}: {reason}", project=project, reason=reason)
+        entry.retry_at = self.clock.seconds() + self.error_backoff
+        return entry
+
+    async def _save(self, project: str, entry: CachedPage) -> None:
+        if isinstance(entry.content, ProjectPage):
+            data = entry.content.to_json()
+        else:
+            data = {"names": list(entry.content)}
+        self.files.write_page(self.name, project, data)
+        await self.store.set_document(self._store_key(project), entry.meta())
+        self._missing.pop(project, None)
+        self._remember(project, entry)

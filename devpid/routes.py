@@ -1,0 +1,316 @@
+"""Klein routes: parse the request, ask the index or the tee, render the answer.
+
+devpi's URL space: ``/<user>/<index>/+simple/[<project>/]`` and
+``/<user>/<index>/+f/<h3>/<h13>/<filename>``, plus ``/+status``.
+No caching or I/O policy lives here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+from klein import Klein
+from packaging.utils import canonicalize_name
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http
+from twisted.web.resource import IResource
+from twisted.web.server import Request
+from twisted.web.static import File
+from werkzeug.exceptions import HTTPException
+
+from devpid.filestore import FileStore, UnsafePath
+from devpid.mirror import CachedPage, IndexUnavailable, MirrorIndex, ProjectNotFound
+from devpid.render import CONTENT_TYPES, LinkRenderer, NotAcceptable, negotiate
+from devpid.simple import Link, is_valid_project_name, project_of_filename
+from devpid.stats import Stats
+from devpid.status import StatusReport
+from devpid.tee import DownloadFailed, DownloadManager, FileSpec
+
+#: Keeps pip's and uv's HTTP caches from re-asking more than once a minute,
+#: and lets them revalidate cheaply (ETag) after that.
+PAGE_CACHE_CONTROL = b"max-age=60, public"
+FILE_CACHE_CONTROL = b"max-age=31536000, immutable"
+INSTALLER_AGENTS = (b"pip/", b"uv/", b"poetry/", b"pdm/", b"hatch/", b"twine/")
+
+
+class HTTPError(Exception):
+    """An answer other than 200, with a one-line reason for the body."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def _header(request: Request, name: bytes) -> str | None:
+    value = request.getHeader(name)
+    return value.decode("latin-1") if value is not None else None
+
+
+def _is_installer(request: Request) -> bool:
+    agent = request.getHeader(b"user-agent") or b""
+    accept = request.getHeader(b"accept") or b""
+    return any(token in agent for token in INSTALLER_AGENTS) or b"vnd.pypi.simple" in accept
+
+
+def _etag(body: bytes) -> bytes:
+    return b'"' + hashlib.blake2b(body, digest_size=12).hexdigest().encode() + b'"'
+
+
+def _matches(if_none_match: bytes | None, etag: bytes) -> bool:
+    if not if_none_match:
+        return False
+    candidates = [c.strip().removeprefix(b"W/") for c in if_none_match.split(b",")]
+    return etag in candidates or b"*" in candidates
+
+
+@attrs.define(slots=False)
+class DevpidRoutes:
+    app = Klein()
+    indexes: dict[str, MirrorIndex]
+    downloads: DownloadManager
+    files: FileStore
+    stats: Stats
+    status: StatusReport
+    outside_url: str | None = None
+    log = Logger()
+
+    def resource(self) -> IResource:
+        return self.app.resource()
+
+    # -- helpers -------------------------------------------------------------
+
+    def _index(self, user: str, index: str) -> MirrorIndex:
+        mirror = self.indexes.get(f"{user}/{index}")
+        if mirror is None:
+            raise HTTPError(404, f"no index {user}/{index}")
+        return mirror
+
+    def _links(self, request: Request, mirror: MirrorIndex) -> LinkRenderer:
+        prefix = _header(request, b"x-outside-url")
+        if prefix is not None:
+            parts = urlsplit(prefix.strip())
+            if (
+                parts.scheme not in ("http", "https")
+                or not parts.netloc
+                or any(c in prefix for c in "\"'<> \t\r\n")
+            ):
+                raise HTTPError(400, "X-Outside-URL must be an http(s) URL")
+            prefix = prefix.strip().rstrip("/")
+        else:
+            prefix = self.outside_url or ""
+        return LinkRenderer(prefix, mirror.name)
+
+    def _media_type(self, request: Request) -> str:
+        fmt = request.args.get(b"format", [None])[0]
+        try:
+            return negotiate(
+                _header(request, b"accept"), fmt.decode("latin-1") if fmt is not None else None
+            )
+        except NotAcceptable as e:
+            raise HTTPError(406, str(e)) from None
+
+    def _redirect(self, request: Request, location: str) -> bytes:
+        query = request.uri.partition(b"?")[2]
+        target = location.encode("utf-8") + (b"?" + query if query else b"")
+        request.setResponseCode(301)
+        request.setHeader(b"location", target)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"moved to " + target + b"\n"
+
+    def _send_page(
+        self,
+        request: Request,
+        entry: CachedPage,
+        media_type: str,
+        urls: LinkRenderer,
+        include: Callable[[Link], bool] | None = None,
+    ) -> bytes:
+        body = entry.render(media_type, urls, include)
+        etag = _etag(body)
+        request.setHeader(b"content-type", CONTENT_TYPES[media_type].encode())
+        request.setHeader(b"vary", b"Accept")
+        request.setHeader(b"cache-control", PAGE_CACHE_CONTROL)
+        request.setHeader(b"etag", etag)
+        if entry.serial is not None:
+            request.setHeader(b"x-pypi-last-serial", str(entry.serial).encode())
+        if _matches(request.getHeader(b"if-none-match"), etag):
+            request.setResponseCode(304)
+            return b""
+        return body
+
+    # -- routes --------------------------------------------------------------
+
+    @app.route("/+status", methods=["GET"])
+    def status_json(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        return json.dumps(self.status.report(), indent=1).encode("utf-8") + b"\n"
+
+    @app.route("/<user>/<index>", methods=["GET"], strict_slashes=False)
+    def index_json(self, request: Request, user: str, index: str) -> bytes:
+        mirror = self._index(user, index)
+        request.setHeader(b"content-type", b"application/json")
+        result = {
+            "type": "mirror",
+            "mirror_url": mirror.upstream.simple_url,
+            "bases": [],
+            "volatile": False,
+        }
+        return json.dumps({"type": "indexconfig", "result": result}).encode("utf-8")
+
+    @app.route("/<user>/<index>/+simple/", methods=["GET"], strict_slashes=False)
+    async def project_list(self, request: Request, user: str, index: str) -> bytes:
+        mirror = self._index(user, index)
+        if not request.path.endswith(b"/") and not _is_installer(request):
+            return self._redirect(request, request.path.decode("utf-8") + "/")
+        media_type = self._media_type(request)
+        try:
+            entry = await mirror.project_list()
+        except IndexUnavailable as e:
+            raise HTTPError(502, str(e)) from None
+        except ProjectNotFound as e:
+            raise HTTPError(502, f"the upstream has no project list: {e}") from None
+        return self._send_page(request, entry, media_type, self._links(request, mirror))
+
+    @app.route("/<user>/<index>/+simple/<project>/", methods=["GET"], strict_slashes=False)
+    async def project_page(self, request: Request, user: str, index: str, project: str) -> bytes:
+        mirror = self._index(user, index)
+        if not is_valid_project_name(project):
+            raise HTTPError(400, f"invalid project name {project[:100]!r}")
+        normalized = canonicalize_name(project)
+        trailing = request.path.endswith(b"/")
+        if normalized != project or (not trailing and not _is_installer(request)):
+            return self._redirect(request, f"/{mirror.name}/+simple/{normalized}/")
+        media_type = self._media_type(request)
+        urls = self._links(request, mirror)
+        try:
+            entry = await mirror.project_page(normalized)
+        except ProjectNotFound as e:
+            raise HTTPError(404, str(e)) from None
+        except IndexUnavailable as e:
+            raise HTTPError(502, str(e)) from None
+        include = None
+        if mirror.offline:
+            include = self._cached_only(mirror)
+        return self._send_page(request, entry, media_type, urls, include)
+
+    def _cached_only(self, mirror: MirrorIndex) -> Callable[[Link], bool]:
+        def include(link: Link) -> bool:
+            h = link.storage_hash
+            return self.files.file_path(mirror.name, h[:3], h[3:16], link.filename).is_file()
+
+        return include
+
+    @app.route("/<user>/<index>/+f/<h3>/<h13>/<filename>", methods=["GET", "HEAD"])
+    async def file(
+        self, request: Request, user: str, index: str, h3: str, h13: str, filename: str
+    ) -> Any:
+        mirror = self._index(user, index)
+        try:
+            path = self.files.file_path(mirror.name, h3, h13, filename)
+        except UnsafePath as e:
+            raise HTTPError(400, str(e)) from None
+        if path.is_file():
+            self.stats.incr("file_hits")
+            return self._cached_file(request, path, h3 + h13)
+        is_metadata = filename.endswith(".metadata")
+        dist_filename = filename.removesuffix(".metadata")
+        project = project_of_filename(dist_filename)
+        if project is None:
+            raise HTTPError(404, f"{filename} is not a distribution file name")
+        try:
+            link = await mirror.link_for(project, dist_filename, h3 + h13)
+        except ProjectNotFound as e:
+            raise HTTPError(404, str(e)) from None
+        except IndexUnavailable as e:
+            raise HTTPError(502, str(e)) from None
+        if link is None or (is_metadata and link.core_metadata is False):
+            raise HTTPError(404, f"{filename} is not on the index under this hash")
+        if mirror.offline:
+            raise HTTPError(404, f"{filename} is not cached and devpid is offline")
+        spec = FileSpec(
+            url=link.url + ".metadata" if is_metadata else link.url,
+            final_path=path,
+            sha256=link.metadata_sha256 if is_metadata else link.sha256,
+            size=None if is_metadata else link.size,
+        )
+        self.stats.incr("file_misses")
+        download, _started = self.downloads.download_for(spec)
+        try:
+            await download.wait_for_headers()
+        except DownloadFailed as e:
+            raise HTTPError(502, str(e)) from None
+        if download.verified:
+            return self._cached_file(request, path, h3 + h13)
+        request.setHeader(b"content-type", b"application/octet-stream")
+        request.setHeader(b"x-accel-buffering", b"no")
+        if download.total is not None:
+            request.setHeader(b"content-length", str(download.total).encode())
+        if spec.sha256:
+            request.setHeader(b"etag", f'"{spec.sha256}"'.encode())
+        if request.method == b"HEAD":
+            return b""
+        request.setHeader(b"cache-control", FILE_CACHE_CONTROL)
+        finished: Deferred[None] = Deferred()
+
+        def request_done(_: object) -> None:
+            if not finished.called:
+                finished.callback(None)
+
+        request.notifyFinish().addBoth(request_done)
+        download.attach(request)
+        await finished
+        return None
+
+    def _cached_file(self, request: Request, path: Any, hash_prefix: str) -> Any:
+        etag = f'"{hash_prefix}"'.encode()
+        request.setHeader(b"etag", etag)
+        request.setHeader(b"cache-control", FILE_CACHE_CONTROL)
+        if _matches(request.getHeader(b"if-none-match"), etag):
+            request.setResponseCode(304)
+            return b""
+        resource = File(str(path), defaultType="application/octet-stream")
+        # Files are served byte for byte: no Content-Encoding for .tar.gz.
+        resource.type = "application/octet-stream"
+        resource.encoding = None
+        return resource
+
+    # -- errors --------------------------------------------------------------
+
+    @app.handle_errors(HTTPError)  # type: ignore[arg-type]
+    def http_error(self, request: Request, failure: Failure) -> bytes:
+        error = failure.value
+        assert isinstance(error, HTTPError)
+        return self._plain(request, error.code, error.reason)
+
+    @app.handle_errors(HTTPException)  # type: ignore[arg-type]
+    def werkzeug_error(self, request: Request, failure: Failure) -> bytes:
+        error = failure.value
+        assert isinstance(error, HTTPException)
+        code = error.code or 500
+        if 300 <= code < 400:
+            # Werkzeug's slash redirects; devpid's own redirects are explicit.
+            return self._plain(request, 404, "not found")
+        reason = {404: "not found", 405: "method not allowed"}.get(code, error.name.lower())
+        return self._plain(request, code, reason)
+
+    @app.handle_errors(Exception)  # type: ignore[arg-type]
+    def unexpected_error(self, request: Request, failure: Failure) -> bytes:
+        self.log.failure("unexpected error handling {uri}", failure, uri=request.uri)
+        return self._plain(request, 500, "internal error (logged on the server)")
+
+    def _plain(self, request: Request, code: int, reason: str) -> bytes:
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        phrase = http.RESPONSES.get(code, b"Error").decode()
+        line = " ".join(f"{code} {phrase}: {reason}".split())
+        return line.encode("utf-8", errors="replace") + b"\n"

@@ -1,0 +1,143 @@
+"""The long-lived parts of a devpid process, started and stopped in order by twistd.
+
+``CacheService`` owns the serverdir, the state store, the counters and the
+upstream HTTP pool; ``ListenerService`` owns the listening port. twistd stops
+services in reverse order, so the listener closes first, then in-flight
+downloads drain (up to a grace period) before the pool and store close.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IListeningPort, IReactorCore, IStreamServerEndpoint
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import HTTPConnectionPool
+from twisted.web.server import Site
+
+from devpid.filestore import FileStore
+from devpid.stats import Stats
+from devpid.store import StateStore
+from devpid.tee import DownloadManager
+from devpid.upstream import describe_failure
+
+STATS_FLUSH_INTERVAL = 10.0
+
+
+@attrs.define(slots=False)
+class CacheService(Service):
+    files: FileStore
+    store: StateStore
+    stats: Stats
+    downloads: DownloadManager
+    pool: HTTPConnectionPool | None
+    clock: Any
+    shutdown_grace: float = 10.0
+    _flusher: LoopingCall | None = None
+    log = Logger()
+
+    def startService(self) -> None:
+        super().startService()
+        self.files.prepare()
+        Deferred.fromCoroutine(self._start())
+
+    async def _start(self) -> None:
+        await self.store.open()
+        self.stats.base.update(await self.store.counters())
+        self._flusher = LoopingCall(self._flush_tick)
+        self._flusher.clock = self.clock
+        self._flusher.start(STATS_FLUSH_INTERVAL, now=False)
+        self.log.info(
+            "devpid cache ready in {serverdir} ({files} files, {bytes} bytes; store: {store})",
+            serverdir=str(self.files.serverdir),
+            files=self.files.counts.files,
+            bytes=self.files.counts.bytes,
+            store=self.store.description,
+        )
+
+    def _flush_tick(self) -> Deferred[None]:
+        d = Deferred.fromCoroutine(self.flush_stats())
+        d.addErrback(lambda f: self.log.failure("could not save counters", f))
+        return d
+
+    async def flush_stats(self) -> None:
+        pending = self.stats.take_pending()
+        if not pending:
+            return
+        try:
+            await self.store.increment(pending)
+        except Exception:
+            self.stats.restore(pending)
+            raise
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        if self._flusher is not None and self._flusher.running:
+            self._flusher.stop()
+        if self.downloads.running:
+            self.log.info(
+                "waiting up to {grace}s for {count} downloads",
+                grace=self.shutdown_grace,
+                count=len(self.downloads.running),
+            )
+            drained = self.downloads.drain()
+            drained.addTimeout(self.shutdown_grace, self.clock)
+            try:
+                await drained
+            except Exception:
+                self.downloads.abort_all("devpid is shutting down")
+        try:
+            await self.flush_stats()
+        except Exception:
+            self.log.failure("could not save counters at shutdown")
+        if self.pool is not None:
+            await self.pool.closeCachedConnections()
+        await self.store.close()
+
+
+@attrs.define(slots=False)
+class ListenerService(Service):
+    """Listen on an endpoint; a failure to listen ends the process with one line."""
+
+    description: str
+    endpoint: IStreamServerEndpoint
+    site: Site
+    reactor: IReactorCore
+    port: IListeningPort | None = None
+    log = Logger()
+
+    def startService(self) -> None:
+        super().startService()
+        d = self.endpoint.listen(self.site)
+        d.addCallbacks(self._listening, self._cannot_listen)
+
+    def _listening(self, port: IListeningPort) -> None:
+        self.port = port
+        self.log.info("devpid listening on {address}", address=str(port.getHost()))
+
+    def _cannot_listen(self, failure: Failure) -> None:
+        message = f"devpid: cannot listen on {self.description}: {describe_failure(failure)}"
+        self.log.critical(message)
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+        # twistd would exit 0 after a plain reactor.stop(); a service manager
+        # must see that start-up failed.
+        self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+        self.reactor.stop()
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+        return None

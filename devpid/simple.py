@@ -1,0 +1,360 @@
+"""The simple-API model, and parsing upstream PEP 503 HTML / PEP 691 JSON into it.
+
+A ``ProjectPage`` keeps what the upstream said about each file (hashes, size,
+requires-python, yanked, core metadata, upload time) and about the project
+(versions, status), so rendering can pass all of it through with devpid's own
+URLs in place of the upstream's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from html.parser import HTMLParser
+from typing import Any
+from urllib.parse import unquote, urldefrag, urljoin, urlsplit
+
+import attrs
+from packaging.utils import (
+    InvalidSdistFilename,
+    InvalidWheelFilename,
+    canonicalize_name,
+    parse_sdist_filename,
+    parse_wheel_filename,
+)
+
+JSON_V1 = "application/vnd.pypi.simple.v1+json"
+HTML_V1 = "application/vnd.pypi.simple.v1+html"
+TEXT_HTML = "text/html"
+
+#: PEP 508 project names (before normalization).
+PROJECT_NAME = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.IGNORECASE)
+MAX_NAME_LENGTH = 200
+#: Distribution file names devpid will store: no separators, no leading dot.
+FILENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+!~-]{0,254}$")
+HEX = re.compile(r"^[0-9a-f]+$")
+
+
+class PageParseError(Exception):
+    """The upstream page could not be understood; the message is one line."""
+
+
+def is_valid_project_name(name: str) -> bool:
+    return len(name) <= MAX_NAME_LENGTH and PROJECT_NAME.match(name) is not None
+
+
+def project_of_filename(filename: str) -> str | None:
+    """The normalized project a distribution file belongs to, if its name says so."""
+    name = filename.removesuffix(".metadata")
+    try:
+        if name.endswith(".whl"):
+            return str(parse_wheel_filename(name)[0])
+        return str(parse_sdist_filename(name)[0])
+    except (InvalidWheelFilename, InvalidSdistFilename):
+        pass
+    # Older formats (eggs, zips with odd versions): the part before the first dash.
+    stem = re.split(r"-\d", name, maxsplit=1)[0]
+    if stem != name and is_valid_project_name(stem):
+        return canonicalize_name(stem)
+    return None
+
+
+@attrs.frozen
+class Link:
+    """One distribution file as the upstream described it."""
+
+    filename: str
+    url: str
+    hashes: dict[str, str] = attrs.field(factory=dict)
+    size: int | None = None
+    requires_python: str | None = None
+    #: False, or True / a reason string when yanked (PEP 592).
+    yanked: bool | str = False
+    #: False, True (no hash given) or the hashes of ``<file>.metadata`` (PEP 658/714).
+    core_metadata: bool | dict[str, str] = False
+    upload_time: str | None = None
+
+    @property
+    def sha256(self) -> str | None:
+        return self.hashes.get("sha256")
+
+    @property
+    def storage_hash(self) -> str:
+        """The hash that names the file's directory: its sha256, else the URL's."""
+        return self.sha256 or hashlib.sha256(self.url.encode("utf-8")).hexdigest()
+
+    @property
+    def relpath(self) -> str:
+        """``<h3>/<h13>/<filename>``, devpi's layout under ``+f/``."""
+        h = self.storage_hash
+        return f"{h[:3]}/{h[3:16]}/{self.filename}"
+
+    @property
+    def metadata_sha256(self) -> str | None:
+        if isinstance(self.core_metadata, dict):
+            return self.core_metadata.get("sha256")
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "filename": self.filename,
+            "url": self.url,
+            "hashes": self.hashes,
+            "size": self.size,
+            "requires-python": self.requires_python,
+            "yanked": self.yanked,
+            "core-metadata": self.core_metadata,
+            "upload-time": self.upload_time,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Link:
+        return cls(
+            filename=data["filename"],
+            url=data["url"],
+            hashes=dict(data.get("hashes") or {}),
+            size=data.get("size"),
+            requires_python=data.get("requires-python"),
+            yanked=data.get("yanked", False),
+            core_metadata=data.get("core-metadata", False),
+            upload_time=data.get("upload-time"),
+        )
+
+
+@attrs.frozen
+class ProjectStatus:
+    """PEP 792 project status markers."""
+
+    status: str
+    reason: str | None = None
+
+
+@attrs.frozen
+class ProjectPage:
+    name: str
+    links: tuple[Link, ...]
+    versions: tuple[str, ...] | None = None
+    status: ProjectStatus | None = None
+    #: ``X-PyPI-Last-Serial`` of the response the page came from, when given.
+    serial: int | None = None
+
+    def link_for(self, filename: str, storage_hash_prefix: str) -> Link | None:
+        for link in self.links:
+            if link.filename == filename and link.storage_hash.startswith(storage_hash_prefix):
+                return link
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "links": [link.to_json() for link in self.links],
+            "versions": list(self.versions) if self.versions is not None else None,
+            "status": attrs.asdict(self.status) if self.status else None,
+            "serial": self.serial,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ProjectPage:
+        status = data.get("status")
+        versions = data.get("versions")
+        return cls(
+            name=data["name"],
+            links=tuple(Link.from_json(item) for item in data["links"]),
+            versions=tuple(versions) if versions is not None else None,
+            status=ProjectStatus(**status) if status else None,
+            serial=data.get("serial"),
+        )
+
+
+def _filename_of(url: str) -> str:
+    return unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+
+
+def _hash_fragment(fragment: str) -> dict[str, str]:
+    name, sep, value = fragment.partition("=")
+    if sep and name and HEX.match(value.lower()) and name in hashlib.algorithms_guaranteed:
+        return {name: value.lower()}
+    return {}
+
+
+def _metadata_attr(value: str | None) -> bool | dict[str, str]:
+    if value is None:
+        return False
+    if value.strip().lower() == "true":
+        return True
+    return _hash_fragment(value.strip()) or True
+
+
+class _AnchorCollector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.anchors: list[dict[str, str | None]] = []
+        self.meta: dict[str, str] = {}
+        self._text: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs_: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self.anchors.append(dict(attrs_))
+            self._text = []
+        elif tag == "meta":
+            found = dict(attrs_)
+            if found.get("name") and found.get("content") is not None:
+                self.meta[str(found["name"])] = str(found["content"])
+
+    def handle_data(self, data: str) -> None:
+        if self._text is not None:
+            self._text.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "a" and self._text is not None and self.anchors:
+            self.anchors[-1]["#text"] = "".join(self._text).strip()
+            self._text = None
+
+
+def _collect_html(body: bytes) -> _AnchorCollector:
+    collector = _AnchorCollector()
+    try:
+        collector.feed(body.decode("utf-8", errors="replace"))
+        collector.close()
+    except Exception as e:  # HTMLParser raises assorted errors on garbage
+        raise PageParseError(f"unparseable HTML: {e}") from None
+    return collector
+
+
+def _status_from(status: str | None, reason: str | None) -> ProjectStatus | None:
+    return ProjectStatus(status, reason or None) if status else None
+
+
+def parse_project_html(
+    name: str, body: bytes, base_url: str, serial: int | None = None
+) -> ProjectPage:
+    collector = _collect_html(body)
+    links = []
+    for anchor in collector.anchors:
+        href = anchor.get("href")
+        if not href:
+            continue
+        url, fragment = urldefrag(urljoin(base_url, href))
+        filename = _filename_of(url)
+        if not FILENAME.match(filename):
+            continue
+        yanked: bool | str = False
+        if "data-yanked" in anchor:
+            yanked = anchor["data-yanked"] or True
+        metadata = anchor.get("data-core-metadata", anchor.get("data-dist-info-metadata"))
+        links.append(
+            Link(
+                filename=filename,
+                url=url,
+                hashes=_hash_fragment(fragment),
+                requires_python=anchor.get("data-requires-python") or None,
+                yanked=yanked,
+                core_metadata=_metadata_attr(metadata),
+            )
+        )
+    status = _status_from(
+        collector.meta.get("pypi:project-status"), collector.meta.get("pypi:project-status-reason")
+    )
+    return ProjectPage(name=name, links=tuple(links), status=status, serial=serial)
+
+
+def _load_json(body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise PageParseError(f"unparseable JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise PageParseError("JSON page is not an object")
+    return data
+
+
+def _json_metadata(item: dict[str, Any]) -> bool | dict[str, str]:
+    value = item.get("core-metadata", item.get("dist-info-metadata", False))
+    if isinstance(value, dict):
+        return {str(k): str(v).lower() for k, v in value.items() if isinstance(v, str)} or True
+    return bool(value)
+
+
+def parse_project_json(
+    name: str, body: bytes, base_url: str, serial: int | None = None
+) -> ProjectPage:
+    data = _load_json(body)
+    files = data.get("files")
+    if not isinstance(files, list):
+        raise PageParseError("JSON page has no 'files' list")
+    links = []
+    for item in files:
+        if not isinstance(item, dict) or not isinstance(item.get("url"), str):
+            raise PageParseError("JSON page has a file entry without a 'url'")
+        url = urldefrag(urljoin(base_url, item["url"]))[0]
+        filename = item.get("filename") or _filename_of(url)
+        if not isinstance(filename, str) or not FILENAME.match(filename):
+            continue
+        hashes = item.get("hashes") or {}
+        if not isinstance(hashes, dict):
+            raise PageParseError(f"JSON page: 'hashes' of {filename} is not an object")
+        yanked = item.get("yanked", False)
+        size = item.get("size")
+        requires_python = item.get("requires-python")
+        upload_time = item.get("upload-time")
+        links.append(
+            Link(
+                filename=filename,
+                url=url,
+                hashes={str(k): str(v).lower() for k, v in hashes.items() if isinstance(v, str)},
+                size=size if isinstance(size, int) and size >= 0 else None,
+                requires_python=requires_python if isinstance(requires_python, str) else None,
+                yanked=yanked if isinstance(yanked, str) and yanked else bool(yanked),
+                core_metadata=_json_metadata(item),
+                upload_time=upload_time if isinstance(upload_time, str) else None,
+            )
+        )
+    versions = data.get("versions")
+    status_data = data.get("project-status")
+    status = None
+    if isinstance(status_data, dict) and isinstance(status_data.get("status"), str):
+        reason = status_data.get("reason")
+        status = ProjectStatus(status_data["status"], reason if isinstance(reason, str) else None)
+    return ProjectPage(
+        name=name,
+        links=tuple(links),
+        versions=tuple(str(v) for v in versions) if isinstance(versions, list) else None,
+        status=status,
+        serial=serial,
+    )
+
+
+def parse_project_page(
+    name: str, body: bytes, content_type: str, base_url: str, serial: int | None = None
+) -> ProjectPage:
+    """Parse an upstream project page by its Content-Type (JSON or HTML)."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media.endswith("+json") or media == "application/json":
+        return parse_project_json(name, body, base_url, serial)
+    if media in (HTML_V1, TEXT_HTML, "") or media.endswith("+html"):
+        return parse_project_html(name, body, base_url, serial)
+    raise PageParseError(f"unexpected content type {media!r}")
+
+
+def parse_project_list(body: bytes, content_type: str) -> tuple[str, ...]:
+    """The project names of an upstream root page (``/simple/``), normalized."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    names: list[str] = []
+    if media.endswith("+json") or media == "application/json":
+        projects = _load_json(body).get("projects")
+        if not isinstance(projects, list):
+            raise PageParseError("JSON project list has no 'projects' list")
+        names = [p["name"] for p in projects if isinstance(p, dict) and "name" in p]
+    else:
+        collector = _collect_html(body)
+        names = [str(a.get("#text") or "") for a in collector.anchors]
+    return tuple(
+        sorted(
+            {
+                canonicalize_name(n)
+                for n in names
+                if isinstance(n, str) and n and is_valid_project_name(n)
+            }
+        )
+    )

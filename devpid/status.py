@@ -1,0 +1,73 @@
+"""``/+status``: one JSON document for ops, from what the other modules keep."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import attrs
+
+from devpid import __version__
+from devpid.filestore import FileStore
+from devpid.stats import Stats
+from devpid.store import StateStore
+from devpid.tee import DownloadManager
+from devpid.upstream import UpstreamHealth
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+@attrs.define
+class StatusReport:
+    files: FileStore
+    store: StateStore
+    stats: Stats
+    downloads: DownloadManager
+    upstream_url: str
+    upstream_health: UpstreamHealth
+    offline: bool
+    listen: str
+    started_at: float = attrs.field(factory=time.time)
+
+    def report(self) -> dict[str, Any]:
+        counters = self.stats.totals()
+        health = self.upstream_health
+        hits = counters["page_hits"] + counters["file_hits"]
+        misses = counters["page_misses"] + counters["file_misses"]
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "listen": self.listen,
+            "uptime": round(time.time() - self.started_at, 3),
+            "serverdir": str(self.files.serverdir),
+            "store": self.store.description,
+            "upstream": {
+                "url": self.upstream_url,
+                "offline": self.offline,
+                "last_success": _iso(health.last_success),
+                "last_error": health.last_error,
+                "last_error_at": _iso(health.last_error_at),
+                "fetches": health.fetches,
+                "bytes_fetched": health.bytes_fetched,
+            },
+            "cache": {
+                "projects": self.files.counts.pages,
+                "files": self.files.counts.files,
+                "bytes": self.files.counts.bytes,
+                "files_without_hash": counters["files_without_hash"],
+            },
+            "requests": counters["requests"],
+            "hits": hits,
+            "misses": misses,
+            "counters": counters,
+            "bytes_served": counters["bytes_served"],
+            "downloads": {
+                "in_flight": [d.progress() for d in self.downloads.running.values()],
+                "failed": counters["download_failures"],
+            },
+        }

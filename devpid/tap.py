@@ -1,0 +1,125 @@
+"""``twistd devpid``: command-line options and the service tree they build."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import treq.client
+from twisted.application.service import MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.python import usage
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from devpid.config import DEFAULTS, ConfigError, Settings, build_settings, read_ini
+from devpid.filestore import FileStore
+from devpid.mirror import MirrorIndex
+from devpid.routes import DevpidRoutes
+from devpid.service import CacheService, ListenerService
+from devpid.site import DevpidSite
+from devpid.stats import Stats
+from devpid.status import StatusReport
+from devpid.store.embedded import EmbeddedStore
+from devpid.tee import DownloadManager
+from devpid.upstream import UpstreamClient
+
+MIRROR_INDEX = "root/pypi"
+
+
+def _help(name: str) -> str:
+    default, text = DEFAULTS[name]
+    return f"{text} [default: {default}]" if default not in (None, False) else text
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run devpid, a PyPI caching proxy. Every option can also be set in the "
+        "[devpid] section of an INI file given with --config (etc/devpid.ini is "
+        "a commented example); the command line wins."
+    )
+    optParameters = [
+        [name, None, None, _help(name)]
+        for name, (default, _) in DEFAULTS.items()
+        if not isinstance(default, bool)
+    ] + [["config", "c", None, "an INI file with a [devpid] section using the same keys"]]
+    optFlags = [["offline", None, _help("offline")]]
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            raise SystemExit(f"twistd devpid: error: {e} (see: twistd devpid --help)") from None
+
+
+def settings_from_options(options: Options | dict[str, Any]) -> Settings:
+    given = {name: options.get(name) for name in DEFAULTS}
+    given["offline"] = bool(options.get("offline")) or None
+    ini = read_ini(options["config"]) if options.get("config") else None
+    return build_settings(given, ini)
+
+
+def makeService(options: Options | dict[str, Any], reactor: Any = None) -> MultiService:
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    try:
+        settings = settings_from_options(options)
+        try:
+            endpoint = serverFromString(reactor, settings.listen)
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"--listen {settings.listen!r} is not an endpoint: {e}") from None
+        try:
+            settings.serverdir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(
+                f"cannot create --serverdir {settings.serverdir}: {e.strerror}"
+            ) from None
+    except ConfigError as e:
+        raise SystemExit(f"twistd devpid: error: {e}") from None
+    return build_service(settings, reactor, endpoint)
+
+
+def build_service(settings: Settings, reactor: Any, endpoint: Any) -> MultiService:
+    stats = Stats()
+    files = FileStore(settings.serverdir)
+    store = EmbeddedStore(settings.serverdir / "state.sqlite", reactor)
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = 16
+    agent = Agent(reactor, connectTimeout=settings.upstream_timeout, pool=pool)
+    upstream = UpstreamClient(
+        settings.upstream,
+        treq.client.HTTPClient(agent),
+        reactor,
+        settings.upstream_timeout,
+    )
+    downloads = DownloadManager(files, upstream, reactor, settings.upstream_timeout, stats)
+    mirror = MirrorIndex(
+        MIRROR_INDEX,
+        upstream,
+        store,
+        files,
+        reactor,
+        stats,
+        cache_expiry=settings.cache_expiry,
+        offline=settings.offline,
+    )
+    status = StatusReport(
+        files,
+        store,
+        stats,
+        downloads,
+        settings.upstream,
+        upstream.health,
+        settings.offline,
+        settings.listen,
+    )
+    routes = DevpidRoutes(
+        {MIRROR_INDEX: mirror}, downloads, files, stats, status, settings.outside_url
+    )
+    site = DevpidSite(routes.resource(), stats)
+
+    top = MultiService()
+    CacheService(files, store, stats, downloads, pool, reactor).setServiceParent(top)
+    ListenerService(settings.listen, endpoint, site, reactor).setServiceParent(top)
+    return top

@@ -1,0 +1,214 @@
+"""The only module that talks to the upstream index: pages and file streams.
+
+Pages are fetched whole (with a size cap) and conditionally (ETag); files are
+opened unbuffered so the tee can stream them as they arrive.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from urllib.parse import urljoin
+
+import attrs
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.error import ConnectingCancelledError
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import IResponse
+
+from devpid.simple import HTML_V1, JSON_V1, TEXT_HTML
+
+#: Ask for JSON first: it is smaller and carries sizes and upload times.
+PAGE_ACCEPT = f"{JSON_V1}, {HTML_V1};q=0.2, {TEXT_HTML};q=0.1"
+#: Pages larger than this are refused rather than held in memory.
+MAX_PAGE_BYTES = 64 * 1024 * 1024
+USER_AGENT = "devpid/0.1 (twisted; treq)"
+
+
+class UpstreamError(Exception):
+    """The upstream failed to answer usefully; the message is one line."""
+
+
+class PageTooLarge(UpstreamError):
+    pass
+
+
+@attrs.frozen
+class PageResponse:
+    status: int
+    body: bytes
+    content_type: str
+    etag: str | None
+    serial: int | None
+    url: str
+
+
+@attrs.define
+class UpstreamHealth:
+    """What /+status reports about the upstream."""
+
+    last_success: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+    fetches: int = 0
+    bytes_fetched: int = 0
+
+    def succeeded(self) -> None:
+        self.last_success = time.time()
+
+    def failed(self, reason: str) -> None:
+        self.last_error = reason
+        self.last_error_at = time.time()
+
+
+def describe_failure(failure: Failure | BaseException) -> str:
+    error = failure.value if isinstance(failure, Failure) else failure
+    if isinstance(error, TimeoutError | CancelledError | ConnectingCancelledError):
+        return "timed out"
+    if isinstance(error, UpstreamError):
+        return str(error)
+    reasons = getattr(error, "reasons", None)
+    if reasons:  # twisted.web._newclient wraps the real cause in a list
+        return "; ".join(describe_failure(r) for r in reasons)
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+class _BoundedBody(Protocol):
+    """Collects a response body, refusing one larger than ``limit``."""
+
+    def __init__(self, finished: Deferred[bytes], limit: int) -> None:
+        self.finished = finished
+        self.limit = limit
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.finished.called:
+            return
+        self.size += len(data)
+        if self.size > self.limit:
+            self.finished.errback(PageTooLarge(f"page larger than {self.limit} bytes"))
+            assert self.transport is not None
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+            return
+        self.parts.append(data)
+
+    def connectionLost(self, reason: Failure = ResponseDone()) -> None:  # type: ignore[assignment]
+        if self.finished.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.finished.callback(b"".join(self.parts))
+        else:
+            self.finished.errback(reason)
+
+
+def read_body(response: IResponse, limit: int = MAX_PAGE_BYTES) -> Deferred[bytes]:
+    if (
+        response.length is not None
+        and isinstance(response.length, int)
+        and (response.length > limit)
+    ):
+        response.deliverBody(Protocol())  # drain nothing; the connection is dropped
+        raise PageTooLarge(f"page of {response.length} bytes is larger than {limit}")
+    finished: Deferred[bytes] = Deferred()
+    response.deliverBody(_BoundedBody(finished, limit))
+    return finished
+
+
+def _header(response: IResponse, name: str) -> str | None:
+    values = response.headers.getRawHeaders(name)
+    return values[-1] if values else None
+
+
+def _serial(response: IResponse) -> int | None:
+    value = _header(response, "X-PyPI-Last-Serial")
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+@attrs.define
+class UpstreamClient:
+    simple_url: str
+    #: A treq ``HTTPClient`` (or ``treq.testing.StubTreq`` in tests).
+    http: Any
+    clock: IReactorTime
+    timeout: float
+    health: UpstreamHealth = attrs.field(factory=UpstreamHealth)
+    log = Logger()
+
+    def project_url(self, project: str) -> str:
+        return urljoin(self.simple_url, f"{project}/")
+
+    async def fetch_page(self, project: str | None, etag: str | None = None) -> PageResponse:
+        """GET a project page (or the project list for None), conditionally on ``etag``."""
+        url = self.simple_url if project is None else self.project_url(project)
+        headers = {"Accept": [PAGE_ACCEPT], "User-Agent": [USER_AGENT]}
+        if etag:
+            headers["If-None-Match"] = [etag]
+        started = self.clock.seconds()
+        d = Deferred.fromCoroutine(self._get_page(url, headers))
+        d.addTimeout(self.timeout, self.clock)
+        try:
+            page = await d
+        except Exception as e:
+            reason = f"GET {url}: {describe_failure(e)}"
+            self.health.failed(reason)
+            self.log.warn("upstream {reason}", reason=reason)
+            raise UpstreamError(reason) from None
+        elapsed = self.clock.seconds() - started
+        self.health.fetches += 1
+        self.health.bytes_fetched += len(page.body)
+        if page.status >= 500:
+            reason = f"GET {url}: upstream answered {page.status}"
+            self.health.failed(reason)
+            self.log.warn("upstream {reason}", reason=reason)
+            raise UpstreamError(reason)
+        self.health.succeeded()
+        self.log.info(
+            "upstream GET {url} -> {status} {size} bytes in {seconds:.3f}s serial={serial}",
+            url=url,
+            status=page.status,
+            size=len(page.body),
+            seconds=elapsed,
+            serial=page.serial,
+        )
+        return page
+
+    async def _get_page(self, url: str, headers: dict[str, list[str]]) -> PageResponse:
+        response = await self.http.get(url, headers=headers, unbuffered=True)
+        if response.code == 200:
+            body = await read_body(response)
+        else:
+            body = b""
+            response.deliverBody(Protocol())
+        return PageResponse(
+            status=response.code,
+            body=body,
+            content_type=_header(response, "Content-Type") or "",
+            etag=_header(response, "ETag"),
+            serial=_serial(response),
+            url=str(response.request.absoluteURI.decode("utf-8"))
+            if hasattr(response, "request") and response.request is not None
+            else url,
+        )
+
+    async def open_file(self, url: str) -> IResponse:
+        """Start a file GET; the caller streams the body with ``deliverBody``."""
+        d = self.http.get(url, headers={"User-Agent": [USER_AGENT]}, unbuffered=True)
+        d.addTimeout(self.timeout, self.clock)
+        try:
+            response: IResponse = await d
+        except Exception as e:
+            reason = f"GET {url}: {describe_failure(e)}"
+            self.health.failed(reason)
+            raise UpstreamError(reason) from None
+        self.health.fetches += 1
+        return response
