@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import platform
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -203,8 +204,13 @@ def scan_log(child: procs.Child, results: Results) -> None:
     results.details[f"{child.name}_log_lines"] = len(lines)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # so the finally blocks stop every child
     results = Results()
     workdir = Path(tempfile.mkdtemp(prefix="devpid-bench-"))
     say(f"work directory: {workdir}")
