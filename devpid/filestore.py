@@ -26,9 +26,9 @@ from twisted.logger import Logger
 from devpid.simple import FILENAME, HEX
 
 PARTIAL_SUFFIX = ".devpid-partial"
-_INDEX_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_INDEX_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 #: Normalized project names (``packaging.utils.canonicalize_name``).
-_PROJECT_PART = re.compile(r"^[a-z0-9][a-z0-9-]{0,199}$")
+_PROJECT_PART = re.compile(r"^[a-z0-9][a-z0-9-]{0,199}\Z")
 
 
 class UnsafePath(Exception):

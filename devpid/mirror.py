@@ -10,6 +10,7 @@ caller gets ``IndexUnavailable`` and answers 502.
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -53,25 +54,27 @@ class CachedPage:
     fetched_at: float
     #: Until when a failed revalidation lets the stale page be served without retrying.
     retry_at: float = 0.0
-    _renders: dict[tuple[str, LinkRenderer], bytes] = attrs.field(factory=dict)
+    _renders: dict[tuple[str, LinkRenderer], tuple[bytes, bytes]] = attrs.field(factory=dict)
 
     def is_fresh(self, now: float, expiry: float) -> bool:
         return now - self.fetched_at < expiry or now < self.retry_at
 
     def render(
         self, media_type: str, urls: LinkRenderer, include: Callable[[Link], bool] | None = None
-    ) -> bytes:
+    ) -> tuple[bytes, bytes]:
+        """The page as ``media_type`` with ``urls``, and its ETag; both computed once."""
         key = (media_type, urls)
-        body = self._renders.get(key)
-        if body is None:
+        rendered = self._renders.get(key)
+        if rendered is None:
             if isinstance(self.content, ProjectPage):
                 body = render_project_page(self.content, media_type, urls, include)
             else:
                 body = render_project_list(self.content, media_type, urls)
+            etag = b'"' + hashlib.blake2b(body, digest_size=12).hexdigest().encode() + b'"'
             if len(self._renders) > 8:  # a few media types x outside URLs at most
                 self._renders.clear()
-            self._renders[key] = body
-        return body
+            rendered = self._renders[key] = (body, etag)
+        return rendered
 
     def meta(self) -> dict[str, Any]:
         return {"etag": self.etag, "serial": self.serial, "fetched_at": self.fetched_at}

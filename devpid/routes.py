@@ -7,7 +7,6 @@ No caching or I/O policy lives here.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from typing import Any
@@ -58,10 +57,6 @@ def _is_installer(request: Request) -> bool:
     agent = request.getHeader(b"user-agent") or b""
     accept = request.getHeader(b"accept") or b""
     return any(token in agent for token in INSTALLER_AGENTS) or b"vnd.pypi.simple" in accept
-
-
-def _etag(body: bytes) -> bytes:
-    return b'"' + hashlib.blake2b(body, digest_size=12).hexdigest().encode() + b'"'
 
 
 def _matches(if_none_match: bytes | None, etag: bytes) -> bool:
@@ -133,8 +128,7 @@ class DevpidRoutes:
         urls: LinkRenderer,
         include: Callable[[Link], bool] | None = None,
     ) -> bytes:
-        body = entry.render(media_type, urls, include)
-        etag = _etag(body)
+        body, etag = entry.render(media_type, urls, include)
         request.setHeader(b"content-type", CONTENT_TYPES[media_type].encode())
         request.setHeader(b"vary", b"Accept")
         request.setHeader(b"cache-control", PAGE_CACHE_CONTROL)
@@ -144,6 +138,7 @@ class DevpidRoutes:
         if _matches(request.getHeader(b"if-none-match"), etag):
             request.setResponseCode(304)
             return b""
+        request.setHeader(b"content-length", b"%d" % len(body))
         return body
 
     # -- routes --------------------------------------------------------------
@@ -236,6 +231,11 @@ class DevpidRoutes:
             raise HTTPError(404, f"{filename} is not on the index under this hash")
         if mirror.offline:
             raise HTTPError(404, f"{filename} is not cached and devpid is offline")
+        if request.method == b"HEAD":
+            request.setHeader(b"content-type", b"application/octet-stream")
+            if link.size is not None and not is_metadata:
+                request.setHeader(b"content-length", b"%d" % link.size)
+            return b""
         spec = FileSpec(
             url=link.url + ".metadata" if is_metadata else link.url,
             final_path=path,
@@ -254,11 +254,8 @@ class DevpidRoutes:
         request.setHeader(b"x-accel-buffering", b"no")
         if download.total is not None:
             request.setHeader(b"content-length", str(download.total).encode())
-        if spec.sha256:
-            request.setHeader(b"etag", f'"{spec.sha256}"'.encode())
-        if request.method == b"HEAD":
-            return b""
         request.setHeader(b"cache-control", FILE_CACHE_CONTROL)
+        request.setHeader(b"etag", f'"{h3}{h13}"'.encode())
         finished: Deferred[None] = Deferred()
 
         def request_done(_: object) -> None:

@@ -29,11 +29,11 @@ HTML_V1 = "application/vnd.pypi.simple.v1+html"
 TEXT_HTML = "text/html"
 
 #: PEP 508 project names (before normalization).
-PROJECT_NAME = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.IGNORECASE)
+PROJECT_NAME = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])\Z", re.IGNORECASE)
 MAX_NAME_LENGTH = 200
 #: Distribution file names devpid will store: no separators, no leading dot.
-FILENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+!~-]{0,254}$")
-HEX = re.compile(r"^[0-9a-f]+$")
+FILENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+!~-]{0,254}\Z")
+HEX = re.compile(r"^[0-9a-f]+\Z")
 
 
 class PageParseError(Exception):
@@ -49,15 +49,15 @@ def project_of_filename(filename: str) -> str | None:
     name = filename.removesuffix(".metadata")
     try:
         if name.endswith(".whl"):
-            return str(parse_wheel_filename(name)[0])
-        return str(parse_sdist_filename(name)[0])
+            project = str(parse_wheel_filename(name)[0])
+        else:
+            project = str(parse_sdist_filename(name)[0])
     except (InvalidWheelFilename, InvalidSdistFilename):
-        pass
-    # Older formats (eggs, zips with odd versions): the part before the first dash.
-    stem = re.split(r"-\d", name, maxsplit=1)[0]
-    if stem != name and is_valid_project_name(stem):
-        return canonicalize_name(stem)
-    return None
+        # Older formats (eggs, zips with odd versions): the part before the first dash.
+        project = re.split(r"-\d", name, maxsplit=1)[0]
+        if project == name:
+            return None
+    return canonicalize_name(project) if is_valid_project_name(project) else None
 
 
 @attrs.frozen

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from typing import Any
-
 from urllib.parse import unquote_to_bytes
 
 from twisted.logger import Logger

@@ -8,7 +8,7 @@ import treq.client
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
 from devpid.config import DEFAULTS, ConfigError, Settings, build_settings, read_ini
 from devpid.filestore import FileStore
@@ -51,6 +51,14 @@ class Options(usage.Options):
             raise SystemExit(f"twistd devpid: error: {e} (see: twistd devpid --help)") from None
 
 
+class _QuietClientFactory(_HTTP11ClientFactory):
+    noisy = False  # no "Starting factory" line per upstream connection
+
+
+class UpstreamPool(HTTPConnectionPool):
+    _factory = _QuietClientFactory
+
+
 def settings_from_options(options: Options | dict[str, Any]) -> Settings:
     given = {name: options.get(name) for name in DEFAULTS}
     given["offline"] = bool(options.get("offline")) or None
@@ -84,7 +92,7 @@ def build_service(settings: Settings, reactor: Any, endpoint: Any) -> MultiServi
     stats = Stats()
     files = FileStore(settings.serverdir)
     store = EmbeddedStore(settings.serverdir / "state.sqlite", reactor)
-    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool = UpstreamPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 16
     agent = Agent(reactor, connectTimeout=settings.upstream_timeout, pool=pool)
     upstream = UpstreamClient(
@@ -118,6 +126,7 @@ def build_service(settings: Settings, reactor: Any, endpoint: Any) -> MultiServi
         {MIRROR_INDEX: mirror}, downloads, files, stats, status, settings.outside_url
     )
     site = DevpidSite(routes.resource(), stats)
+    site.noisy = False
 
     top = MultiService()
     CacheService(files, store, stats, downloads, pool, reactor).setServiceParent(top)

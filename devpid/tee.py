@@ -242,7 +242,13 @@ class Download:
             return
         self.state = "failed"
         self.error = reason
-        self.log.warn("download failed: {reason}", reason=reason)
+        self.log.warn(
+            "upstream GET {url} failed after {size} bytes in {seconds:.3f}s: {reason}",
+            url=self.spec.url,
+            size=self.received,
+            seconds=self.clock.seconds() - self.started_at,
+            reason=reason,
+        )
         self._close_fd()
         if self.partial_path is not None:
             self.files.discard(self.partial_path)

@@ -63,21 +63,21 @@ def installer_env() -> dict[str, str]:
     return env
 
 
-def pip_install(index_url: str, target: Path, *requirements: str) -> subprocess.CompletedProcess[str]:
+def pip_install(
+    index_url: str, target: Path, *requirements: str
+) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "pip", "install", "--isolated", "--no-cache-dir"]
     command += ["--disable-pip-version-check", "--index-url", index_url, "--target", str(target)]
     command += ["--trusted-host", "127.0.0.1", *requirements]
-    return subprocess.run(
-        command, env=installer_env(), capture_output=True, text=True, timeout=300
-    )
+    return subprocess.run(command, env=installer_env(), capture_output=True, text=True, timeout=300)
 
 
-def uv_install(index_url: str, target: Path, *requirements: str) -> subprocess.CompletedProcess[str]:
+def uv_install(
+    index_url: str, target: Path, *requirements: str
+) -> subprocess.CompletedProcess[str]:
     uv = shutil.which("uv")
     if uv is None:
         pytest.skip("uv is not installed (pip install uv)")
     command = [uv, "pip", "install", "--no-cache", "--no-config", "--python", sys.executable]
     command += ["--index-url", index_url, "--target", str(target), *requirements]
-    return subprocess.run(
-        command, env=installer_env(), capture_output=True, text=True, timeout=300
-    )
+    return subprocess.run(command, env=installer_env(), capture_output=True, text=True, timeout=300)

@@ -63,7 +63,9 @@ def test_negotiation_and_headers(server: DevpidProcess) -> None:
     assert v1_html.headers["content-type"].startswith("text/html")
     fmt = server.get("/root/pypi/+simple/devpid-demo-lib/?format=json")
     assert fmt.headers["content-type"] == JSON
-    assert server.get("/root/pypi/+simple/devpid-demo-lib/", Accept="application/json").status == 406
+    assert (
+        server.get("/root/pypi/+simple/devpid-demo-lib/", Accept="application/json").status == 406
+    )
 
     etag = as_json.headers["etag"]
     again = server.get("/root/pypi/+simple/devpid-demo-lib/", Accept=PIP_ACCEPT, If_None_Match=etag)
@@ -134,8 +136,18 @@ def test_file_get_head_range_etag(server: DevpidProcess, demo_repository: Reposi
 def test_status_document(server: DevpidProcess) -> None:
     server.get("/root/pypi/+simple/devpid-demo-app/")
     status = server.status()
-    for key in ("version", "uptime", "serverdir", "store", "upstream", "cache", "hits",
-                "misses", "bytes_served", "downloads"):
+    for key in (
+        "version",
+        "uptime",
+        "serverdir",
+        "store",
+        "upstream",
+        "cache",
+        "hits",
+        "misses",
+        "bytes_served",
+        "downloads",
+    ):
         assert key in status, key
     assert status["store"].startswith("embedded")
     assert {"url", "last_success", "last_error"} <= set(status["upstream"])

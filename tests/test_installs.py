@@ -1,4 +1,4 @@
-"""Real pip and uv install through a real ``twistd -n devpid``; then again with the upstream gone."""
+"""Real pip and uv install through a real ``twistd -n devpid``, then with the upstream gone."""
 
 from __future__ import annotations
 
@@ -41,7 +41,10 @@ def test_pip_then_uv_then_offline(tmp_path: Path, demo_repository: Repository) -
             assert_demo_installed(tmp_path / "pip")
             first = upstream.stats()["gets"]
             # Every file came from the upstream exactly once ...
-            for filename in ("devpid_demo_lib-2.0-py3-none-any.whl", "devpid_demo_sdist-0.1.tar.gz"):
+            for filename in (
+                "devpid_demo_lib-2.0-py3-none-any.whl",
+                "devpid_demo_sdist-0.1.tar.gz",
+            ):
                 assert first[f"/files/{filename}"] == 1
             # ... and was cached with the bytes the index promised.
             cached = cached_files(serverdir)
@@ -85,8 +88,12 @@ def test_offline_flag_serves_only_cached(tmp_path: Path, demo_repository: Reposi
                 ).body
             )
             # Only lib 2.0's wheel was fetched; the sdist and the yanked 1.0 are left out.
-            assert [f["filename"] for f in page["files"]] == ["devpid_demo_lib-2.0-py3-none-any.whl"]
-            listing = devpid.get("/root/pypi/+simple/", Accept="application/vnd.pypi.simple.v1+json")
+            assert [f["filename"] for f in page["files"]] == [
+                "devpid_demo_lib-2.0-py3-none-any.whl"
+            ]
+            listing = devpid.get(
+                "/root/pypi/+simple/", Accept="application/vnd.pypi.simple.v1+json"
+            )
             names = [p["name"] for p in json.loads(listing.body)["projects"]]
             assert names == ["devpid-demo-app", "devpid-demo-lib"]
             assert devpid.get("/root/pypi/+simple/devpid-demo-sdist/").status == 404
@@ -115,4 +122,3 @@ def test_real_corpus_flask_and_requests(tmp_path: Path) -> None:
             assert result.returncode == 0, result.stdout + result.stderr
             result = uv_install(devpid.simple_url, tmp_path / "offline-uv", "flask", "requests")
             assert result.returncode == 0, result.stdout + result.stderr
-

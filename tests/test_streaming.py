@@ -91,15 +91,18 @@ def test_client_disconnect_does_not_abort_the_download(
     while len(received) < 100_000:
         received += sock.recv(65536)
     sock.close()  # gone mid-file
-    assert wait_until(lambda: len(cached(devpid)) == 1 and not devpid.status()["downloads"][
-        "in_flight"])
+    assert wait_until(
+        lambda: len(cached(devpid)) == 1 and not devpid.status()["downloads"]["in_flight"]
+    )
     [stored] = cached(devpid)
     assert stored.name == BIG
     assert hashlib.sha256(stored.read_bytes()).hexdigest() == demo_repository.sha256(BIG)
     assert upstream.stats()["gets"][f"/files/{BIG}"] == 1
 
 
-@pytest.mark.parametrize("fault", [{"wrong_hash": True}, {"drop_after": 0.5}, {"wrong_length": True}])
+@pytest.mark.parametrize(
+    "fault", [{"wrong_hash": True}, {"drop_after": 0.5}, {"wrong_length": True}]
+)
 def test_bad_transfers_are_never_a_complete_200_and_never_cached(
     devpid: DevpidProcess, upstream: UpstreamProcess, demo_repository: Repository, fault: dict
 ) -> None:

@@ -1,0 +1,252 @@
+"""Freshness rules of the mirror index, in memory: StubTreq upstream, MemoryReactorClock."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from devpid.filestore import FileStore
+from devpid.mirror import CachedPage, IndexUnavailable, MirrorIndex, ProjectNotFound
+from devpid.simple import ProjectPage
+from devpid.stats import Stats
+from devpid.store.embedded import EmbeddedStore
+from devpid.upstream import UpstreamClient
+
+SHA = "a" * 64
+
+
+def page_json(*filenames: str) -> bytes:
+    files = [
+        {"filename": f, "url": f"../../files/{f}", "hashes": {"sha256": SHA}} for f in filenames
+    ]
+    return json.dumps({"meta": {"api-version": "1.1"}, "name": "demo", "files": files}).encode()
+
+
+@attrs.define
+class FakeIndex(Resource):
+    """An upstream whose answers the test sets, counting what it is asked."""
+
+    isLeaf = True
+    body: bytes = page_json("demo-1.0.tar.gz")
+    status: int = 200
+    etag: str = '"v1"'
+    serial: int | None = 100
+    requests: list[dict[str, Any]] = attrs.field(factory=list)
+
+    def __attrs_post_init__(self) -> None:
+        Resource.__init__(self)
+
+    def render_GET(self, request: Request) -> bytes:
+        inm = request.getHeader(b"if-none-match")
+        self.requests.append({"path": request.path.decode(), "if_none_match": inm})
+        if self.status != 200:
+            request.setResponseCode(self.status)
+            return b"nope"
+        if inm is not None and inm.decode() == self.etag:
+            request.setResponseCode(304)
+            return b""
+        request.setHeader(b"content-type", b"application/vnd.pypi.simple.v1+json")
+        request.setHeader(b"etag", self.etag.encode())
+        if self.serial is not None:
+            request.setHeader(b"x-pypi-last-serial", str(self.serial).encode())
+        return self.body
+
+
+@attrs.define
+class World:
+    index: FakeIndex
+    stub: StubTreq
+    clock: Clock
+    mirror: MirrorIndex
+    store: EmbeddedStore
+
+    def get(self, project: str = "demo") -> CachedPage:
+        return self.resolve(Deferred.fromCoroutine(self.mirror.project_page(project)))
+
+    def resolve(self, d: Deferred[Any]) -> Any:
+        self.stub.flush()
+        results: list[Any] = []
+        d.addBoth(results.append)
+        assert results, "the request did not complete"
+        if isinstance(results[0], Failure):
+            results[0].raiseException()
+        return results[0]
+
+    def later(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+
+def make_world(tmp_path: Path, index: FakeIndex | None = None, **options: Any) -> World:
+    index = index or FakeIndex()
+    stub = StubTreq(index)
+    clock = MemoryReactorClock()
+    clock.advance(1_000_000)
+    store = EmbeddedStore(tmp_path / "state.sqlite", clock)
+    Deferred.fromCoroutine(store.open())
+    files = FileStore(tmp_path)
+    files.prepare()
+    upstream = UpstreamClient("http://upstream.test/simple/", stub, clock, timeout=5)
+    options.setdefault("cache_expiry", 1800)
+    mirror = MirrorIndex("root/pypi", upstream, store, files, clock, Stats(), **options)
+    return World(index, stub, clock, mirror, store)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Generator[World]:
+    yield make_world(tmp_path)
+
+
+def filenames(entry: CachedPage) -> list[str]:
+    assert isinstance(entry.content, ProjectPage)
+    return [link.filename for link in entry.content.links]
+
+
+def test_fresh_page_served_without_asking_upstream(world: World) -> None:
+    first = world.get()
+    assert filenames(first) == ["demo-1.0.tar.gz"]
+    assert isinstance(first.content, ProjectPage)
+    assert first.content.links[0].url == "http://upstream.test/files/demo-1.0.tar.gz"
+    world.later(1799)
+    assert world.get() is first
+    assert len(world.index.requests) == 1
+    assert world.mirror.stats.totals()["page_hits"] == 1
+
+
+def test_expired_page_is_revalidated_with_its_etag(world: World) -> None:
+    first = world.get()
+    world.later(1801)
+    again = world.get()
+    assert again is first
+    assert world.index.requests[-1]["if_none_match"] == b'"v1"'
+    # The 304 made the page fresh again.
+    world.later(1000)
+    world.get()
+    assert len(world.index.requests) == 2
+
+
+def test_changed_page_replaces_the_cache(world: World) -> None:
+    world.get()
+    world.later(1801)
+    world.index.body = page_json("demo-1.0.tar.gz", "demo-2.0.tar.gz")
+    world.index.etag = '"v2"'
+    world.index.serial = 101
+    assert filenames(world.get()) == ["demo-1.0.tar.gz", "demo-2.0.tar.gz"]
+
+
+def test_concurrent_refreshes_are_coalesced(world: World) -> None:
+    waiting = [Deferred.fromCoroutine(world.mirror.project_page("demo")) for _ in range(10)]
+    results = [world.resolve(d) for d in waiting]
+    assert len(world.index.requests) == 1
+    assert all(result is results[0] for result in results)
+
+
+def test_cancelling_one_waiter_leaves_the_refresh_running(world: World) -> None:
+    gone = Deferred.fromCoroutine(world.mirror.project_page("demo"))
+    staying = Deferred.fromCoroutine(world.mirror.project_page("demo"))
+    gone.cancel()
+    gone.addErrback(lambda f: None)
+    assert filenames(world.resolve(staying)) == ["demo-1.0.tar.gz"]
+    assert len(world.index.requests) == 1
+
+
+def test_lower_serial_keeps_the_cached_page(world: World) -> None:
+    first = world.get()
+    world.later(1801)
+    world.index.body = page_json()
+    world.index.etag = '"older-mirror"'
+    world.index.serial = 99
+    assert world.get() is first
+    # Upstreams without the header are accepted as they are.
+    world.later(1801)
+    world.index.serial = None
+    world.index.etag = '"no-serial"'
+    assert filenames(world.get()) == []
+
+
+def test_upstream_failure_serves_stale_then_backs_off(world: World) -> None:
+    first = world.get()
+    world.later(1801)
+    world.index.status = 503
+    assert world.get() is first
+    asked = len(world.index.requests)
+    world.later(world.mirror.error_backoff - 1)
+    assert world.get() is first
+    assert len(world.index.requests) == asked
+    world.later(2)
+    world.index.status = 200
+    world.get()
+    assert len(world.index.requests) == asked + 1
+    assert world.mirror.upstream.health.last_error is not None
+
+
+def test_nothing_cached_and_upstream_failing_is_unavailable(world: World) -> None:
+    world.index.status = 500
+    with pytest.raises(IndexUnavailable, match="500"):
+        world.get()
+
+
+def test_upstream_timeout_is_unavailable(tmp_path: Path) -> None:
+    class Silent(FakeIndex):
+        def render_GET(self, request: Request) -> int:
+            from twisted.web.server import NOT_DONE_YET
+
+            return NOT_DONE_YET  # type: ignore[no-any-return]
+
+    world = make_world(tmp_path, Silent())
+    d = Deferred.fromCoroutine(world.mirror.project_page("demo"))
+    world.stub.flush()
+    world.later(5.1)
+    with pytest.raises(IndexUnavailable, match="timed out"):
+        world.resolve(d)
+
+
+def test_missing_projects_are_remembered_briefly(world: World) -> None:
+    world.index.status = 404
+    with pytest.raises(ProjectNotFound):
+        world.get("ghost")
+    with pytest.raises(ProjectNotFound):
+        world.get("ghost")
+    assert len(world.index.requests) == 1
+    world.later(world.mirror.missing_ttl + 1)
+    with pytest.raises(ProjectNotFound):
+        world.get("ghost")
+    assert len(world.index.requests) == 2
+
+
+def test_malformed_page_is_an_upstream_error(world: World) -> None:
+    world.index.body = b'{"files": [oops'
+    with pytest.raises(IndexUnavailable, match="JSON"):
+        world.get()
+
+
+def test_cache_survives_a_restart(tmp_path: Path) -> None:
+    world = make_world(tmp_path)
+    world.get()
+    restarted = make_world(tmp_path, world.index)
+    restarted.clock.advance(10)
+    assert filenames(restarted.get()) == ["demo-1.0.tar.gz"]
+    assert len(world.index.requests) == 1
+
+
+def test_offline_never_asks_upstream(tmp_path: Path) -> None:
+    make_world(tmp_path).get()
+    offline = make_world(tmp_path, offline=True)
+    offline.clock.advance(1_000_000)
+    assert filenames(offline.get()) == ["demo-1.0.tar.gz"]
+    with pytest.raises(ProjectNotFound, match="offline"):
+        offline.get("other")
+    assert offline.index.requests == []
+    listing = offline.resolve(Deferred.fromCoroutine(offline.mirror.project_list()))
+    assert listing.content == ("demo",)

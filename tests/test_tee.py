@@ -1,0 +1,327 @@
+"""The streaming tee, in memory: an upstream body delivered by hand, clients as fake requests."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from devpid.filestore import FileStore
+from devpid.stats import Stats
+from devpid.tee import Download, DownloadFailed, DownloadManager, FileSpec
+from devpid.upstream import UpstreamClient
+
+CHUNKS = [b"a" * 1000, b"b" * 1000, b"c" * 500]
+BODY = b"".join(CHUNKS)
+SHA = hashlib.sha256(BODY).hexdigest()
+
+
+@attrs.define
+class FakeTransport:
+    aborted: bool = False
+    stopped: bool = False
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+
+
+@attrs.define
+class FakeChannel:
+    transport: FakeTransport = attrs.field(factory=FakeTransport)
+
+
+@attrs.define
+class FakeClient:
+    """What TeeReader uses of a twisted.web request, recording what it is sent."""
+
+    channel: FakeChannel = attrs.field(factory=FakeChannel)
+    received: bytearray = attrs.field(factory=bytearray)
+    producer: Any = None
+    finished: bool = False
+    _notify: list[Deferred[None]] = attrs.field(factory=list)
+    #: Pause the producer once this many bytes were written (a slow client).
+    window: int | None = None
+
+    def write(self, data: bytes) -> None:
+        assert not self.finished
+        self.received += data
+        if self.window is not None and len(self.received) >= self.window:
+            self.producer.pauseProducing()
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        assert streaming
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+    def finish(self) -> None:
+        self.finished = True
+        for d in self._notify:
+            d.callback(None)
+
+    def notifyFinish(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self._notify.append(d)
+        return d
+
+    def disconnect(self) -> None:
+        for d in self._notify:
+            d.errback(Failure(ConnectionError("client went away")))
+
+    @property
+    def aborted(self) -> bool:
+        return self.channel.transport.aborted
+
+
+@attrs.define
+class FakeResponse:
+    """An upstream response whose body the test delivers chunk by chunk."""
+
+    length: int | None
+    code: int = 200
+    protocol: Any = None
+
+    def deliverBody(self, protocol: Any) -> None:
+        self.protocol = protocol
+        protocol.makeConnection(FakeTransport())
+
+    def send(self, data: bytes) -> None:
+        self.protocol.dataReceived(data)
+
+    def end(self, reason: Failure | None = None) -> None:
+        self.protocol.connectionLost(reason or Failure(ResponseDone()))
+
+
+@attrs.define
+class Setup:
+    download: Download
+    response: FakeResponse
+    clock: MemoryReactorClock
+    files: FileStore
+    final: Path
+
+
+def start(tmp_path: Path, sha256: str | None = SHA, length: int | None = len(BODY)) -> Setup:
+    files = FileStore(tmp_path)
+    files.prepare()
+    clock = MemoryReactorClock()
+    final = files.file_path("root/pypi", "abc", "0123456789abc", "demo-1.0.tar.gz")
+    spec = FileSpec("http://upstream.test/demo-1.0.tar.gz", final, sha256, None)
+    download = Download(spec, files, clock, idle_timeout=30)
+    response = FakeResponse(length)
+    download._start_streaming(response, None)  # type: ignore[arg-type]
+    return Setup(download, response, clock, files, final)
+
+
+def attach(setup: Setup, **options: Any) -> FakeClient:
+    client = FakeClient(**options)
+    setup.download.attach(client)  # type: ignore[arg-type]
+    return client
+
+
+def test_clients_get_everything_only_after_verification(tmp_path: Path) -> None:
+    s = start(tmp_path)
+    client = attach(s)
+    s.response.send(CHUNKS[0])
+    assert bytes(client.received) == b""  # the newest chunk is held back
+    s.response.send(CHUNKS[1])
+    assert bytes(client.received) == CHUNKS[0]
+    s.response.send(CHUNKS[2])
+    assert bytes(client.received) == CHUNKS[0] + CHUNKS[1]
+    assert not client.finished
+    s.response.end()
+    assert bytes(client.received) == BODY and client.finished
+    assert s.download.verified
+    assert s.final.read_bytes() == BODY
+    assert not FileStore.partial_path(s.final).exists()
+
+
+def test_late_joiner_reads_from_disk_then_follows(tmp_path: Path) -> None:
+    s = start(tmp_path)
+    s.response.send(CHUNKS[0])
+    s.response.send(CHUNKS[1])
+    late = attach(s)
+    assert bytes(late.received) == CHUNKS[0]
+    s.response.send(CHUNKS[2])
+    s.response.end()
+    assert bytes(late.received) == BODY and late.finished
+
+
+@pytest.mark.parametrize(
+    ("sha256", "length", "body"),
+    [
+        ("0" * 64, len(BODY), BODY),  # wrong hash
+        (SHA, len(BODY), BODY[:-1]),  # short body
+        (None, len(BODY), BODY[:-1]),  # no hash, short body
+    ],
+)
+def test_bad_bodies_abort_clients_and_keep_nothing(
+    tmp_path: Path, sha256: str | None, length: int, body: bytes
+) -> None:
+    s = start(tmp_path, sha256=sha256, length=length)
+    client = attach(s)
+    s.response.send(body[:1000])
+    s.response.send(body[1000:])
+    s.response.end(Failure(PotentialDataLoss()) if sha256 is None else None)
+    assert s.download.state == "failed"
+    assert client.aborted and not client.finished
+    assert len(client.received) < len(BODY)
+    assert not s.final.exists()
+    assert not FileStore.partial_path(s.final).exists()
+
+
+def test_more_bytes_than_announced_fail_at_once(tmp_path: Path) -> None:
+    s = start(tmp_path)
+    client = attach(s)
+    s.response.send(BODY)
+    s.response.send(b"extra")
+    assert s.download.state == "failed"
+    assert s.response.protocol.transport.stopped
+    assert client.aborted
+
+
+def test_upstream_breaking_off_aborts_clients(tmp_path: Path) -> None:
+    s = start(tmp_path)
+    client = attach(s)
+    s.response.send(CHUNKS[0])
+    s.response.end(Failure(ConnectionResetError("reset")))
+    assert client.aborted and s.download.state == "failed"
+    assert "broke off" in (s.download.error or "")
+    assert not FileStore.partial_path(s.final).exists()
+
+
+def test_idle_upstream_times_out(tmp_path: Path) -> None:
+    s = start(tmp_path)
+    client = attach(s)
+    s.response.send(CHUNKS[0])
+    s.clock.advance(29)
+    s.response.send(CHUNKS[1])
+    s.clock.advance(29)
+    assert s.download.state == "streaming"
+    s.clock.advance(2)
+    assert s.download.state == "failed"
+    assert "stalled" in (s.download.error or "")
+    assert s.response.protocol.transport.stopped
+    assert client.aborted
+
+
+def test_disconnected_client_detaches_and_download_completes(tmp_path: Path) -> None:
+    s = start(tmp_path)
+    leaving = attach(s)
+    staying = attach(s)
+    s.response.send(CHUNKS[0])
+    s.response.send(CHUNKS[1])
+    leaving.disconnect()
+    assert len(s.download.readers) == 1
+    s.response.send(CHUNKS[2])
+    s.response.end()
+    assert s.download.verified and staying.finished
+    assert bytes(staying.received) == BODY
+    assert len(leaving.received) == len(CHUNKS[0])
+
+
+def test_slow_client_does_not_hold_up_the_download(tmp_path: Path) -> None:
+    s = start(tmp_path)
+    slow = attach(s, window=500)
+    for chunk in CHUNKS:
+        s.response.send(chunk)
+    s.response.end()
+    assert s.download.verified  # the cache filled while the client was paused
+    assert len(slow.received) < len(BODY) and not slow.finished
+    slow.window = None
+    slow.producer.resumeProducing()
+    assert bytes(slow.received) == BODY and slow.finished
+
+
+def test_no_hash_verifies_by_length_only(tmp_path: Path) -> None:
+    s = start(tmp_path, sha256=None)
+    for chunk in CHUNKS:
+        s.response.send(chunk)
+    s.response.end()
+    assert s.download.verified
+
+
+class FileResource(Resource):
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gets = 0
+        self.pending: list[Request] = []
+
+    def render_GET(self, request: Request) -> bytes | int:
+        self.gets += 1
+        if request.path.endswith(b"missing.tar.gz"):
+            request.setResponseCode(404)
+            return b"no"
+        # Answer later, so that the download is still running when others ask.
+        request.setHeader(b"content-length", str(len(BODY)).encode())
+        request.write(CHUNKS[0])
+        self.pending.append(request)
+        return NOT_DONE_YET
+
+    def complete(self) -> None:
+        for request in self.pending:
+            request.write(b"".join(CHUNKS[1:]))
+            request.finish()
+
+
+def manager(tmp_path: Path) -> tuple[DownloadManager, StubTreq, FileResource, FileStore]:
+    resource = FileResource()
+    stub = StubTreq(resource)
+    clock = MemoryReactorClock()
+    files = FileStore(tmp_path)
+    files.prepare()
+    upstream = UpstreamClient("http://upstream.test/simple/", stub, clock, timeout=5)
+    return DownloadManager(files, upstream, clock, 30, Stats()), stub, resource, files
+
+
+def test_manager_runs_one_download_per_file(tmp_path: Path) -> None:
+    downloads, stub, resource, files = manager(tmp_path)
+    final = files.file_path("root/pypi", "abc", "0123456789abc", "demo-1.0.tar.gz")
+    spec = FileSpec("http://upstream.test/files/demo-1.0.tar.gz", final, SHA, len(BODY))
+    first, started = downloads.download_for(spec)
+    second, started_again = downloads.download_for(spec)
+    assert first is second and started and not started_again
+    waiter = first.wait_for_headers()
+    stub.flush()
+    assert waiter.called
+    third, started_again = downloads.download_for(spec)
+    assert third is first and not started_again
+    assert not downloads.drain().called
+    resource.complete()
+    stub.flush()
+    assert resource.gets == 1
+    assert first.verified
+    assert final.read_bytes() == BODY
+    assert downloads.running == {}
+    assert downloads.drain().called
+
+
+def test_manager_reports_upstream_404(tmp_path: Path) -> None:
+    downloads, stub, _resource, files = manager(tmp_path)
+    final = files.file_path("root/pypi", "abc", "0123456789abc", "missing.tar.gz")
+    spec = FileSpec("http://upstream.test/files/missing.tar.gz", final, SHA, None)
+    download, _ = downloads.download_for(spec)
+    waiter = download.wait_for_headers()
+    stub.flush()
+    failures: list[Failure] = []
+    waiter.addErrback(failures.append)
+    assert failures and failures[0].check(DownloadFailed)
+    assert "404" in str(failures[0].value)
+    assert downloads.stats.totals()["download_failures"] == 1
