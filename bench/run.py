@@ -42,6 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--skip-devpid", action="store_true", help="measure devpi only (to check the harness)"
     )
+    parser.add_argument(
+        "--no-wrk", action="store_true", help="use the pure-Python load generator, not wrk"
+    )
     parser.add_argument("--json", type=Path, help="write the results as JSON to this file")
     parser.add_argument(
         "--devpi-venv",
@@ -79,6 +82,52 @@ def say(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+def start_devpids(
+    group: procs.ProcessGroup,
+    workdir: Path,
+    fast_up: procs.Upstream,
+    slow_up: procs.Upstream,
+    fast: dict[str, measure.Mirror],
+    slow: dict[str, measure.Mirror],
+) -> None:
+    """One devpid per upstream, each with its own serverdir."""
+    why = procs.devpid_available()
+    if why:
+        raise procs.BenchError(why)
+    server = procs.start_devpid(group, "devpid", workdir / "devpid-serverdir", fast_up)
+    fast["devpid"] = measure.Mirror(server, "root/pypi", fast_up)
+    server = procs.start_devpid(group, "devpid-slow", workdir / "devpid-slow-serverdir", slow_up)
+    slow["devpid"] = measure.Mirror(server, "root/pypi", slow_up)
+    say(f"devpid: {fast['devpid'].server.url}, {server.url} (rate-limited upstream)")
+
+
+def start_devpi(
+    args: argparse.Namespace,
+    group: procs.ProcessGroup,
+    workdir: Path,
+    fast_up: procs.Upstream,
+    slow_up: procs.Upstream,
+    fast: dict[str, measure.Mirror],
+    slow: dict[str, measure.Mirror],
+    results: Results,
+) -> None:
+    """One devpi-server: root/pypi mirrors the fast upstream, root/slow the rate-limited one."""
+    setup: list[str] = results.meta["devpi_setup"]
+    say(f"devpi venv: {args.devpi_venv}")
+    bin_dir = devpi.ensure_venv(args.devpi_venv, setup)
+    results.meta["devpi_server_version"] = devpi.devpi_version(bin_dir)
+    server = devpi.start_devpi(
+        group,
+        bin_dir,
+        workdir,
+        {"root/pypi": fast_up.simple_url, "root/slow": slow_up.simple_url},
+        setup,
+    )
+    fast["devpi"] = measure.Mirror(server, "root/pypi", fast_up)
+    slow["devpi"] = measure.Mirror(server, "root/slow", slow_up)
+    say(f"devpi-server: {server.url} (root/pypi fast, root/slow rate-limited)")
+
+
 def run(args: argparse.Namespace, workdir: Path, results: Results) -> None:
     settings = settings_for(args.quick)
     huge_size = 100 * MiB if args.quick else 1024 * MiB
@@ -96,19 +145,9 @@ def run(args: argparse.Namespace, workdir: Path, results: Results) -> None:
     group = procs.ProcessGroup(log_dir=workdir)
     try:
         notes: list[str] = []
-        wrk_path = wrk.ensure_wrk(notes)
+        wrk_path = None if args.no_wrk else wrk.ensure_wrk(notes)
         results.problems.extend(notes)
         wrk_script = wrk.write_script(workdir)
-
-        bin_dir = None
-        if not args.skip_devpi:
-            say(f"devpi venv: {args.devpi_venv}")
-            bin_dir = devpi.ensure_venv(args.devpi_venv, setup)
-            results.meta["devpi_server_version"] = devpi.devpi_version(bin_dir)
-        if not args.skip_devpid:
-            why = procs.devpid_available()
-            if why:
-                raise procs.BenchError(why)
 
         say("building the upstream repository")
         root = workdir / "upstream-root"
@@ -124,24 +163,19 @@ def run(args: argparse.Namespace, workdir: Path, results: Results) -> None:
         fast: dict[str, measure.Mirror] = {}
         slow: dict[str, measure.Mirror] = {}
         if not args.skip_devpid:
-            server = procs.start_devpid(group, "devpid", workdir / "devpid-serverdir", fast_up)
-            fast["devpid"] = measure.Mirror(server, "root/pypi", fast_up)
-            server = procs.start_devpid(
-                group, "devpid-slow", workdir / "devpid-slow-serverdir", slow_up
-            )
-            slow["devpid"] = measure.Mirror(server, "root/pypi", slow_up)
-            say(f"devpid: {fast['devpid'].server.url}, {server.url} (rate-limited upstream)")
-        if bin_dir is not None:
-            server = devpi.start_devpi(
-                group,
-                bin_dir,
-                workdir,
-                {"root/pypi": fast_up.simple_url, "root/slow": slow_up.simple_url},
-                setup,
-            )
-            fast["devpi"] = measure.Mirror(server, "root/pypi", fast_up)
-            slow["devpi"] = measure.Mirror(server, "root/slow", slow_up)
-            say(f"devpi-server: {server.url} (root/pypi fast, root/slow rate-limited)")
+            try:
+                start_devpids(group, workdir, fast_up, slow_up, fast, slow)
+            except procs.BenchError as exc:
+                results.problems.append(f"devpid not measured: {exc}")
+        if not args.skip_devpi:
+            try:
+                start_devpi(args, group, workdir, fast_up, slow_up, fast, slow, results)
+            except procs.BenchError as exc:
+                results.problems.append(f"devpi-server not measured: {exc}")
+        for label in [label for label in fast if label not in slow]:
+            del fast[label]
+        if not fast:
+            raise procs.BenchError("no server to measure")
 
         bench = measure.Bench(
             settings=settings,

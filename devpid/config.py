@@ -109,6 +109,8 @@ def read_ini(path: str) -> dict[str, str]:
             parser.read_file(f)
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
     except configparser.Error as e:
         first_line = str(e).splitlines()[0]
         raise ConfigError(f"config file {path} is not valid INI: {first_line}") from None

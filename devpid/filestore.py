@@ -26,6 +26,8 @@ from twisted.logger import Logger
 from devpid.simple import FILENAME, HEX
 
 PARTIAL_SUFFIX = ".devpid-partial"
+#: The page file name that holds an index's project list.
+PROJECT_LIST = "+projects"
 _INDEX_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 #: Normalized project names (``packaging.utils.canonicalize_name``).
 _PROJECT_PART = re.compile(r"^[a-z0-9][a-z0-9-]{0,199}\Z")
@@ -140,7 +142,7 @@ class FileStore:
         user, _, name = index.partition("/")
         _check_component(user, _INDEX_PART)
         _check_component(name, _INDEX_PART)
-        if project != "+projects":
+        if project != PROJECT_LIST:
             _check_component(project, _PROJECT_PART)
         return self._inside(self.pages_root / user / name / f"{project}.json")
 
@@ -165,7 +167,7 @@ class FileStore:
         with open(partial, "w", encoding="utf-8") as f:
             json.dump(data, f, separators=(",", ":"))
         os.replace(partial, path)
-        if new and project != "+projects":
+        if new and project != PROJECT_LIST:
             self.counts.pages += 1
 
     def delete_page(self, index: str, project: str) -> None:
@@ -173,7 +175,8 @@ class FileStore:
             self.page_path(index, project).unlink()
         except FileNotFoundError:
             return
-        self.counts.pages -= 1
+        if project != PROJECT_LIST:
+            self.counts.pages -= 1
 
     def cached_projects(self, index: str) -> list[str]:
         user, _, name = index.partition("/")

@@ -20,7 +20,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from devpid.coalesce import Coalescer
-from devpid.filestore import FileStore
+from devpid.filestore import PROJECT_LIST, FileStore
 from devpid.render import LinkRenderer, render_project_list, render_project_page
 from devpid.simple import (
     Link,
@@ -32,8 +32,6 @@ from devpid.simple import (
 from devpid.stats import Stats
 from devpid.store import StateStore
 from devpid.upstream import PageResponse, UpstreamClient, UpstreamError
-
-PROJECT_LIST = "+projects"
 
 
 class ProjectNotFound(Exception):
@@ -60,14 +58,17 @@ class CachedPage:
         return now - self.fetched_at < expiry or now < self.retry_at
 
     def render(
-        self, media_type: str, urls: LinkRenderer, include: Callable[[Link], bool] | None = None
+        self,
+        media_type: str,
+        urls: LinkRenderer,
+        select: Callable[[Link], Link | None] | None = None,
     ) -> tuple[bytes, bytes]:
         """The page as ``media_type`` with ``urls``, and its ETag; both computed once."""
         key = (media_type, urls)
         rendered = self._renders.get(key)
         if rendered is None:
             if isinstance(self.content, ProjectPage):
-                body = render_project_page(self.content, media_type, urls, include)
+                body = render_project_page(self.content, media_type, urls, select)
             else:
                 body = render_project_list(self.content, media_type, urls)
             etag = b'"' + hashlib.blake2b(body, digest_size=12).hexdigest().encode() + b'"'

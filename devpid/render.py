@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 from collections.abc import Callable, Iterable
 from html import escape
 
@@ -54,9 +56,10 @@ def _parse_accept(header: str) -> list[tuple[str, float]]:
             key, _, value = param.partition("=")
             if key.strip().lower() == "q":
                 try:
-                    quality = min(max(float(value), 0.0), 1.0)
+                    quality = float(value)
                 except ValueError:
                     quality = 0.0
+                quality = min(max(quality, 0.0), 1.0) if math.isfinite(quality) else 0.0
         ranges.append((_ALIASES.get(media, media), quality))
     return ranges
 
@@ -73,6 +76,7 @@ def _specificity(media_range: str, offered: str) -> int:
     return -1
 
 
+@functools.lru_cache(maxsize=256)
 def negotiate(accept: str | None, format_param: str | None = None) -> str:
     """The media type to answer with, from ``?format=`` or the Accept header's q-values."""
     if format_param:
@@ -123,9 +127,13 @@ def render_project_page(
     page: ProjectPage,
     media_type: str,
     urls: LinkRenderer,
-    include: Callable[[Link], bool] | None = None,
+    select: Callable[[Link], Link | None] | None = None,
 ) -> bytes:
-    links = [link for link in page.links if include is None or include(link)]
+    """Render ``page``; ``select`` may drop (None) or change each link first."""
+    if select is None:
+        links = list(page.links)
+    else:
+        links = [chosen for link in page.links if (chosen := select(link)) is not None]
     if media_type == JSON_V1:
         return _project_json(page, links, urls)
     return _project_html(page, links, urls)

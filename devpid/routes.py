@@ -8,7 +8,9 @@ No caching or I/O policy lives here.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,6 +29,7 @@ from werkzeug.exceptions import HTTPException
 from devpid.filestore import FileStore, UnsafePath
 from devpid.mirror import CachedPage, IndexUnavailable, MirrorIndex, ProjectNotFound
 from devpid.render import CONTENT_TYPES, LinkRenderer, NotAcceptable, negotiate
+from devpid.sender import FileSender
 from devpid.simple import Link, is_valid_project_name, project_of_filename
 from devpid.stats import Stats
 from devpid.status import StatusReport
@@ -64,6 +67,22 @@ def _matches(if_none_match: bytes | None, etag: bytes) -> bool:
         return False
     candidates = [c.strip().removeprefix(b"W/") for c in if_none_match.split(b",")]
     return etag in candidates or b"*" in candidates
+
+
+def _until_finished(request: Request) -> Deferred[None]:
+    """Fires when the response is complete or the client has gone.
+
+    A route that streams awaits this, so Klein neither finishes the request
+    early nor (when cancelled on disconnect) touches the shared download.
+    """
+    finished: Deferred[None] = Deferred()
+
+    def done(_: object) -> None:
+        if not finished.called:
+            finished.callback(None)
+
+    request.notifyFinish().addBoth(done)
+    return finished
 
 
 @attrs.define(slots=False)
@@ -112,7 +131,9 @@ class DevpidRoutes:
         except NotAcceptable as e:
             raise HTTPError(406, str(e)) from None
 
-    def _redirect(self, request: Request, location: str) -> bytes:
+    def _redirect(self, request: Request, mirror: MirrorIndex, subpath: str) -> bytes:
+        """A 301 to ``subpath`` of the index, under the outside URL when there is one."""
+        location = f"{self._links(request, mirror).prefix}/{mirror.name}/{subpath}"
         query = request.uri.partition(b"?")[2]
         target = location.encode("utf-8") + (b"?" + query if query else b"")
         request.setResponseCode(301)
@@ -126,11 +147,11 @@ class DevpidRoutes:
         entry: CachedPage,
         media_type: str,
         urls: LinkRenderer,
-        include: Callable[[Link], bool] | None = None,
+        select: Callable[[Link], Link | None] | None = None,
     ) -> bytes:
-        body, etag = entry.render(media_type, urls, include)
+        body, etag = entry.render(media_type, urls, select)
         request.setHeader(b"content-type", CONTENT_TYPES[media_type].encode())
-        request.setHeader(b"vary", b"Accept")
+        request.setHeader(b"vary", b"Accept, X-Outside-URL")
         request.setHeader(b"cache-control", PAGE_CACHE_CONTROL)
         request.setHeader(b"etag", etag)
         if entry.serial is not None:
@@ -165,7 +186,7 @@ class DevpidRoutes:
     async def project_list(self, request: Request, user: str, index: str) -> bytes:
         mirror = self._index(user, index)
         if not request.path.endswith(b"/") and not _is_installer(request):
-            return self._redirect(request, request.path.decode("utf-8") + "/")
+            return self._redirect(request, mirror, "+simple/")
         media_type = self._media_type(request)
         try:
             entry = await mirror.project_list()
@@ -183,7 +204,7 @@ class DevpidRoutes:
         normalized = canonicalize_name(project)
         trailing = request.path.endswith(b"/")
         if normalized != project or (not trailing and not _is_installer(request)):
-            return self._redirect(request, f"/{mirror.name}/+simple/{normalized}/")
+            return self._redirect(request, mirror, f"+simple/{normalized}/")
         media_type = self._media_type(request)
         urls = self._links(request, mirror)
         try:
@@ -192,17 +213,25 @@ class DevpidRoutes:
             raise HTTPError(404, str(e)) from None
         except IndexUnavailable as e:
             raise HTTPError(502, str(e)) from None
-        include = None
-        if mirror.offline:
-            include = self._cached_only(mirror)
-        return self._send_page(request, entry, media_type, urls, include)
+        select = self._cached_only(mirror) if mirror.offline else None
+        return self._send_page(request, entry, media_type, urls, select)
 
-    def _cached_only(self, mirror: MirrorIndex) -> Callable[[Link], bool]:
-        def include(link: Link) -> bool:
+    def _cached_only(self, mirror: MirrorIndex) -> Callable[[Link], Link | None]:
+        def select(link: Link) -> Link | None:
+            """Offline, only cached files are links (and their metadata only if cached)."""
             h = link.storage_hash
-            return self.files.file_path(mirror.name, h[:3], h[3:16], link.filename).is_file()
+            try:
+                path = self.files.file_path(mirror.name, h[:3], h[3:16], link.filename)
+            except UnsafePath:
+                return None
+            if not path.is_file():
+                return None
+            metadata = path.with_name(path.name + ".metadata")
+            if link.core_metadata is not False and not metadata.is_file():
+                return attrs.evolve(link, core_metadata=False)
+            return link
 
-        return include
+        return select
 
     @app.route("/<user>/<index>/+f/<h3>/<h13>/<filename>", methods=["GET", "HEAD"])
     async def file(
@@ -215,7 +244,7 @@ class DevpidRoutes:
             raise HTTPError(400, str(e)) from None
         if path.is_file():
             self.stats.incr("file_hits")
-            return self._cached_file(request, path, h3 + h13)
+            return await self._cached_file(request, path, h3 + h13)
         is_metadata = filename.endswith(".metadata")
         dist_filename = filename.removesuffix(".metadata")
         project = project_of_filename(dist_filename)
@@ -249,36 +278,46 @@ class DevpidRoutes:
         except DownloadFailed as e:
             raise HTTPError(502, str(e)) from None
         if download.verified:
-            return self._cached_file(request, path, h3 + h13)
+            return await self._cached_file(request, path, h3 + h13)
         request.setHeader(b"content-type", b"application/octet-stream")
         request.setHeader(b"x-accel-buffering", b"no")
         if download.total is not None:
             request.setHeader(b"content-length", str(download.total).encode())
         request.setHeader(b"cache-control", FILE_CACHE_CONTROL)
         request.setHeader(b"etag", f'"{h3}{h13}"'.encode())
-        finished: Deferred[None] = Deferred()
-
-        def request_done(_: object) -> None:
-            if not finished.called:
-                finished.callback(None)
-
-        request.notifyFinish().addBoth(request_done)
+        finished = _until_finished(request)
         download.attach(request)
         await finished
         return None
 
-    def _cached_file(self, request: Request, path: Any, hash_prefix: str) -> Any:
+    async def _cached_file(self, request: Request, path: Path, hash_prefix: str) -> Any:
         etag = f'"{hash_prefix}"'.encode()
         request.setHeader(b"etag", etag)
         request.setHeader(b"cache-control", FILE_CACHE_CONTROL)
         if _matches(request.getHeader(b"if-none-match"), etag):
             request.setResponseCode(304)
             return b""
+        if request.method == b"GET" and not request.getHeader(b"range"):
+            return await self._send_whole_file(request, path)
         resource = File(str(path), defaultType="application/octet-stream")
         # Files are served byte for byte: no Content-Encoding for .tar.gz.
         resource.type = "application/octet-stream"
         resource.encoding = None
         return resource
+
+    async def _send_whole_file(self, request: Request, path: Path) -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise HTTPError(404, f"{path.name} is no longer cached") from None
+        size = os.fstat(fd).st_size
+        request.setHeader(b"content-type", b"application/octet-stream")
+        request.setHeader(b"content-length", b"%d" % size)
+        request.setHeader(b"accept-ranges", b"bytes")
+        request.setHeader(b"last-modified", http.datetimeToString(os.fstat(fd).st_mtime))
+        finished = _until_finished(request)
+        FileSender(request, fd, size).start()
+        await finished
 
     # -- errors --------------------------------------------------------------
 

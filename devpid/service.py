@@ -133,7 +133,8 @@ class ListenerService(Service):
         # twistd would exit 0 after a plain reactor.stop(); a service manager
         # must see that start-up failed.
         self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
-        self.reactor.stop()
+        # Listening happens while twistd starts the reactor; stop once it runs.
+        self.reactor.callWhenRunning(self.reactor.stop)
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()

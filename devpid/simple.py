@@ -167,15 +167,40 @@ class ProjectPage:
         )
 
 
+def _resolve(base_url: str, href: str) -> str | None:
+    """``href`` made absolute, or None when it is not a usable http(s) URL."""
+    try:
+        url = urljoin(base_url, href)
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return None
+    return url
+
+
 def _filename_of(url: str) -> str:
     return unquote(urlsplit(url).path.rsplit("/", 1)[-1])
 
 
+def _valid_hashes(hashes: dict[Any, Any]) -> dict[str, str]:
+    """Only well-formed digests of known algorithms: a bad one must not name a path."""
+    valid = {}
+    for name, value in hashes.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            continue
+        name, value = name.lower(), value.lower()
+        if name not in hashlib.algorithms_guaranteed or not HEX.match(value):
+            continue
+        hasher = hashlib.new(name)
+        if hasher.digest_size and len(value) == hasher.digest_size * 2:
+            valid[name] = value
+    return valid
+
+
 def _hash_fragment(fragment: str) -> dict[str, str]:
     name, sep, value = fragment.partition("=")
-    if sep and name and HEX.match(value.lower()) and name in hashlib.algorithms_guaranteed:
-        return {name: value.lower()}
-    return {}
+    return _valid_hashes({name: value}) if sep else {}
 
 
 def _metadata_attr(value: str | None) -> bool | dict[str, str]:
@@ -235,7 +260,10 @@ def parse_project_html(
         href = anchor.get("href")
         if not href:
             continue
-        url, fragment = urldefrag(urljoin(base_url, href))
+        resolved = _resolve(base_url, href)
+        if resolved is None:
+            continue
+        url, fragment = urldefrag(resolved)
         filename = _filename_of(url)
         if not FILENAME.match(filename):
             continue
@@ -262,7 +290,7 @@ def parse_project_html(
 def _load_json(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise PageParseError(f"unparseable JSON: {e}") from None
     if not isinstance(data, dict):
         raise PageParseError("JSON page is not an object")
@@ -272,7 +300,7 @@ def _load_json(body: bytes) -> dict[str, Any]:
 def _json_metadata(item: dict[str, Any]) -> bool | dict[str, str]:
     value = item.get("core-metadata", item.get("dist-info-metadata", False))
     if isinstance(value, dict):
-        return {str(k): str(v).lower() for k, v in value.items() if isinstance(v, str)} or True
+        return _valid_hashes(value) or True
     return bool(value)
 
 
@@ -287,7 +315,10 @@ def parse_project_json(
     for item in files:
         if not isinstance(item, dict) or not isinstance(item.get("url"), str):
             raise PageParseError("JSON page has a file entry without a 'url'")
-        url = urldefrag(urljoin(base_url, item["url"]))[0]
+        resolved = _resolve(base_url, item["url"])
+        if resolved is None:
+            continue
+        url = urldefrag(resolved)[0]
         filename = item.get("filename") or _filename_of(url)
         if not isinstance(filename, str) or not FILENAME.match(filename):
             continue
@@ -302,8 +333,8 @@ def parse_project_json(
             Link(
                 filename=filename,
                 url=url,
-                hashes={str(k): str(v).lower() for k, v in hashes.items() if isinstance(v, str)},
-                size=size if isinstance(size, int) and size >= 0 else None,
+                hashes=_valid_hashes(hashes),
+                size=size if type(size) is int and size >= 0 else None,
                 requires_python=requires_python if isinstance(requires_python, str) else None,
                 yanked=yanked if isinstance(yanked, str) and yanked else bool(yanked),
                 core_metadata=_json_metadata(item),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import treq.client
@@ -75,8 +76,8 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
         settings = settings_from_options(options)
         try:
             endpoint = serverFromString(reactor, settings.listen)
-        except (ValueError, KeyError, TypeError) as e:
-            raise ConfigError(f"--listen {settings.listen!r} is not an endpoint: {e}") from None
+        except Exception as e:  # endpoint parsers raise many kinds (a missing key file, ...)
+            raise ConfigError(f"--listen {settings.listen!r} is not usable: {e}") from None
         try:
             settings.serverdir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -95,11 +96,13 @@ def build_service(settings: Settings, reactor: Any, endpoint: Any) -> MultiServi
     pool = UpstreamPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 16
     agent = Agent(reactor, connectTimeout=settings.upstream_timeout, pool=pool)
+    via = f"1.1 devpid-{uuid.uuid4().hex[:12]}"
     upstream = UpstreamClient(
         settings.upstream,
         treq.client.HTTPClient(agent),
         reactor,
         settings.upstream_timeout,
+        via=via,
     )
     downloads = DownloadManager(files, upstream, reactor, settings.upstream_timeout, stats)
     mirror = MirrorIndex(
@@ -125,7 +128,7 @@ def build_service(settings: Settings, reactor: Any, endpoint: Any) -> MultiServi
     routes = DevpidRoutes(
         {MIRROR_INDEX: mirror}, downloads, files, stats, status, settings.outside_url
     )
-    site = DevpidSite(routes.resource(), stats)
+    site = DevpidSite(routes.resource(), stats, via=via.encode())
     site.noisy = False
 
     top = MultiService()

@@ -141,6 +141,8 @@ class UpstreamClient:
     http: Any
     clock: IReactorTime
     timeout: float
+    #: Sent in a ``Via`` header, so a devpid that is its own upstream notices.
+    via: str = "1.1 devpid"
     health: UpstreamHealth = attrs.field(factory=UpstreamHealth)
     log = Logger()
 
@@ -150,7 +152,7 @@ class UpstreamClient:
     async def fetch_page(self, project: str | None, etag: str | None = None) -> PageResponse:
         """GET a project page (or the project list for None), conditionally on ``etag``."""
         url = self.simple_url if project is None else self.project_url(project)
-        headers = {"Accept": [PAGE_ACCEPT], "User-Agent": [USER_AGENT]}
+        headers = {"Accept": [PAGE_ACCEPT], "User-Agent": [USER_AGENT], "Via": [self.via]}
         if etag:
             headers["If-None-Match"] = [etag]
         started = self.clock.seconds()
@@ -166,7 +168,7 @@ class UpstreamClient:
         elapsed = self.clock.seconds() - started
         self.health.fetches += 1
         self.health.bytes_fetched += len(page.body)
-        if page.status >= 500:
+        if page.status >= 400 and page.status not in (404, 410):
             reason = f"GET {url}: upstream answered {page.status}"
             self.health.failed(reason)
             self.log.warn("upstream {reason}", reason=reason)
@@ -202,7 +204,8 @@ class UpstreamClient:
 
     async def open_file(self, url: str) -> IResponse:
         """Start a file GET; the caller streams the body with ``deliverBody``."""
-        d = self.http.get(url, headers={"User-Agent": [USER_AGENT]}, unbuffered=True)
+        headers = {"User-Agent": [USER_AGENT], "Via": [self.via]}
+        d = self.http.get(url, headers=headers, unbuffered=True)
         d.addTimeout(self.timeout, self.clock)
         try:
             response: IResponse = await d

@@ -32,12 +32,6 @@ BASE = "http://127.0.0.1:8000/simple/demo/"
 SHA_A = "a" * 64
 SHA_B = "0123456789abcdef" * 4
 META_SHA = "fedcba9876543210" * 4
-TRAILING_NEWLINE_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="BUG: PROJECT_NAME / FILENAME / HEX end in '$', which also matches before a "
-    "trailing newline, so 'a\\n' is a valid name and 'x.tar.gz\\n' a valid filename "
-    "(simple.py:32-36; use \\Z or fullmatch)",
-)
 RELPATH = re.compile(r"^[0-9a-f]{3}/[0-9a-f]{13}/(?P<filename>[^/]+)$")
 
 
@@ -50,7 +44,9 @@ def html_page(*anchors: str, head: str = "") -> bytes:
 
 
 def json_page(files: list[object], **extra: object) -> bytes:
-    return json.dumps({"meta": {"api-version": "1.1"}, "name": "demo", "files": files, **extra}).encode()
+    return json.dumps(
+        {"meta": {"api-version": "1.1"}, "name": "demo", "files": files, **extra}
+    ).encode()
 
 
 def one_link(page: ProjectPage) -> Link:
@@ -162,7 +158,8 @@ def test_html_core_metadata_attributes() -> None:
             '<a href="demo-1.0-py3-none-any.whl" data-core-metadata="true">x</a>',
             f'<a href="demo-2.0-py3-none-any.whl" data-core-metadata="sha256={META_SHA}">x</a>',
             '<a href="demo-3.0-py3-none-any.whl" data-dist-info-metadata="true">x</a>',
-            f'<a href="demo-4.0-py3-none-any.whl" data-dist-info-metadata="sha256={META_SHA}">x</a>',
+            '<a href="demo-4.0-py3-none-any.whl"'
+            f' data-dist-info-metadata="sha256={META_SHA}">x</a>',
             # Both spellings: PEP 714's name wins.
             f'<a href="demo-5.0-py3-none-any.whl" data-core-metadata="sha256={META_SHA}"'
             f' data-dist-info-metadata="sha256={"c" * 64}">x</a>',
@@ -227,26 +224,25 @@ def test_html_serial_and_name_are_kept() -> None:
         ".hidden-1.0.tar.gz",
         "demo%00-1.0.tar.gz",
         "demo%0A-1.0.tar.gz",
-        pytest.param("demo-1.0.tar.gz%0A", marks=TRAILING_NEWLINE_BUG),
+        "demo-1.0.tar.gz%0A",
         "#sha256=" + SHA_A,
     ],
 )
 def test_html_links_with_bad_filenames_are_skipped(href: str) -> None:
     page = parse_project_html(
         "demo",
-        html_page(f'<a href="{href}">bad</a>', '<a href="demo-1.0.tar.gz">good</a>', "<a>no href</a>"),
+        html_page(
+            f'<a href="{href}">bad</a>', '<a href="demo-1.0.tar.gz">good</a>', "<a>no href</a>"
+        ),
         BASE,
     )
     assert [link.filename for link in page.links] == ["demo-1.0.tar.gz"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a malformed href (bad IPv6 host) makes urljoin raise ValueError, "
-    "not PageParseError (simple.py:238)",
-)
 def test_html_malformed_url_raises_page_parse_error_or_is_skipped() -> None:
-    body = html_page('<a href="http://[::1/demo-1.0.tar.gz">x</a>', '<a href="demo-2.0.tar.gz">y</a>')
+    body = html_page(
+        '<a href="http://[::1/demo-1.0.tar.gz">x</a>', '<a href="demo-2.0.tar.gz">y</a>'
+    )
     try:
         page = parse_project_html("demo", body, BASE)
     except PageParseError:
@@ -301,7 +297,9 @@ def test_json_full_entry() -> None:
 
 
 def test_json_minimal_entry_defaults() -> None:
-    page = parse_project_json("demo", json_page([{"url": "demo-1.0.tar.gz#frag", "hashes": {}}]), BASE)
+    page = parse_project_json(
+        "demo", json_page([{"url": "demo-1.0.tar.gz#frag", "hashes": {}}]), BASE
+    )
     assert page.links == (Link(filename="demo-1.0.tar.gz", url=BASE + "demo-1.0.tar.gz"),)
     assert page.versions is None
     assert page.status is None
@@ -313,7 +311,9 @@ def test_json_minimal_entry_defaults() -> None:
     [(True, True), (False, False), ("reason", "reason"), (None, False)],
 )
 def test_json_yanked(yanked: object, expected: object) -> None:
-    page = parse_project_json("demo", json_page([{"url": "demo-1.0.tar.gz", "yanked": yanked}]), BASE)
+    page = parse_project_json(
+        "demo", json_page([{"url": "demo-1.0.tar.gz", "yanked": yanked}]), BASE
+    )
     assert one_link(page).yanked == expected
 
 
@@ -353,12 +353,10 @@ def test_json_ignores_ill_typed_optional_fields() -> None:
     assert link.hashes == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: bool is an int, so \"size\": true is kept as size=True (simple.py:306)",
-)
 def test_json_boolean_size_is_ignored() -> None:
-    link = one_link(parse_project_json("demo", json_page([{"url": "demo-1.0.tar.gz", "size": True}]), BASE))
+    link = one_link(
+        parse_project_json("demo", json_page([{"url": "demo-1.0.tar.gz", "size": True}]), BASE)
+    )
     assert link.size is None
 
 
@@ -381,7 +379,7 @@ def test_json_project_status() -> None:
         {"url": "x", "filename": "sub/demo-1.0.tar.gz"},
         {"url": "x", "filename": ".."},
         {"url": "x", "filename": 5},
-        pytest.param({"url": "x", "filename": "demo-0.1.tar.gz\n"}, marks=TRAILING_NEWLINE_BUG),
+        {"url": "x", "filename": "demo-0.1.tar.gz\n"},
         {"url": "a%2Fb-1.0.tar.gz"},
         {"url": ".."},
         {"url": "sub/"},
@@ -418,21 +416,11 @@ def test_json_malformed_raises_page_parse_error(body: bytes) -> None:
     assert_one_line(caught.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: deeply nested JSON makes json.loads raise RecursionError, which _load_json "
-    "does not turn into PageParseError (simple.py:264-265)",
-)
 def test_json_deeply_nested_raises_page_parse_error() -> None:
     with pytest.raises(PageParseError):
         parse_project_json("demo", b"[" * 100_000, BASE)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a malformed file url (bad IPv6 host) makes urljoin raise ValueError, "
-    "not PageParseError (simple.py:290)",
-)
 def test_json_malformed_url_raises_page_parse_error_or_is_skipped() -> None:
     body = json_page([{"url": "http://[::1/demo-1.0.tar.gz"}, {"url": "demo-2.0.tar.gz"}])
     try:
@@ -442,19 +430,15 @@ def test_json_malformed_url_raises_page_parse_error_or_is_skipped() -> None:
     assert [link.filename for link in page.links] == ["demo-2.0.tar.gz"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: hash values are not checked for length (HTML, simple.py:174) or even for "
-    "being hex (JSON, simple.py:305), so relpath is not <3 hex>/<13 hex>/<file> and the "
-    "rendered URL is one FileStore.file_path rejects",
-)
 @pytest.mark.parametrize("bad", ["ab", "zz" * 32, "../../../../../etc"])
 def test_storage_hash_is_always_a_full_hex_digest(bad: str) -> None:
     pages = [
         parse_project_json(
             "demo", json_page([{"url": "demo-1.0.tar.gz", "hashes": {"sha256": bad}}]), BASE
         ),
-        parse_project_html("demo", html_page(f'<a href="demo-1.0.tar.gz#sha256={bad}">x</a>'), BASE),
+        parse_project_html(
+            "demo", html_page(f'<a href="demo-1.0.tar.gz#sha256={bad}">x</a>'), BASE
+        ),
     ]
     for page in pages:
         assert RELPATH.match(one_link(page).relpath)
@@ -649,11 +633,6 @@ def test_project_of_filename_garbage(filename: str) -> None:
     assert project_of_filename(filename) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: parse_sdist_filename accepts an empty or invalid name part, so "
-    "project_of_filename returns '' or 'a-' instead of None (simple.py:53)",
-)
 @pytest.mark.parametrize("filename", ["-1.0.tar.gz", "a.-1.0.tar.gz", "a_-1.0.zip"])
 def test_project_of_filename_never_returns_an_invalid_name(filename: str) -> None:
     result = project_of_filename(filename)
@@ -682,8 +661,8 @@ def test_valid_project_names(name: str) -> None:
         "a/b",
         "a\\b",
         "a\nb",
-        pytest.param("a\n", marks=TRAILING_NEWLINE_BUG),
-        pytest.param("Foo_Bar\n", marks=TRAILING_NEWLINE_BUG),
+        "a\n",
+        "Foo_Bar\n",
         "café",
         "a+b",
         "x" * 201,
@@ -715,7 +694,9 @@ def _summary(page: ProjectPage) -> list[tuple[object, ...]]:
 def test_corpus_html_and_json_agree(project: str) -> None:
     directory = CORPUS / "simple" / project
     base = f"http://127.0.0.1:8000/simple/{project}/"
-    from_html = parse_project_page(project, (directory / "index.html").read_bytes(), "text/html", base)
+    from_html = parse_project_page(
+        project, (directory / "index.html").read_bytes(), "text/html", base
+    )
     from_json = parse_project_page(project, (directory / "index.json").read_bytes(), JSON_V1, base)
     assert from_html.links
     assert _summary(from_html) == _summary(from_json)

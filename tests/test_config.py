@@ -1,0 +1,435 @@
+"""Command-line options, the INI file, settings precedence and the service tree."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.application.service import MultiService
+from twisted.internet.testing import MemoryReactor
+
+from devpid.config import DEFAULTS, ConfigError, Settings, build_settings, pip_index_url, read_ini
+from devpid.tap import Options, makeService, settings_from_options
+
+REPO = Path(__file__).resolve().parents[1]
+UPSTREAM = "http://127.0.0.1:1/simple/"
+ENVIRON = {"PIP_INDEX_URL": "http://127.0.0.1:2/pip-env/simple/"}
+ALL_OPTIONS = (*DEFAULTS, "config")
+
+
+def parsed(*argv: str) -> dict[str, Any]:
+    options = Options()
+    options.parseOptions(list(argv))
+    return {name: options[name] for name in ALL_OPTIONS}
+
+
+def nothing_given(**overrides: Any) -> dict[str, Any]:
+    return {name: None for name in ALL_OPTIONS} | {"offline": 0} | overrides
+
+
+def write_ini(path: Path, text: str) -> str:
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def one_line(error: BaseException | str | None) -> str:
+    message = str(error)
+    assert message
+    assert "\n" not in message.strip()
+    return message
+
+
+@pytest.fixture(autouse=True)
+def _no_pip_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Settings that fall back on pip must not see this machine's pip configuration."""
+    monkeypatch.delenv("PIP_INDEX_URL", raising=False)
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+
+# -- Options ---------------------------------------------------------------
+
+
+def test_options_defaults() -> None:
+    assert parsed() == nothing_given()
+
+
+def test_options_every_flag() -> None:
+    assert parsed(
+        "--listen",
+        "tcp:0:interface=127.0.0.1",
+        "--serverdir",
+        "/srv/devpid",
+        "--upstream",
+        UPSTREAM,
+        "--cache-expiry",
+        "60",
+        "--upstream-timeout",
+        "2.5",
+        "--offline",
+        "--outside-url",
+        "http://localhost:8080/pypi",
+        "--config",
+        "/etc/devpid.ini",
+    ) == {
+        "listen": "tcp:0:interface=127.0.0.1",
+        "serverdir": "/srv/devpid",
+        "upstream": UPSTREAM,
+        "cache-expiry": "60",
+        "upstream-timeout": "2.5",
+        "offline": 1,
+        "outside-url": "http://localhost:8080/pypi",
+        "config": "/etc/devpid.ini",
+    }
+
+
+def test_options_equals_form_and_short_config() -> None:
+    assert parsed("--listen=tcp:8000", "-c", "x.ini") == nothing_given(
+        listen="tcp:8000", config="x.ini"
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "mentions"),
+    [
+        (["--nope"], "--nope"),
+        (["--colour", "red"], "--colour"),
+        (["--listen"], "--listen"),
+        (["extra-argument"], "argument"),
+        (["--offline=yes"], "offline"),
+    ],
+)
+def test_options_errors_are_one_line_system_exits(argv: list[str], mentions: str) -> None:
+    with pytest.raises(SystemExit) as caught:
+        Options().parseOptions(argv)
+    assert isinstance(caught.value.code, str)
+    message = one_line(caught.value.code)
+    assert message.startswith("twistd devpid: error:")
+    assert mentions in message
+
+
+# -- build_settings ----------------------------------------------------------
+
+
+def test_build_settings_defaults(tmp_path: Path) -> None:
+    settings = build_settings({}, None, ENVIRON)
+    assert settings == Settings(
+        listen="tcp:3141:interface=127.0.0.1",
+        serverdir=tmp_path / "home" / ".devpid",
+        upstream="http://127.0.0.1:2/pip-env/simple/",
+        cache_expiry=1800.0,
+        upstream_timeout=10.0,
+        offline=False,
+        outside_url=None,
+    )
+
+
+def test_build_settings_precedence_command_line_over_ini_over_defaults(tmp_path: Path) -> None:
+    ini = {
+        "listen": "tcp:7000",
+        "serverdir": str(tmp_path / "from-ini"),
+        "upstream": "http://127.0.0.1:3/ini/simple",
+        "cache-expiry": "5",
+        "offline": "yes",
+    }
+    given = {
+        "listen": "tcp:8000",
+        "cache-expiry": "7",
+        "upstream-timeout": None,
+        "outside-url": None,
+        "offline": None,
+    }
+    settings = build_settings(given, ini, ENVIRON)
+    assert settings == Settings(
+        listen="tcp:8000",  # command line
+        serverdir=tmp_path / "from-ini",  # INI
+        upstream="http://127.0.0.1:3/ini/simple/",  # INI, slash added
+        cache_expiry=7.0,  # command line
+        upstream_timeout=10.0,  # default
+        offline=True,  # INI
+        outside_url=None,  # default
+    )
+
+
+def test_command_line_offline_flag_beats_ini(tmp_path: Path) -> None:
+    ini = {"offline": "false", "upstream": UPSTREAM}
+    assert build_settings({"offline": True}, ini).offline is True
+    assert build_settings({"offline": None}, ini).offline is False
+
+
+def test_outside_url_loses_its_trailing_slash() -> None:
+    settings = build_settings({"upstream": UPSTREAM, "outside-url": "http://localhost:8080/pypi/"})
+    assert settings.outside_url == "http://localhost:8080/pypi"
+    assert settings.upstream == UPSTREAM
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("cache-expiry", "abc"),
+        ("cache-expiry", "-1"),
+        ("cache-expiry", ""),
+        ("cache-expiry", "nan"),
+        ("upstream-timeout", "0"),
+        ("upstream-timeout", "soon"),
+        ("upstream", "ftp://x"),
+        ("upstream", "not a url"),
+        ("upstream", "http://"),
+        ("upstream", "//127.0.0.1/simple/"),
+        ("outside-url", "localhost:8080"),
+        ("outside-url", "ftp://localhost/"),
+        ("outside-url", "not a url"),
+        ("listen", "   "),
+        ("offline", "maybe"),
+    ],
+)
+@pytest.mark.parametrize("source", ["command line", "ini"])
+def test_bad_values_raise_one_line_config_error(name: str, value: str, source: str) -> None:
+    given: dict[str, Any] = {"upstream": UPSTREAM}
+    ini: dict[str, str] = {}
+    if source == "ini":
+        given.pop("upstream")
+        ini = {"upstream": UPSTREAM, name: value}
+    else:
+        given[name] = value
+    with pytest.raises(ConfigError) as caught:
+        build_settings(given, ini, ENVIRON)
+    assert name in one_line(caught.value)
+
+
+def test_serverdir_that_is_a_file(tmp_path: Path) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(ConfigError) as caught:
+        build_settings({"upstream": UPSTREAM, "serverdir": str(a_file)})
+    assert "serverdir" in one_line(caught.value)
+
+
+def test_serverdir_is_expanded_and_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert build_settings({"upstream": UPSTREAM, "serverdir": "~/d"}).serverdir == (
+        tmp_path / "home" / "d"
+    )
+    assert build_settings({"upstream": UPSTREAM, "serverdir": "rel"}).serverdir == tmp_path / "rel"
+
+
+# -- read_ini ----------------------------------------------------------------
+
+
+def test_read_ini(tmp_path: Path) -> None:
+    path = write_ini(
+        tmp_path / "devpid.ini",
+        "# a comment\n[devpid]\nlisten = tcp:9000\nCache-Expiry = 30\n"
+        "upstream = http://127.0.0.1:1/simple/\n[other]\nfoo = bar\n",
+    )
+    assert read_ini(path) == {"listen": "tcp:9000", "cache-expiry": "30", "upstream": UPSTREAM}
+
+
+def test_read_ini_keeps_percent_signs(tmp_path: Path) -> None:
+    path = write_ini(tmp_path / "devpid.ini", "[devpid]\nupstream = http://127.0.0.1:1/a%20b/\n")
+    assert read_ini(path) == {"upstream": "http://127.0.0.1:1/a%20b/"}
+
+
+@pytest.mark.parametrize(
+    ("text", "mentions"),
+    [
+        ("[other]\nlisten = x\n", "[devpid]"),
+        ("", "[devpid]"),
+        ("[devpid]\ncolour = red\n", "colour"),
+        ("[devpid]\ncache_expiry = 3\n", "cache_expiry"),
+        ("listen = tcp:1\n", "not valid INI"),
+        ("[devpid]\nlisten = a\nlisten = b\n", "not valid INI"),
+        ("[devpid]\n[devpid]\n", "not valid INI"),
+        ("[devpid\nlisten = a\n", "not valid INI"),
+        ("[devpid]\nthis line has no equals sign\n", "not valid INI"),
+    ],
+)
+def test_read_ini_errors(tmp_path: Path, text: str, mentions: str) -> None:
+    path = write_ini(tmp_path / "devpid.ini", text)
+    with pytest.raises(ConfigError) as caught:
+        read_ini(path)
+    message = one_line(caught.value)
+    assert mentions in message
+    assert path in message
+
+
+def test_read_ini_missing_file(tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing.ini")
+    with pytest.raises(ConfigError) as caught:
+        read_ini(missing)
+    assert missing in one_line(caught.value)
+
+
+def test_read_ini_directory(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        read_ini(str(tmp_path))
+    assert str(tmp_path) in one_line(caught.value)
+
+
+def test_read_ini_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.ini"
+    path.write_bytes(b"[devpid]\nlisten = caf\xe9\n")
+    with pytest.raises(ConfigError) as caught:
+        read_ini(str(path))
+    assert str(path) in one_line(caught.value)
+
+
+# -- pip's index -------------------------------------------------------------
+
+
+def test_pip_index_url_from_the_given_environment() -> None:
+    assert pip_index_url({"PIP_INDEX_URL": "http://localhost:5/simple/"}) == (
+        "http://localhost:5/simple/"
+    )
+
+
+def test_pip_index_url_from_pip_conf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("pip")
+    conf = tmp_path / "pip.conf"
+    conf.write_text("[global]\nindex-url = http://localhost:9999/simple/\n")
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(conf))
+    assert pip_index_url({}) == "http://localhost:9999/simple/"
+    # And it becomes the upstream when none is given.
+    settings = build_settings({}, None, {})
+    assert settings.upstream == "http://localhost:9999/simple/"
+
+
+def test_given_environment_beats_pip_conf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    conf = tmp_path / "pip.conf"
+    conf.write_text("[global]\nindex-url = http://localhost:9999/simple/\n")
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(conf))
+    environ: Mapping[str, str] = {"PIP_INDEX_URL": "http://localhost:7/simple/"}
+    assert pip_index_url(environ) == "http://localhost:7/simple/"
+
+
+# -- settings_from_options and makeService ------------------------------------
+
+
+def test_settings_from_options_reads_the_ini(tmp_path: Path) -> None:
+    ini = write_ini(
+        tmp_path / "devpid.ini",
+        f"[devpid]\nupstream = {UPSTREAM}\nlisten = tcp:7000\ncache-expiry = 5\noffline = on\n",
+    )
+    options = Options()
+    options.parseOptions(["--config", ini, "--listen", "tcp:8000", "--serverdir", str(tmp_path)])
+    settings = settings_from_options(options)
+    assert (settings.listen, settings.cache_expiry, settings.offline) == ("tcp:8000", 5.0, True)
+    assert settings.upstream == UPSTREAM
+    assert settings.serverdir == tmp_path
+
+
+def _options(tmp_path: Path, *extra: str) -> Options:
+    options = Options()
+    options.parseOptions(["--serverdir", str(tmp_path / "server"), "--upstream", UPSTREAM, *extra])
+    return options
+
+
+def test_make_service(tmp_path: Path) -> None:
+    reactor = MemoryReactor()
+    service = makeService(_options(tmp_path, "--listen", "tcp:0:interface=127.0.0.1"), reactor)
+    assert isinstance(service, MultiService)
+    children = list(service)
+    assert len(children) == 2
+    assert [type(child).__name__ for child in children] == ["CacheService", "ListenerService"]
+    assert (tmp_path / "server").is_dir()
+    # Nothing listens or connects until the service starts.
+    assert reactor.tcpServers == []
+    assert reactor.tcpClients == []
+
+
+def test_make_service_accepts_a_plain_dict(tmp_path: Path) -> None:
+    options = nothing_given(serverdir=str(tmp_path / "server"), upstream=UPSTREAM)
+    service = makeService(options, MemoryReactor())
+    assert len(list(service)) == 2
+
+
+@pytest.mark.parametrize(
+    "listen",
+    [
+        "bogus:1",
+        "tcp:notaport",
+        "tcp:1:nosuchkey=1",
+        "tcp:1:backlog=x",
+        "tcp",
+        "ssl:0:privateKey=/nonexistent/devpid.pem",
+        "systemd:domain=INET:index=7",
+    ],
+)
+def test_make_service_bad_listen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, listen: str
+) -> None:
+    monkeypatch.delenv("LISTEN_FDS", raising=False)
+    monkeypatch.delenv("LISTEN_FDNAMES", raising=False)
+    with pytest.raises(SystemExit) as caught:
+        makeService(_options(tmp_path, "--listen", listen), MemoryReactor())
+    message = one_line(caught.value.code)
+    assert message.startswith("twistd devpid: error:")
+    assert "--listen" in message
+
+
+@pytest.mark.parametrize(
+    ("argv", "mentions"),
+    [
+        (["--cache-expiry", "abc"], "cache-expiry"),
+        (["--upstream-timeout", "-3"], "upstream-timeout"),
+        (["--outside-url", "nope"], "outside-url"),
+        (["--upstream", "ftp://x"], "upstream"),
+        (["--config", "/nonexistent/devpid.ini"], "/nonexistent/devpid.ini"),
+    ],
+)
+def test_make_service_bad_settings(tmp_path: Path, argv: list[str], mentions: str) -> None:
+    with pytest.raises(SystemExit) as caught:
+        makeService(_options(tmp_path, *argv), MemoryReactor())
+    message = one_line(caught.value.code)
+    assert message.startswith("twistd devpid: error:")
+    assert mentions in message
+
+
+def test_make_service_cannot_create_serverdir(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    options = Options()
+    options.parseOptions(["--serverdir", str(tmp_path / "file" / "sub"), "--upstream", UPSTREAM])
+    with pytest.raises(SystemExit) as caught:
+        makeService(options, MemoryReactor())
+    assert "serverdir" in one_line(caught.value.code)
+
+
+# -- one real twistd ----------------------------------------------------------
+
+
+def test_twistd_reports_a_bad_option_in_one_line(tmp_path: Path) -> None:
+    env = {
+        key: value for key, value in os.environ.items() if not key.startswith(("PIP_", "PYTHON"))
+    }
+    env["PYTHONPATH"] = str(REPO)
+    env["PIP_CONFIG_FILE"] = os.devnull
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "devpid",
+            "--cache-expiry",
+            "abc",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "cache-expiry" in lines[0]
+    assert "abc" in lines[0]
+    assert not (tmp_path / "twistd.pid").exists()
