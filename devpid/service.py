@@ -9,7 +9,7 @@ downloads drain (up to a grace period) before the pool and store close.
 from __future__ import annotations
 
 import os
-import sys
+import signal
 from typing import Any
 
 import attrs
@@ -47,6 +47,16 @@ class CacheService(Service):
         super().startService()
         self.files.prepare()
         Deferred.fromCoroutine(self._start())
+        self.clock.callWhenRunning(self._exit_zero_on_sigterm)
+
+    def _exit_zero_on_sigterm(self) -> None:
+        """SIGTERM is how supervisors stop devpid: drain, then exit 0 (twistd re-raises it)."""
+
+        def stop(signum: int, frame: object) -> None:
+            self.log.info("SIGTERM: shutting down")
+            self.clock.callFromThread(self.clock.stop)
+
+        signal.signal(signal.SIGTERM, stop)
 
     async def _start(self) -> None:
         await self.store.open()
@@ -128,8 +138,8 @@ class ListenerService(Service):
     def _cannot_listen(self, failure: Failure) -> None:
         message = f"devpid: cannot listen on {self.description}: {describe_failure(failure)}"
         self.log.critical(message)
-        sys.stderr.write(message + "\n")
-        sys.stderr.flush()
+        # twistd points sys.stderr at the log; the operator's terminal is fd 2.
+        os.write(2, message.encode("utf-8", errors="replace") + b"\n")
         # twistd would exit 0 after a plain reactor.stop(); a service manager
         # must see that start-up failed.
         self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
 import treq.client
 from twisted.application.service import MultiService
@@ -67,6 +69,19 @@ def settings_from_options(options: Options | dict[str, Any]) -> Settings:
     return build_settings(given, ini)
 
 
+_LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "::"}
+
+
+def _is_own_address(upstream: str, listen: str) -> bool:
+    """Whether the upstream URL points at the local port devpid listens on."""
+    match = re.match(r"^tcp6?:(?:port=)?(\d+)", listen)
+    if match is None:
+        return False
+    parts = urlsplit(upstream)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return parts.hostname in _LOCAL_HOSTS and port == int(match.group(1))
+
+
 def makeService(options: Options | dict[str, Any], reactor: Any = None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor as global_reactor
@@ -78,6 +93,11 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
             endpoint = serverFromString(reactor, settings.listen)
         except Exception as e:  # endpoint parsers raise many kinds (a missing key file, ...)
             raise ConfigError(f"--listen {settings.listen!r} is not usable: {e}") from None
+        if _is_own_address(settings.upstream, settings.listen):
+            raise ConfigError(
+                f"--upstream {settings.upstream} is devpid's own --listen address "
+                "(pip here is configured to use devpid); give the real index with --upstream"
+            )
         try:
             settings.serverdir.mkdir(parents=True, exist_ok=True)
         except OSError as e:

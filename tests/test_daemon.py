@@ -1,0 +1,176 @@
+"""What only a real ``twistd`` process proves: start-up errors, loops, daemonizing, SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.devpid_process import DevpidProcess, devpid_env, http_get, twistd_command
+from tests.fixtures.upstream import UpstreamProcess
+
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_twistd(tmp_path: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*twistd_command(), *args],
+        cwd=tmp_path,
+        env=devpid_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_port_in_use_exits_with_one_line(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_twistd(
+            tmp_path,
+            "-n",
+            "--pidfile=",
+            "--logfile",
+            str(tmp_path / "log"),
+            "devpid",
+            "--listen",
+            f"tcp:{port}:interface=127.0.0.1",
+            "--serverdir",
+            str(tmp_path / "sd"),
+            "--upstream",
+            "http://127.0.0.1:1/simple/",
+        )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"cannot listen on tcp:{port}" in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--upstream", "ftp://localhost/"), ("--listen", "nonsense:1"), ("--upstream-timeout", "0")],
+)
+def test_bad_values_stop_start_up_with_one_line(tmp_path: Path, option: str, value: str) -> None:
+    result = run_twistd(
+        tmp_path, "-n", "--pidfile=", "devpid", option, value, "--serverdir", str(tmp_path / "sd")
+    )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and option.lstrip("-") in lines[0], result.stderr
+
+
+def test_devpid_as_its_own_upstream_is_a_loop_not_a_hang(tmp_path: Path) -> None:
+    port = free_port()
+    own = f"http://127.0.0.1:{port}/root/pypi/+simple/"
+    # A spelling of this address that the start-up check does not recognise,
+    # so the per-request loop detection has to catch it.
+    disguised = f"http://127.1:{port}/root/pypi/+simple/"
+    log = tmp_path / "log"
+    process = subprocess.Popen(
+        [
+            *twistd_command(),
+            "-n",
+            "--pidfile=",
+            "--logfile",
+            str(log),
+            "devpid",
+            "--listen",
+            f"tcp:{port}:interface=127.0.0.1",
+            "--serverdir",
+            str(tmp_path / "sd"),
+            "--upstream",
+            disguised,
+        ],
+        cwd=tmp_path,
+        env=devpid_env(),
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while "devpid listening" not in (log.read_text() if log.exists() else ""):
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.05)
+        started = time.monotonic()
+        response = http_get(f"{own}anything/", timeout=20)
+        assert response.status == 502
+        assert b"508" in response.body
+        assert time.monotonic() - started < 10  # answered by the loop check, not a timeout
+    finally:
+        process.terminate()
+        process.wait(20)
+
+
+def test_devpid_refuses_its_own_address_as_upstream(tmp_path: Path) -> None:
+    port = free_port()
+    result = run_twistd(
+        tmp_path,
+        "-n",
+        "--pidfile=",
+        "devpid",
+        "--listen",
+        f"tcp:{port}:interface=127.0.0.1",
+        "--upstream",
+        f"http://localhost:{port}/root/pypi/+simple/",
+        "--serverdir",
+        str(tmp_path / "sd"),
+    )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "own --listen address" in lines[0], result.stderr
+
+
+def test_daemonized_with_pidfile_and_sigterm_exits_zero(
+    tmp_path: Path, shared_upstream: UpstreamProcess
+) -> None:
+    pidfile = tmp_path / "devpid.pid"
+    logfile = tmp_path / "devpid.log"
+    port = free_port()
+    result = run_twistd(
+        tmp_path,
+        "--pidfile",
+        str(pidfile),
+        "--logfile",
+        str(logfile),
+        "devpid",
+        "--listen",
+        f"tcp:{port}:interface=127.0.0.1",
+        "--serverdir",
+        str(tmp_path / "sd"),
+        "--upstream",
+        shared_upstream.simple_url,
+    )
+    assert result.returncode == 0, result.stderr
+    deadline = time.monotonic() + 20
+    while not pidfile.exists() or "devpid listening" not in logfile.read_text():
+        assert time.monotonic() < deadline, "the daemon did not start"
+        time.sleep(0.05)
+    pid = int(pidfile.read_text())
+    assert http_get(f"http://127.0.0.1:{port}/root/pypi/+simple/devpid-demo-app/").status == 200
+    import os
+
+    os.kill(pid, signal.SIGTERM)
+    while pidfile.exists():
+        assert time.monotonic() < deadline + 20, "the daemon did not stop"
+        time.sleep(0.05)
+    assert "Server Shut Down" in logfile.read_text()
+
+
+def test_sigterm_in_the_foreground_exits_zero(
+    tmp_path: Path, shared_upstream: UpstreamProcess
+) -> None:
+    devpid = DevpidProcess.start(tmp_path / "sd", shared_upstream.simple_url)
+    assert devpid.get("/+status").status == 200
+    assert devpid.stop(signal.SIGTERM) == 0
