@@ -6,7 +6,6 @@ import base64
 import hashlib
 import http.client
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -16,18 +15,17 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
-from collections.abc import Iterator
 from email.message import Message
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
-from tests.fixtures.distbuilder import Repository, build_repository
+from tests.conftest import BIG_FILE_SIZE, installer_env
+from tests.fixtures.distbuilder import Repository
 from tests.fixtures.upstream import JSON_TYPE, UpstreamProcess, negotiate
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
-BIG_SIZE = 2_000_000
 PIP_ACCEPT = f"{JSON_TYPE}, application/vnd.pypi.simple.v1+html; q=0.1, text/html; q=0.01"
 LIB1 = "devpid_demo_lib-1.0-py3-none-any.whl"
 LIB2 = "devpid_demo_lib-2.0-py3-none-any.whl"
@@ -68,23 +66,10 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-@pytest.fixture(scope="module")
-def repository(tmp_path_factory: pytest.TempPathFactory) -> Repository:
-    return build_repository(tmp_path_factory.mktemp("repo"), big_file_size=BIG_SIZE)
-
-
-@pytest.fixture(scope="module")
-def upstream_process(repository: Repository) -> Iterator[UpstreamProcess]:
-    with UpstreamProcess.start(repository.root) as process:
-        yield process
-
-
 @pytest.fixture
-def upstream(upstream_process: UpstreamProcess) -> Iterator[UpstreamProcess]:
-    upstream_process.control()
-    upstream_process.reset_stats()
-    yield upstream_process
-    upstream_process.control()
+def repository(demo_repository: Repository) -> Repository:
+    """The session's demo repository (tests/conftest.py), served by ``upstream``."""
+    return demo_repository
 
 
 def test_repository_layout(repository: Repository) -> None:
@@ -104,7 +89,7 @@ def test_repository_layout(repository: Repository) -> None:
             assert entry["size"] == path.stat().st_size
     index = json.loads((repository.simple_dir / "index.json").read_text())
     assert [p["name"] for p in index["projects"]] == sorted(repository.projects)
-    assert abs(repository.path(BIG).stat().st_size - BIG_SIZE) < BIG_SIZE * 0.01
+    assert abs(repository.path(BIG).stat().st_size - BIG_FILE_SIZE) < BIG_FILE_SIZE * 0.01
 
 
 def test_wheels_are_valid(repository: Repository) -> None:
@@ -235,7 +220,7 @@ def test_drop_after(upstream: UpstreamProcess) -> None:
     connection.request("GET", f"/files/{BIG}")
     response = connection.getresponse()
     assert response.status == 200
-    assert int(response.headers["Content-Length"]) > BIG_SIZE * 0.9
+    assert int(response.headers["Content-Length"]) > BIG_FILE_SIZE * 0.9
     received = bytearray()
     with pytest.raises((http.client.IncompleteRead, ConnectionError)):
         while chunk := response.read(65536):
@@ -243,7 +228,7 @@ def test_drop_after(upstream: UpstreamProcess) -> None:
         raise AssertionError(f"full body after drop_after: {len(received)} bytes")
     connection.close()
     upstream.control(drop_after=0.5, status_paths=["/simple/"])
-    assert len(fetch(upstream.file_url(BIG)).body) > BIG_SIZE * 0.9
+    assert len(fetch(upstream.file_url(BIG)).body) > BIG_FILE_SIZE * 0.9
 
 
 @integration
@@ -306,17 +291,6 @@ def test_delay_rate_and_black_hole(upstream: UpstreamProcess, repository: Reposi
     with pytest.raises((TimeoutError, urllib.error.URLError)):
         fetch(upstream.simple_url, timeout=0.5)
     assert upstream.stats()["gets"]["/simple/"] == 2
-
-
-def installer_env() -> dict[str, str]:
-    """The environment minus pip/uv configuration, so only the fixture index is used."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.upper().startswith(("PIP_", "UV_")) and "PROXY" not in key.upper()
-    }
-    env.update(PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1")
-    return env
 
 
 def assert_installed(target: Path) -> None:
