@@ -30,6 +30,11 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     "upstream-timeout": (10.0, "seconds to wait for the upstream before serving stale or 502"),
     "offline": (False, "never contact the upstream; serve only what is cached"),
     "outside-url": (None, "the URL clients see when devpid is behind a proxy"),
+    "redis": (
+        None,
+        "a redis://host:port/db URL: keep state in Redis instead of the embedded store",
+    ),
+    "redis-prefix": ("devpid:", "the prefix of every Redis key, so deployments can share one"),
 }
 
 INI_SECTION = "devpid"
@@ -44,6 +49,8 @@ class Settings:
     upstream_timeout: float
     offline: bool
     outside_url: str | None
+    redis: str | None = None
+    redis_prefix: str = "devpid:"
 
 
 def pip_index_url(environ: Mapping[str, str] | None = None) -> str:
@@ -101,6 +108,23 @@ def _http_url(name: str, raw: str) -> str:
     return raw
 
 
+def _redis_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    shown = raw if not parts.password else raw.replace(parts.password, "***")
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ConfigError(f"--redis must be a redis:// or rediss:// URL, not {shown!r}")
+    try:
+        parts.port  # noqa: B018 (raises ValueError for a bad port)
+        db = parts.path.strip("/")
+        if db:
+            int(db)
+    except ValueError:
+        raise ConfigError(
+            f"--redis {shown!r} needs a numeric port and database (redis://host:port/db)"
+        ) from None
+    return raw
+
+
 def read_ini(path: str) -> dict[str, str]:
     """The ``[devpid]`` section of an INI file, as raw strings."""
     parser = configparser.ConfigParser(interpolation=None)
@@ -154,6 +178,12 @@ def build_settings(
     outside_url = pick("outside-url")
     if outside_url is not None:
         outside_url = _http_url("outside-url", str(outside_url).strip()).rstrip("/")
+    redis = pick("redis")
+    if redis is not None:
+        redis = _redis_url(str(redis).strip())
+    redis_prefix = str(pick("redis-prefix"))
+    if not redis_prefix:
+        raise ConfigError("--redis-prefix must not be empty")
     return Settings(
         listen=listen,
         serverdir=serverdir,
@@ -162,4 +192,6 @@ def build_settings(
         upstream_timeout=_as_float("upstream-timeout", pick("upstream-timeout"), 0.1),
         offline=_as_bool("offline", pick("offline")),
         outside_url=outside_url,
+        redis=redis,
+        redis_prefix=redis_prefix,
     )

@@ -21,6 +21,7 @@ from devpid.service import CacheService, ListenerService
 from devpid.site import DevpidSite
 from devpid.stats import Stats
 from devpid.status import StatusReport
+from devpid.store import StateStore
 from devpid.store.embedded import EmbeddedStore
 from devpid.tee import DownloadManager
 from devpid.upstream import UpstreamClient
@@ -112,7 +113,14 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
 def build_service(settings: Settings, reactor: Any, endpoint: Any) -> MultiService:
     stats = Stats()
     files = FileStore(settings.serverdir)
-    store = EmbeddedStore(settings.serverdir / "state.sqlite", reactor)
+    store: StateStore
+    if settings.redis is not None:
+        # txredisapi imports the global reactor: only load it when Redis is asked for.
+        from devpid.store.redis import RedisStore
+
+        store = RedisStore(settings.redis, settings.redis_prefix, reactor)
+    else:
+        store = EmbeddedStore(settings.serverdir / "state.sqlite", reactor)
     pool = UpstreamPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 16
     agent = Agent(reactor, connectTimeout=settings.upstream_timeout, pool=pool)

@@ -74,6 +74,10 @@ def test_options_every_flag() -> None:
         "--offline",
         "--outside-url",
         "http://localhost:8080/pypi",
+        "--redis",
+        "redis://127.0.0.1:6390/1",
+        "--redis-prefix",
+        "ci:",
         "--config",
         "/etc/devpid.ini",
     ) == {
@@ -84,6 +88,8 @@ def test_options_every_flag() -> None:
         "upstream-timeout": "2.5",
         "offline": 1,
         "outside-url": "http://localhost:8080/pypi",
+        "redis": "redis://127.0.0.1:6390/1",
+        "redis-prefix": "ci:",
         "config": "/etc/devpid.ini",
     }
 
@@ -381,6 +387,9 @@ def test_make_service_bad_listen(
         (["--upstream-timeout", "-3"], "upstream-timeout"),
         (["--outside-url", "nope"], "outside-url"),
         (["--upstream", "ftp://x"], "upstream"),
+        (["--redis", "http://127.0.0.1:6379/0"], "--redis"),
+        (["--redis", "redis://127.0.0.1:6379/zero"], "--redis"),
+        (["--redis-prefix", ""], "--redis-prefix"),
         (["--config", "/nonexistent/devpid.ini"], "/nonexistent/devpid.ini"),
     ],
 )
@@ -390,6 +399,37 @@ def test_make_service_bad_settings(tmp_path: Path, argv: list[str], mentions: st
     message = one_line(caught.value.code)
     assert message.startswith("twistd devpid: error:")
     assert mentions in message
+
+
+def test_bad_redis_url_error_masks_the_password(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as caught:
+        makeService(_options(tmp_path, "--redis", "redis://:s3cret@h:port/0"), MemoryReactor())
+    message = one_line(caught.value.code)
+    assert "--redis" in message
+    assert "s3cret" not in message
+
+
+def test_redis_settings_default_and_from_ini() -> None:
+    settings = build_settings({}, None, ENVIRON)
+    assert (settings.redis, settings.redis_prefix) == (None, "devpid:")
+    ini = {"redis": "rediss://redis.example.com:6380/2", "redis-prefix": "staging:"}
+    settings = build_settings({"redis-prefix": "ci:"}, ini, ENVIRON)
+    assert (settings.redis, settings.redis_prefix) == ("rediss://redis.example.com:6380/2", "ci:")
+
+
+def test_make_service_chooses_the_store(tmp_path: Path) -> None:
+    from devpid.store.embedded import EmbeddedStore
+    from devpid.store.redis import RedisStore
+
+    reactor = MemoryReactor()
+    embedded = next(iter(makeService(_options(tmp_path), reactor)))
+    assert isinstance(embedded.store, EmbeddedStore)
+    url = "redis://127.0.0.1:6390/3"
+    cache = next(iter(makeService(_options(tmp_path, "--redis", url), reactor)))
+    store = cache.store
+    assert isinstance(store, RedisStore)
+    assert store.description == f"redis ({url}, prefix devpid:)"
+    assert reactor.tcpClients == []  # the pool is only made when the service starts
 
 
 def test_make_service_cannot_create_serverdir(tmp_path: Path) -> None:
