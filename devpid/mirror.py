@@ -54,8 +54,10 @@ class CachedPage:
     retry_at: float = 0.0
     _renders: dict[tuple[str, LinkRenderer], tuple[bytes, bytes]] = attrs.field(factory=dict)
 
-    def is_fresh(self, now: float, expiry: float) -> bool:
-        return now - self.fetched_at < expiry or now < self.retry_at
+    def is_fresh(self, now: float, expiry: float, stale_mark: bool = False) -> bool:
+        """Young enough and not marked stale, or in the back-off after a failed refresh."""
+        young = now - self.fetched_at < expiry and not stale_mark
+        return young or now < self.retry_at
 
     def render(
         self,
@@ -100,10 +102,39 @@ class MirrorIndex:
     _pages: OrderedDict[str, CachedPage] = attrs.field(factory=OrderedDict)
     _missing: dict[str, float] = attrs.field(factory=dict)
     _refreshes: Coalescer[CachedPage] = attrs.field(factory=Coalescer)
+    #: Projects marked stale (kept in the store's set, mirrored here for the hot path).
+    _stale: set[str] | None = None
     log = Logger()
 
     def _store_key(self, project: str) -> str:
         return f"page:{self.name}:{project}"
+
+    @property
+    def _stale_set(self) -> str:
+        return f"stale:{self.name}"
+
+    async def _stale_marks(self) -> set[str]:
+        if self._stale is None:
+            self._stale = await self.store.set_members(self._stale_set)
+        return self._stale
+
+    async def mark_stale(self, *projects: str) -> None:
+        """The next request for each of ``projects`` revalidates it, whatever its age."""
+        await self.store.add_to_set(self._stale_set, *projects)
+        (await self._stale_marks()).update(projects)
+        for project in projects:
+            self._missing.pop(project, None)
+
+    async def _clear_stale(self, project: str) -> None:
+        marks = await self._stale_marks()
+        if project in marks:
+            marks.discard(project)
+            await self.store.remove_from_set(self._stale_set, project)
+
+    async def refresh(self, project: str) -> CachedPage:
+        """Mark ``project`` stale and revalidate it now (devpi's ``refresh``)."""
+        await self.mark_stale(project)
+        return await self._get(project)
 
     # -- reading -------------------------------------------------------------
 
@@ -151,7 +182,8 @@ class MirrorIndex:
     async def _get(self, project: str) -> CachedPage:
         entry = await self.cached(project)
         now = self.clock.seconds()
-        if entry is not None and (self.offline or entry.is_fresh(now, self.cache_expiry)):
+        marked = project in await self._stale_marks()
+        if entry is not None and (self.offline or entry.is_fresh(now, self.cache_expiry, marked)):
             self.stats.incr("page_hits")
             return entry
         if entry is None:
@@ -215,6 +247,7 @@ class MirrorIndex:
         entry.fetched_at = self.clock.seconds()
         entry.retry_at = 0.0
         await self.store.set_document(self._store_key(project), entry.meta())
+        await self._clear_stale(project)
         return entry
 
     async def _gone(self, project: str, entry: CachedPage | None) -> CachedPage:
@@ -240,5 +273,6 @@ class MirrorIndex:
             data = {"names": list(entry.content)}
         self.files.write_page(self.name, project, data)
         await self.store.set_document(self._store_key(project), entry.meta())
+        await self._clear_stale(project)
         self._missing.pop(project, None)
         self._remember(project, entry)

@@ -216,6 +216,27 @@ class DevpidRoutes:
         select = self._cached_only(mirror) if mirror.offline else None
         return self._send_page(request, entry, media_type, urls, select)
 
+    @app.route("/<user>/<index>/+simple/<project>/refresh", methods=["POST"])
+    async def refresh(self, request: Request, user: str, index: str, project: str) -> bytes:
+        """devpi's refresh: revalidate one project's page now, then show it."""
+        mirror = self._index(user, index)
+        if not is_valid_project_name(project):
+            raise HTTPError(400, f"invalid project name {project[:100]!r}")
+        normalized = canonicalize_name(project)
+        if mirror.offline:
+            raise HTTPError(409, "devpid is offline: nothing to refresh from")
+        try:
+            await mirror.refresh(normalized)
+        except ProjectNotFound as e:
+            raise HTTPError(404, str(e)) from None
+        except IndexUnavailable as e:
+            raise HTTPError(502, str(e)) from None
+        location = f"{self._links(request, mirror).prefix}/{mirror.name}/+simple/{normalized}/"
+        request.setResponseCode(302)
+        request.setHeader(b"location", location.encode("utf-8"))
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"refreshed; see " + location.encode("utf-8") + b"\n"
+
     def _cached_only(self, mirror: MirrorIndex) -> Callable[[Link], Link | None]:
         def select(link: Link) -> Link | None:
             """Offline, only cached files are links (and their metadata only if cached)."""

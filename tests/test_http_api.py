@@ -5,13 +5,15 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
-from tests.fixtures.devpid_process import DevpidProcess, http_get_no_redirect
+from tests.fixtures.devpid_process import DevpidProcess, NoRedirect, http_get_no_redirect
 from tests.fixtures.distbuilder import Repository
 from tests.fixtures.upstream import UpstreamProcess
 
@@ -201,3 +203,24 @@ def test_still_healthy_after_bad_input(server: DevpidProcess) -> None:
     assert server.get("/root/pypi/+simple/devpid-demo-app/").status == 200
     assert "Traceback" not in server.log_text()
     assert not list(Path(server.serverdir).parent.glob("*.devpid-partial"))
+
+
+def test_refresh_revalidates_now_and_redirects(
+    server: DevpidProcess, shared_upstream: UpstreamProcess
+) -> None:
+    assert server.get("/root/pypi/+simple/devpid-demo-lib/").status == 200
+    shared_upstream.reset_stats()
+    request = urllib.request.Request(
+        server.url + "/root/pypi/+simple/Devpid_Demo_Lib/refresh", data=b"", method="POST"
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), NoRedirect())
+    try:
+        opener.open(request, timeout=10)
+        raise AssertionError("expected a redirect")
+    except urllib.error.HTTPError as e:
+        assert e.code == 302
+        assert e.headers["Location"] == "/root/pypi/+simple/devpid-demo-lib/"
+    assert shared_upstream.stats()["gets"]["/simple/devpid-demo-lib/"] == 1
+    # The refetch cleared the mark: the next request is served from the cache.
+    assert server.get("/root/pypi/+simple/devpid-demo-lib/").status == 200
+    assert shared_upstream.stats()["gets"]["/simple/devpid-demo-lib/"] == 1

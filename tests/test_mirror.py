@@ -250,3 +250,38 @@ def test_offline_never_asks_upstream(tmp_path: Path) -> None:
     assert offline.index.requests == []
     listing = offline.resolve(Deferred.fromCoroutine(offline.mirror.project_list()))
     assert listing.content == ("demo",)
+
+
+def test_stale_mark_forces_revalidation_and_a_refetch_clears_it(world: World) -> None:
+    first = world.get()
+    world.resolve(Deferred.fromCoroutine(world.mirror.mark_stale("demo")))
+    world.index.body = page_json("demo-1.0.tar.gz", "demo-2.0.tar.gz")
+    world.index.etag = '"v2"'
+    world.index.serial = 101
+    refreshed = world.get()  # young, but marked: asked again
+    assert refreshed is not first
+    assert filenames(refreshed) == ["demo-1.0.tar.gz", "demo-2.0.tar.gz"]
+    marks = world.resolve(Deferred.fromCoroutine(world.store.set_members("stale:root/pypi")))
+    assert marks == set()
+    world.get()
+    assert len(world.index.requests) == 2
+
+
+def test_stale_marks_survive_a_restart(tmp_path: Path) -> None:
+    world = make_world(tmp_path)
+    world.get()
+    world.resolve(Deferred.fromCoroutine(world.mirror.mark_stale("demo")))
+    restarted = make_world(tmp_path, world.index)
+    restarted.get()
+    assert len(world.index.requests) == 2
+    assert world.index.requests[-1]["if_none_match"] == b'"v1"'
+
+
+def test_refresh_with_the_upstream_down_keeps_the_mark(world: World) -> None:
+    first = world.get()
+    world.index.status = 503
+    assert world.resolve(Deferred.fromCoroutine(world.mirror.refresh("demo"))) is first
+    world.index.status = 200
+    world.later(world.mirror.error_backoff + 1)
+    world.get()  # still marked, so asked again once the back-off is over
+    assert len(world.index.requests) == 3
