@@ -28,6 +28,10 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     "upstream": (None, "the simple index to mirror (default: the index pip is configured to use)"),
     "cache-expiry": (1800.0, "seconds a cached project page counts as fresh"),
     "upstream-timeout": (10.0, "seconds to wait for the upstream before serving stale or 502"),
+    "changelog-interval": (
+        60.0,
+        "seconds between asks for the upstream's changelog (0: never; rely on --cache-expiry)",
+    ),
     "offline": (False, "never contact the upstream; serve only what is cached"),
     "outside-url": (None, "the URL clients see when devpid is behind a proxy"),
     "redis": (
@@ -51,6 +55,7 @@ class Settings:
     outside_url: str | None
     redis: str | None = None
     redis_prefix: str = "devpid:"
+    changelog_interval: float = 60.0
 
 
 def pip_index_url(environ: Mapping[str, str] | None = None) -> str:
@@ -194,4 +199,5 @@ def build_settings(
         outside_url=outside_url,
         redis=redis,
         redis_prefix=redis_prefix,
+        changelog_interval=_as_float("changelog-interval", pick("changelog-interval"), 0),
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -14,6 +14,9 @@ from devpid.stats import Stats
 from devpid.store import StateStore
 from devpid.tee import DownloadManager
 from devpid.upstream import UpstreamHealth
+
+if TYPE_CHECKING:
+    from devpid.poller import ChangelogPoller
 
 
 def _iso(timestamp: float | None) -> str | None:
@@ -33,6 +36,8 @@ class StatusReport:
     offline: bool
     listen: str
     started_at: float = attrs.field(factory=time.time)
+    #: The changelog poller, when one runs (not offline, --changelog-interval > 0).
+    poller: ChangelogPoller | None = None
 
     def report(self) -> dict[str, Any]:
         counters = self.stats.totals()
@@ -70,4 +75,5 @@ class StatusReport:
                 "in_flight": [d.progress() for d in self.downloads.running.values()],
                 "failed": counters["download_failures"],
             },
+            "poller": None if self.poller is None else self.poller.status(),
         }

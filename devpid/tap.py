@@ -16,6 +16,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from devpid.config import DEFAULTS, ConfigError, Settings, build_settings, read_ini
 from devpid.filestore import FileStore
 from devpid.mirror import MirrorIndex
+from devpid.poller import ChangelogPoller
 from devpid.routes import DevpidRoutes
 from devpid.service import CacheService, ListenerService
 from devpid.site import DevpidSite
@@ -143,6 +144,9 @@ def build_service(settings: Settings, reactor: Any, endpoint: Any) -> MultiServi
         cache_expiry=settings.cache_expiry,
         offline=settings.offline,
     )
+    poller = None
+    if not settings.offline and settings.changelog_interval > 0:
+        poller = ChangelogPoller(mirror, upstream, store, reactor, settings.changelog_interval)
     status = StatusReport(
         files,
         store,
@@ -152,6 +156,7 @@ def build_service(settings: Settings, reactor: Any, endpoint: Any) -> MultiServi
         upstream.health,
         settings.offline,
         settings.listen,
+        poller=poller,
     )
     routes = DevpidRoutes(
         {MIRROR_INDEX: mirror}, downloads, files, stats, status, settings.outside_url
@@ -161,5 +166,8 @@ def build_service(settings: Settings, reactor: Any, endpoint: Any) -> MultiServi
 
     top = MultiService()
     CacheService(files, store, stats, downloads, pool, reactor).setServiceParent(top)
+    if poller is not None:
+        # After the store opens, before the listener; stopped before the store closes.
+        poller.make_service().setServiceParent(top)
     ListenerService(settings.listen, endpoint, site, reactor).setServiceParent(top)
     return top

@@ -1,12 +1,14 @@
-"""The only module that talks to the upstream index: pages and file streams.
+"""The only module that talks to the upstream index: pages, file streams, the changelog.
 
 Pages are fetched whole (with a size cap) and conditionally (ETag); files are
-opened unbuffered so the tee can stream them as they arrive.
+opened unbuffered so the tee can stream them as they arrive. The changelog is
+asked for over the upstream's XML-RPC endpoint (``/pypi`` at its origin).
 """
 
 from __future__ import annotations
 
 import time
+import xmlrpc.client
 from typing import Any
 from urllib.parse import urljoin
 
@@ -27,6 +29,8 @@ from devpid.simple import HTML_V1, JSON_V1, TEXT_HTML
 PAGE_ACCEPT = f"{JSON_V1}, {HTML_V1};q=0.2, {TEXT_HTML};q=0.1"
 #: Pages larger than this are refused rather than held in memory.
 MAX_PAGE_BYTES = 64 * 1024 * 1024
+#: Seconds to wait after a 429 that gives no (usable) Retry-After header.
+DEFAULT_RETRY_AFTER = 60.0
 USER_AGENT = "devpid/0.1 (twisted; treq)"
 
 
@@ -36,6 +40,22 @@ class UpstreamError(Exception):
 
 class PageTooLarge(UpstreamError):
     pass
+
+
+class RateLimited(UpstreamError):
+    """The upstream answered 429: ask again after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: float = DEFAULT_RETRY_AFTER) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ChangelogUnsupported(UpstreamError):
+    """The upstream has no XML-RPC changelog (404/405/501, not XML-RPC, or a Fault)."""
+
+
+#: One changelog entry: (name, version, timestamp, action, serial).
+ChangelogEntry = tuple[str, str, int, str, int]
 
 
 @attrs.frozen
@@ -124,6 +144,15 @@ def read_body(response: IResponse, limit: int = MAX_PAGE_BYTES) -> Deferred[byte
 def _header(response: IResponse, name: str) -> str | None:
     values = response.headers.getRawHeaders(name)
     return values[-1] if values else None
+
+
+def _retry_after(response: IResponse) -> float:
+    value = _header(response, "Retry-After")
+    try:
+        seconds = float(value) if value is not None else DEFAULT_RETRY_AFTER
+    except ValueError:  # an HTTP date: not worth parsing, wait the default
+        return DEFAULT_RETRY_AFTER
+    return seconds if seconds >= 0 else DEFAULT_RETRY_AFTER
 
 
 def _serial(response: IResponse) -> int | None:
@@ -215,3 +244,83 @@ class UpstreamClient:
             raise UpstreamError(reason) from None
         self.health.fetches += 1
         return response
+
+    # -- the changelog (XML-RPC) ----------------------------------------------
+
+    @property
+    def xmlrpc_url(self) -> str:
+        return urljoin(self.simple_url, "/pypi")
+
+    async def changelog_last_serial(self) -> int:
+        """The serial of the upstream's newest change."""
+        result = await self._xmlrpc("changelog_last_serial")
+        if not isinstance(result, int) or isinstance(result, bool):
+            raise ChangelogUnsupported(
+                f"POST {self.xmlrpc_url}: changelog_last_serial answered {result!r}"
+            )
+        return result
+
+    async def changelog_since_serial(self, serial: int) -> list[ChangelogEntry]:
+        """Every change after ``serial``: (name, version, timestamp, action, serial)."""
+        result = await self._xmlrpc("changelog_since_serial", serial)
+        try:
+            return [
+                (str(name), str(version), int(timestamp), str(action), int(change))
+                for name, version, timestamp, action, change in result
+            ]
+        except (TypeError, ValueError):
+            raise ChangelogUnsupported(
+                f"POST {self.xmlrpc_url}: changelog_since_serial answered something else"
+            ) from None
+
+    async def _xmlrpc(self, method: str, *args: Any) -> Any:
+        url = self.xmlrpc_url
+        body = xmlrpc.client.dumps(args, method).encode("utf-8")
+        headers = {
+            "Content-Type": ["text/xml"],
+            "User-Agent": [USER_AGENT],
+            "Via": [self.via],
+        }
+        d = Deferred.fromCoroutine(self._post(url, body, headers))
+        d.addTimeout(self.timeout, self.clock)
+        try:
+            code, content_type, retry_after, answer = await d
+        except Exception as e:
+            reason = f"POST {url} {method}: {describe_failure(e)}"
+            self.health.failed(reason)
+            raise UpstreamError(reason) from None
+        self.health.fetches += 1
+        self.health.bytes_fetched += len(answer)
+        if code == 429:
+            raise RateLimited(f"POST {url} {method}: upstream answered 429", retry_after)
+        if code in (404, 405, 501):
+            raise ChangelogUnsupported(f"POST {url} {method}: upstream answered {code}")
+        if code != 200:
+            reason = f"POST {url} {method}: upstream answered {code}"
+            self.health.failed(reason)
+            raise UpstreamError(reason)
+        if "html" in content_type.lower():
+            raise ChangelogUnsupported(f"POST {url} {method}: upstream answered HTML")
+        try:
+            params, _ = xmlrpc.client.loads(answer, use_builtin_types=True)
+        except xmlrpc.client.Fault as fault:
+            raise ChangelogUnsupported(
+                f"POST {url} {method}: fault {fault.faultCode}: {fault.faultString}"
+            ) from None
+        except Exception:  # expat or unmarshalling errors: not an XML-RPC answer
+            raise ChangelogUnsupported(f"POST {url} {method}: not an XML-RPC answer") from None
+        if len(params) != 1:
+            raise ChangelogUnsupported(f"POST {url} {method}: not an XML-RPC answer")
+        return params[0]
+
+    async def _post(
+        self, url: str, body: bytes, headers: dict[str, list[str]]
+    ) -> tuple[int, str, float, bytes]:
+        response = await self.http.post(url, data=body, headers=headers, unbuffered=True)
+        answer = await read_body(response)
+        return (
+            response.code,
+            _header(response, "Content-Type") or "",
+            _retry_after(response),
+            answer,
+        )

@@ -71,6 +71,8 @@ def test_options_every_flag() -> None:
         "60",
         "--upstream-timeout",
         "2.5",
+        "--changelog-interval",
+        "30",
         "--offline",
         "--outside-url",
         "http://localhost:8080/pypi",
@@ -86,6 +88,7 @@ def test_options_every_flag() -> None:
         "upstream": UPSTREAM,
         "cache-expiry": "60",
         "upstream-timeout": "2.5",
+        "changelog-interval": "30",
         "offline": 1,
         "outside-url": "http://localhost:8080/pypi",
         "redis": "redis://127.0.0.1:6390/1",
@@ -181,6 +184,8 @@ def test_outside_url_loses_its_trailing_slash() -> None:
         ("cache-expiry", "-1"),
         ("cache-expiry", ""),
         ("cache-expiry", "nan"),
+        ("changelog-interval", "-1"),
+        ("changelog-interval", "soon"),
         ("upstream-timeout", "0"),
         ("upstream-timeout", "soon"),
         ("upstream", "ftp://x"),
@@ -342,8 +347,14 @@ def test_make_service(tmp_path: Path) -> None:
     service = makeService(_options(tmp_path, "--listen", "tcp:0:interface=127.0.0.1"), reactor)
     assert isinstance(service, MultiService)
     children = list(service)
-    assert len(children) == 2
-    assert [type(child).__name__ for child in children] == ["CacheService", "ListenerService"]
+    assert len(children) == 3
+    assert [type(child).__name__ for child in children] == [
+        "CacheService",
+        "TimerService",
+        "ListenerService",
+    ]
+    assert children[1].step == 60.0
+    assert children[1].clock is reactor
     assert (tmp_path / "server").is_dir()
     # Nothing listens or connects until the service starts.
     assert reactor.tcpServers == []
@@ -353,7 +364,14 @@ def test_make_service(tmp_path: Path) -> None:
 def test_make_service_accepts_a_plain_dict(tmp_path: Path) -> None:
     options = nothing_given(serverdir=str(tmp_path / "server"), upstream=UPSTREAM)
     service = makeService(options, MemoryReactor())
-    assert len(list(service)) == 2
+    assert len(list(service)) == 3
+
+
+@pytest.mark.parametrize("option", [["--changelog-interval", "0"], ["--offline"]])
+def test_no_changelog_poller_when_off_or_offline(tmp_path: Path, option: list[str]) -> None:
+    service = makeService(_options(tmp_path, *option), MemoryReactor())
+    names = [type(child).__name__ for child in service]
+    assert names == ["CacheService", "ListenerService"]
 
 
 @pytest.mark.parametrize(
