@@ -10,7 +10,6 @@ alone decides.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import attrs
@@ -21,6 +20,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from devpid.mirror import MirrorIndex
+from devpid.status import iso_time
 from devpid.store import StateStore
 from devpid.upstream import (
     ChangelogEntry,
@@ -32,12 +32,6 @@ from devpid.upstream import (
 
 #: A reply this long means devpid fell too far behind: mark everything instead.
 GAP_LIMIT = 50_000
-
-
-def _iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
 
 
 @attrs.define
@@ -152,8 +146,8 @@ class ChangelogPoller:
             "interval": self.interval,
             "supported": self.supported,
             "last_serial": self.last_serial,
-            "last_tick_at": _iso(self.last_tick_at),
+            "last_tick_at": iso_time(self.last_tick_at),
             "last_error": self.last_error,
-            "backoff_until": _iso(self.backoff_until),
+            "backoff_until": iso_time(self.backoff_until),
             "marked_stale": self.marked,
         }

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from devpid.poller import ChangelogPoller
 
 
-def _iso(timestamp: float | None) -> str | None:
+def iso_time(timestamp: float | None) -> str | None:
+    """A Unix timestamp as ISO 8601 UTC, for JSON status documents."""
     if timestamp is None:
         return None
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
@@ -54,9 +55,9 @@ class StatusReport:
             "upstream": {
                 "url": self.upstream_url,
                 "offline": self.offline,
-                "last_success": _iso(health.last_success),
+                "last_success": iso_time(health.last_success),
                 "last_error": health.last_error,
-                "last_error_at": _iso(health.last_error_at),
+                "last_error_at": iso_time(health.last_error_at),
                 "fetches": health.fetches,
                 "bytes_fetched": health.bytes_fetched,
             },

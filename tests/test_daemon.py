@@ -22,6 +22,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def foreground_devpid(tmp_path: Path, port: int, upstream: str) -> list[str]:
+    """twistd arguments for devpid in the foreground on ``port``, logging to tmp_path/log."""
+    return [
+        "-n", "--pidfile=", "--logfile", str(tmp_path / "log"), "devpid",
+        "--listen", f"tcp:{port}:interface=127.0.0.1",
+        "--serverdir", str(tmp_path / "sd"), "--upstream", upstream,
+    ]  # fmt: skip
+
+
 def run_twistd(tmp_path: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*twistd_command(), *args],
@@ -41,17 +50,7 @@ def test_port_in_use_exits_with_one_line(tmp_path: Path) -> None:
         port = busy.getsockname()[1]
         result = run_twistd(
             tmp_path,
-            "-n",
-            "--pidfile=",
-            "--logfile",
-            str(tmp_path / "log"),
-            "devpid",
-            "--listen",
-            f"tcp:{port}:interface=127.0.0.1",
-            "--serverdir",
-            str(tmp_path / "sd"),
-            "--upstream",
-            "http://127.0.0.1:1/simple/",
+            *foreground_devpid(tmp_path, port, "http://127.0.0.1:1/simple/"),
         )
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
@@ -80,20 +79,7 @@ def test_devpid_as_its_own_upstream_is_a_loop_not_a_hang(tmp_path: Path) -> None
     disguised = f"http://127.1:{port}/root/pypi/+simple/"
     log = tmp_path / "log"
     process = subprocess.Popen(
-        [
-            *twistd_command(),
-            "-n",
-            "--pidfile=",
-            "--logfile",
-            str(log),
-            "devpid",
-            "--listen",
-            f"tcp:{port}:interface=127.0.0.1",
-            "--serverdir",
-            str(tmp_path / "sd"),
-            "--upstream",
-            disguised,
-        ],
+        [*twistd_command(), *foreground_devpid(tmp_path, port, disguised)],
         cwd=tmp_path,
         env=devpid_env(),
         stdin=subprocess.DEVNULL,
