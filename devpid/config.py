@@ -39,6 +39,11 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
         "a redis://host:port/db URL: keep state in Redis instead of the embedded store",
     ),
     "redis-prefix": ("devpid:", "the prefix of every Redis key, so deployments can share one"),
+    "lock-ttl": (
+        10.0,
+        "seconds a download lock outlives its holder: how long other processes wait "
+        "before taking over the download of one that died",
+    ),
 }
 
 INI_SECTION = "devpid"
@@ -56,6 +61,7 @@ class Settings:
     redis: str | None = None
     redis_prefix: str = "devpid:"
     changelog_interval: float = 60.0
+    lock_ttl: float = 10.0
 
 
 def pip_index_url(environ: Mapping[str, str] | None = None) -> str:
@@ -200,4 +206,5 @@ def build_settings(
         redis=redis,
         redis_prefix=redis_prefix,
         changelog_interval=_as_float("changelog-interval", pick("changelog-interval"), 0),
+        lock_ttl=_as_float("lock-ttl", pick("lock-ttl"), 1),
     )

@@ -6,7 +6,7 @@ Layout (see docs/serverdir.md)::
     <serverdir>/+pages/<user>/<index>/<project>.json   parsed project pages
     <serverdir>/+pages/<user>/<index>/+projects.json   the project list
     <serverdir>/+files/<user>/<index>/+f/<h3>/<h13>/<filename>   committed files
-    ....../<filename>.devpid-partial              a download in progress
+    ....../<filename>.<owner>.devpid-partial      a download in progress, by one process
 
 Every path is built from validated components and checked to stay inside
 the serverdir, so no request can name a file outside it.
@@ -23,6 +23,7 @@ from typing import Any
 import attrs
 from twisted.logger import Logger
 
+from devpid.identity import ProcessIdentity, pid_alive, pid_of
 from devpid.simple import FILENAME, HEX
 
 PARTIAL_SUFFIX = ".devpid-partial"
@@ -50,9 +51,21 @@ class CacheCounts:
     pages: int = 0
 
 
+def partial_owner(path: Path | str) -> str | None:
+    """The owner token in a temporary file's name (None if it has none)."""
+    name = os.path.basename(path)
+    if not name.endswith(PARTIAL_SUFFIX):
+        return None
+    stem = name[: -len(PARTIAL_SUFFIX)]
+    _, dot, owner = stem.rpartition(".")
+    return owner if dot and pid_of(owner) is not None else None
+
+
 @attrs.define
 class FileStore:
     serverdir: Path
+    #: Names this process's temporary files, so processes sharing a serverdir never clash.
+    identity: ProcessIdentity = attrs.field(factory=ProcessIdentity)
     counts: CacheCounts = attrs.field(factory=CacheCounts)
     log = Logger()
 
@@ -64,31 +77,47 @@ class FileStore:
     def pages_root(self) -> Path:
         return self.serverdir / "+pages"
 
-    def prepare(self) -> None:
-        """Create the layout, remove what a crash left behind, and count what is cached."""
+    def prepare(self, shared: bool = False) -> list[Path]:
+        """Create the layout, remove what a crash left behind, and count what is cached.
+
+        Alone (``shared=False``), every temporary file is a crash's leftover and
+        goes. When other processes may share the serverdir, only those of
+        processes that no longer run on this host go, and the download
+        temporary files that may be another process's are returned for a check
+        against the store's locks (``SharedDownloads.sweep``).
+        """
         self.files_root.mkdir(parents=True, exist_ok=True)
         self.pages_root.mkdir(parents=True, exist_ok=True)
         removed = 0
+        undecided: list[Path] = []
         counts = CacheCounts()
-        for directory, _dirs, names in os.walk(self.files_root):
-            for name in names:
-                path = os.path.join(directory, name)
-                if name.endswith(PARTIAL_SUFFIX):
-                    os.unlink(path)
-                    removed += 1
-                    continue
-                counts.files += 1
-                counts.bytes += os.stat(path).st_size
-        for directory, _dirs, names in os.walk(self.pages_root):
-            for name in names:
-                if name.endswith(PARTIAL_SUFFIX):
-                    os.unlink(os.path.join(directory, name))
-                    removed += 1
-                elif name.endswith(".json") and not name.startswith("+"):
-                    counts.pages += 1
+        for root in (self.files_root, self.pages_root):
+            for directory, _dirs, names in os.walk(root):
+                for name in names:
+                    path = os.path.join(directory, name)
+                    if name.endswith(PARTIAL_SUFFIX):
+                        if self._leftover(path, shared):
+                            os.unlink(path)
+                            removed += 1
+                        elif root == self.files_root:
+                            undecided.append(Path(path))
+                    elif root == self.files_root:
+                        counts.files += 1
+                        counts.bytes += os.stat(path).st_size
+                    elif name.endswith(".json") and not name.startswith("+"):
+                        counts.pages += 1
         self.counts = counts
         if removed:
             self.log.info("removed {count} partial files left by a crash", count=removed)
+        return undecided
+
+    @staticmethod
+    def _leftover(path: str, shared: bool) -> bool:
+        owner = partial_owner(path)
+        if not shared or owner is None:
+            return True
+        pid = pid_of(owner)
+        return pid is None or not pid_alive(pid)
 
     def _inside(self, path: Path) -> Path:
         resolved = path.resolve()
@@ -106,9 +135,9 @@ class FileStore:
         _check_component(filename, FILENAME)
         return self._inside(self.files_root / user / name / "+f" / h3 / h13 / filename)
 
-    @staticmethod
-    def partial_path(final: Path) -> Path:
-        return final.with_name(final.name + PARTIAL_SUFFIX)
+    def partial_path(self, final: Path) -> Path:
+        """This process's temporary file for ``final``."""
+        return final.with_name(f"{final.name}.{self.identity.token}{PARTIAL_SUFFIX}")
 
     def create_partial(self, final: Path) -> tuple[Path, int]:
         """A fresh temporary file beside ``final``, opened for writing."""
@@ -117,6 +146,22 @@ class FileStore:
         partial.unlink(missing_ok=True)
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         return partial, fd
+
+    def adopt_partial(self, other: Path, final: Path) -> tuple[Path, int] | None:
+        """Rename another process's temporary file for ``final`` to ours, open for appending.
+
+        None when it is gone. Its readers keep reading: a rename keeps the inode.
+        """
+        partial = self.partial_path(final)
+        try:
+            os.rename(other, partial)
+        except FileNotFoundError:
+            return None
+        return partial, os.open(partial, os.O_WRONLY | os.O_APPEND)
+
+    def relative(self, final: Path) -> str:
+        """``final`` relative to the files root: how processes name a file to each other."""
+        return final.relative_to(self.files_root).as_posix()
 
     def commit(self, partial: Path, final: Path) -> None:
         """Atomically publish a verified download."""

@@ -6,10 +6,17 @@ conditional GET; concurrent revalidations of one page share one upstream
 request. When the upstream fails, the stale page is served (and the upstream
 is not asked again for ``error_backoff`` seconds); with nothing cached, the
 caller gets ``IndexUnavailable`` and answers 502.
+
+Several processes keep their own in-memory pages; a stale mark or a refetch
+in one reaches the others as a ``publish()``ed message (``invalidated``). The
+page files and the store are the shared truth; memory is only a cache of them.
+With the store unreachable, pages are served from memory and the serverdir,
+and what the store would have remembered (ETags, stale marks) is skipped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable
@@ -30,7 +37,7 @@ from devpid.simple import (
     parse_project_page,
 )
 from devpid.stats import Stats
-from devpid.store import StateStore
+from devpid.store import StateStore, StoreUnavailable
 from devpid.upstream import PageResponse, UpstreamClient, UpstreamError
 
 
@@ -115,15 +122,22 @@ class MirrorIndex:
 
     async def _stale_marks(self) -> set[str]:
         if self._stale is None:
-            self._stale = await self.store.set_members(self._stale_set)
+            try:
+                self._stale = await self.store.set_members(self._stale_set)
+            except StoreUnavailable:
+                return set()  # unknown until the store is back
         return self._stale
 
     async def mark_stale(self, *projects: str) -> None:
         """The next request for each of ``projects`` revalidates it, whatever its age."""
-        await self.store.add_to_set(self._stale_set, *projects)
-        (await self._stale_marks()).update(projects)
+        marks = await self._stale_marks()
+        marks.update(projects)
+        if self._stale is None:  # the store is away: remember the marks here at least
+            self._stale = marks
         for project in projects:
             self._missing.pop(project, None)
+        await self.store.add_to_set(self._stale_set, *projects)
+        await self._tell_others("stale", projects)
 
     async def _clear_stale(self, project: str) -> None:
         marks = await self._stale_marks()
@@ -133,8 +147,44 @@ class MirrorIndex:
 
     async def refresh(self, project: str) -> CachedPage:
         """Mark ``project`` stale and revalidate it now (devpi's ``refresh``)."""
-        await self.mark_stale(project)
+        # marked in this process; the refetch below is what was asked for
+        with contextlib.suppress(StoreUnavailable):
+            await self.mark_stale(project)
         return await self._get(project)
+
+    # -- other processes ---------------------------------------------------------
+
+    async def _tell_others(self, what: str, projects: tuple[str, ...] | list[str]) -> None:
+        message = {"op": what, "index": self.name, "projects": list(projects)}
+        message["origin"] = self.files.identity.token
+        # the others revalidate on expiry, and forget everything on resubscribing
+        with contextlib.suppress(StoreUnavailable):
+            await self.store.publish(message)
+
+    def invalidated(self, message: dict[str, Any]) -> None:
+        """Another process marked pages stale (``op: stale``) or wrote new ones (``fresh``)."""
+        if message.get("index") != self.name:
+            return
+        projects = message.get("projects")
+        if not isinstance(projects, list):
+            return
+        for project in projects:
+            if not isinstance(project, str):
+                continue
+            self._missing.pop(project, None)
+            if message.get("op") == "stale":
+                if self._stale is not None:
+                    self._stale.add(project)
+            elif message.get("op") == "fresh":
+                self._pages.pop(project, None)
+                if self._stale is not None:
+                    self._stale.discard(project)
+
+    def forget_memory(self) -> None:
+        """Drop what is kept in memory; it is read again from the serverdir and store."""
+        self._pages.clear()
+        self._missing.clear()
+        self._stale = None
 
     # -- reading -------------------------------------------------------------
 
@@ -147,7 +197,10 @@ class MirrorIndex:
         data = self.files.read_page(self.name, project)
         if data is None:
             return None
-        meta = await self.store.get_document(self._store_key(project)) or {}
+        try:
+            meta = await self.store.get_document(self._store_key(project)) or {}
+        except StoreUnavailable:
+            meta = {}  # no ETag or age known: it revalidates (or is served stale)
         try:
             content: ProjectPage | tuple[str, ...]
             if project == PROJECT_LIST:
@@ -246,9 +299,19 @@ class MirrorIndex:
     async def _confirmed(self, project: str, entry: CachedPage) -> CachedPage:
         entry.fetched_at = self.clock.seconds()
         entry.retry_at = 0.0
-        await self.store.set_document(self._store_key(project), entry.meta())
-        await self._clear_stale(project)
+        await self._remember_meta(project, entry)
         return entry
+
+    async def _remember_meta(self, project: str, entry: CachedPage) -> None:
+        """Record in the store that ``project`` was just fetched or confirmed, and say so."""
+        try:
+            await self.store.set_document(self._store_key(project), entry.meta())
+            await self._clear_stale(project)
+        except StoreUnavailable:
+            if self._stale is not None:
+                self._stale.discard(project)
+            return
+        await self._tell_others("fresh", [project])
 
     async def _gone(self, project: str, entry: CachedPage | None) -> CachedPage:
         self._missing[project] = self.clock.seconds() + self.missing_ttl
@@ -256,7 +319,10 @@ class MirrorIndex:
             self.log.info("upstream no longer has {project}; dropping its page", project=project)
             self._pages.pop(project, None)
             self.files.delete_page(self.name, project)
-            await self.store.delete_document(self._store_key(project))
+            # without the page file, the document is never read
+            with contextlib.suppress(StoreUnavailable):
+                await self.store.delete_document(self._store_key(project))
+            await self._tell_others("fresh", [project])
         raise ProjectNotFound(f"project {project!r} is not on the upstream index")
 
     def _stale_or_fail(self, project: str, entry: CachedPage | None, reason: str) -> CachedPage:
@@ -272,7 +338,6 @@ class MirrorIndex:
         else:
             data = {"names": list(entry.content)}
         self.files.write_page(self.name, project, data)
-        await self.store.set_document(self._store_key(project), entry.meta())
-        await self._clear_stale(project)
         self._missing.pop(project, None)
         self._remember(project, entry)
+        await self._remember_meta(project, entry)

@@ -6,10 +6,17 @@ restart resumes without replaying) and marks the projects devpid has cached
 stale; their next request revalidates them, whatever ``--cache-expiry`` says.
 An upstream without a changelog is asked once; from then on ``--cache-expiry``
 alone decides.
+
+Of several processes sharing a store, one polls: the holder of the leader lock
+``poller:<index>``. Every process tries to take or renew it each
+``election_interval`` (a third of the interval, at most 10 s), and the lock
+lives three of those, so a dead leader is replaced within about 1.3 intervals.
+While the store is unreachable nobody polls (the cursor and marks live there).
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import attrs
@@ -19,9 +26,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from devpid.identity import ProcessIdentity
 from devpid.mirror import MirrorIndex
 from devpid.status import iso_time
-from devpid.store import StateStore
+from devpid.store import StateStore, StoreUnavailable
 from devpid.upstream import (
     ChangelogEntry,
     ChangelogUnsupported,
@@ -51,16 +59,87 @@ class ChangelogPoller:
     backoff_until: float | None = None
     #: Projects marked stale since the process started.
     marked: int = 0
+    identity: ProcessIdentity = attrs.field(factory=ProcessIdentity)
+    #: The token of the process that polls (None: unknown, or nobody).
+    leader: str | None = None
+    is_leader: bool = False
+    #: Why nobody here polls right now (the store is unreachable), or None.
+    paused: str | None = None
+    #: When the leader last polled successfully (from the store, for every process).
+    last_poll_at: float | None = None
     log = Logger()
 
     @property
     def cursor_key(self) -> str:
         return f"changelog:{self.mirror.name}"
 
+    @property
+    def progress_key(self) -> str:
+        return f"changelog-progress:{self.mirror.name}"
+
+    @property
+    def lock_name(self) -> str:
+        return f"poller:{self.mirror.name}"
+
+    @property
+    def election_interval(self) -> float:
+        return min(self.interval / 3, 10.0)
+
+    @property
+    def lease(self) -> float:
+        return 3 * self.election_interval
+
     def make_service(self) -> TimerService:
-        service = TimerService(self.interval, self.tick)
+        service = PollerService(self.election_interval, self.step)
         service.clock = self.clock
+        service.poller = self
         return service
+
+    def step(self) -> Deferred[None]:
+        """Take or renew the leader lock; the leader polls once an interval. Never fails."""
+        return Deferred.fromCoroutine(self._step())
+
+    async def _step(self) -> None:
+        token = self.identity.token
+        try:
+            leading = await self.store.acquire_lock(self.lock_name, token, self.lease)
+            self.leader = token if leading else await self.store.lock_owner(self.lock_name)
+            progress = await self.store.get_document(self.progress_key) or {}
+            if not leading:
+                cursor = await self.store.get_document(self.cursor_key) or {}
+                self.last_serial = cursor.get("serial", self.last_serial)
+        except StoreUnavailable as e:
+            if self.paused is None:
+                self.log.warn("changelog poller paused: {reason}", reason=str(e))
+            self.paused, self.is_leader, self.leader = str(e), False, None
+            return
+        except Exception:
+            self.log.failure("changelog leader election failed")
+            return
+        if self.paused is not None:
+            self.log.info("changelog poller resumed: the store is reachable again")
+            self.paused = None
+        if leading != self.is_leader:
+            self.log.info(
+                "changelog poller: {what} (process {token})",
+                what="this process polls now" if leading else "another process polls now",
+                token=token,
+            )
+        self.is_leader = leading
+        at = progress.get("at")
+        self.last_poll_at = float(at) if isinstance(at, int | float) else self.last_poll_at
+        due = self.last_tick_at is None or (
+            self.clock.seconds() - self.last_tick_at >= self.interval - self.election_interval / 2
+        )
+        if leading and due:
+            await self._tick()
+
+    async def resign(self) -> None:
+        """Let another process lead at once (on shutdown)."""
+        if self.is_leader:
+            self.is_leader = False
+            with contextlib.suppress(StoreUnavailable):
+                await self.store.release_lock(self.lock_name, self.identity.token)
 
     def tick(self) -> Deferred[None]:
         """One poll for a ``TimerService``; it never fails, so the loop never stops."""
@@ -87,12 +166,19 @@ class ChangelogPoller:
             self.log.info(
                 "upstream has no changelog; relying on --cache-expiry ({reason})", reason=str(e)
             )
+        except StoreUnavailable as e:
+            self.last_error = str(e)
         except Exception as e:
             self.last_error = describe_failure(e)
             self.log.failure("changelog poll failed")
         else:
             self.last_error = None
             self.backoff_until = None
+            self.last_poll_at = self.clock.seconds()
+            with contextlib.suppress(StoreUnavailable):
+                await self.store.set_document(
+                    self.progress_key, {"at": self.last_poll_at, "by": self.identity.token}
+                )
 
     async def poll(self) -> None:
         """Ask for the changes since the stored cursor and mark the cached ones stale."""
@@ -142,12 +228,40 @@ class ChangelogPoller:
         )
 
     def status(self) -> dict[str, Any]:
+        upstream_serial = self.upstream.health.highest_serial
+        lag_serials = None
+        if upstream_serial is not None and self.last_serial is not None:
+            lag_serials = max(0, upstream_serial - self.last_serial)
+        lag_seconds = None
+        if self.last_poll_at is not None:
+            lag_seconds = round(max(0.0, self.clock.seconds() - self.last_poll_at), 3)
         return {
             "interval": self.interval,
             "supported": self.supported,
+            "leader": self.leader,
+            "is_leader": self.is_leader,
+            "paused": self.paused,
             "last_serial": self.last_serial,
+            "upstream_serial": upstream_serial,
+            "lag_serials": lag_serials,
+            "last_poll_at": iso_time(self.last_poll_at),
+            "lag_seconds": lag_seconds,
             "last_tick_at": iso_time(self.last_tick_at),
             "last_error": self.last_error,
             "backoff_until": iso_time(self.backoff_until),
             "marked_stale": self.marked,
         }
+
+
+class PollerService(TimerService):
+    """The election loop; on stop the leader resigns so another takes over at once."""
+
+    poller: ChangelogPoller
+
+    def stopService(self) -> Deferred[None]:
+        stopped: Deferred[None] = super().stopService()
+
+        async def resign(_: object) -> None:
+            await self.poller.resign()
+
+        return stopped.addCallback(lambda r: Deferred.fromCoroutine(resign(r)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -23,8 +24,9 @@ from twisted.web.client import HTTPConnectionPool
 from twisted.web.server import Site
 
 from devpid.filestore import FileStore
+from devpid.peers import SharedDownloads
 from devpid.stats import Stats
-from devpid.store import StateStore
+from devpid.store import StateStore, StoreUnavailable
 from devpid.tee import DownloadManager
 from devpid.upstream import describe_failure
 
@@ -40,13 +42,15 @@ class CacheService(Service):
     pool: HTTPConnectionPool | None
     clock: Any
     shutdown_grace: float = 10.0
+    #: Other processes sharing the serverdir (with Redis), or None for a lone process.
+    peers: SharedDownloads | None = None
     _flusher: LoopingCall | None = None
     log = Logger()
 
     def startService(self) -> None:
         super().startService()
-        self.files.prepare()
-        Deferred.fromCoroutine(self._start())
+        undecided = self.files.prepare(shared=self.peers is not None)
+        Deferred.fromCoroutine(self._start(undecided))
         self.clock.callWhenRunning(self._exit_zero_on_sigterm)
 
     def _exit_zero_on_sigterm(self) -> None:
@@ -58,9 +62,14 @@ class CacheService(Service):
 
         signal.signal(signal.SIGTERM, stop)
 
-    async def _start(self) -> None:
+    async def _start(self, undecided: list[Path]) -> None:
         await self.store.open()
-        self.stats.base.update(await self.store.counters())
+        try:
+            self.stats.base.update(await self.store.counters())
+        except StoreUnavailable as e:
+            self.log.warn("counters start from zero: {reason}", reason=str(e))
+        if self.peers is not None and undecided:
+            await self.peers.sweep(undecided)
         self._flusher = LoopingCall(self._flush_tick)
         self._flusher.clock = self.clock
         self._flusher.start(STATS_FLUSH_INTERVAL, now=False)
@@ -74,8 +83,12 @@ class CacheService(Service):
 
     def _flush_tick(self) -> Deferred[None]:
         d = Deferred.fromCoroutine(self.flush_stats())
-        d.addErrback(lambda f: self.log.failure("could not save counters", f))
+        d.addErrback(self._flush_failed)
         return d
+
+    def _flush_failed(self, failure: Failure) -> None:
+        if not failure.check(StoreUnavailable):  # that one is logged once by the store
+            self.log.failure("could not save counters", failure)
 
     async def flush_stats(self) -> None:
         pending = self.stats.take_pending()

@@ -16,6 +16,8 @@ from devpid.tee import DownloadManager
 from devpid.upstream import UpstreamHealth
 
 if TYPE_CHECKING:
+    from devpid.identity import ProcessIdentity
+    from devpid.peers import SharedDownloads
     from devpid.poller import ChangelogPoller
 
 
@@ -39,6 +41,9 @@ class StatusReport:
     started_at: float = attrs.field(factory=time.time)
     #: The changelog poller, when one runs (not offline, --changelog-interval > 0).
     poller: ChangelogPoller | None = None
+    #: Processes sharing the serverdir and store (with Redis), or None.
+    peers: SharedDownloads | None = None
+    identity: ProcessIdentity | None = None
 
     def report(self) -> dict[str, Any]:
         counters = self.stats.totals()
@@ -51,7 +56,9 @@ class StatusReport:
             "listen": self.listen,
             "uptime": round(time.time() - self.started_at, 3),
             "serverdir": str(self.files.serverdir),
+            "process": None if self.identity is None else self.identity.token,
             "store": self.store.description,
+            "store_health": self._store_health(),
             "upstream": {
                 "url": self.upstream_url,
                 "offline": self.offline,
@@ -76,5 +83,18 @@ class StatusReport:
                 "in_flight": [d.progress() for d in self.downloads.running.values()],
                 "failed": counters["download_failures"],
             },
+            "shared": None
+            if self.peers is None
+            else {
+                "lock_ttl": self.peers.lock_ttl,
+                "takeovers": self.peers.takeovers,
+                "uncoordinated_downloads": self.peers.uncoordinated,
+            },
             "poller": None if self.poller is None else self.poller.status(),
         }
+
+    def _store_health(self) -> dict[str, Any]:
+        health = dict(self.store.health())
+        if "last_error_at" in health:
+            health["last_error_at"] = iso_time(health["last_error_at"])
+        return health

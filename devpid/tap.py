@@ -15,7 +15,9 @@ from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
 from devpid.config import DEFAULTS, ConfigError, Settings, build_settings, read_ini
 from devpid.filestore import FileStore
+from devpid.identity import ProcessIdentity
 from devpid.mirror import MirrorIndex
+from devpid.peers import SharedDownloads
 from devpid.poller import ChangelogPoller
 from devpid.routes import DevpidRoutes
 from devpid.service import CacheService, ListenerService
@@ -113,13 +115,17 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
 
 def build_service(settings: Settings, reactor: Any, endpoint: Any) -> MultiService:
     stats = Stats()
-    files = FileStore(settings.serverdir)
+    identity = ProcessIdentity()
+    files = FileStore(settings.serverdir, identity)
     store: StateStore
+    peers = None
     if settings.redis is not None:
         # txredisapi imports the global reactor: only load it when Redis is asked for.
         from devpid.store.redis import RedisStore
 
         store = RedisStore(settings.redis, settings.redis_prefix, reactor)
+        # With Redis, other processes may share the serverdir: one download per file.
+        peers = SharedDownloads(store, files, identity, settings.lock_ttl)
     else:
         store = EmbeddedStore(settings.serverdir / "state.sqlite", reactor)
     pool = UpstreamPool(reactor, persistent=True)
@@ -133,7 +139,9 @@ def build_service(settings: Settings, reactor: Any, endpoint: Any) -> MultiServi
         settings.upstream_timeout,
         via=via,
     )
-    downloads = DownloadManager(files, upstream, reactor, settings.upstream_timeout, stats)
+    downloads = DownloadManager(
+        files, upstream, reactor, settings.upstream_timeout, stats, peers=peers
+    )
     mirror = MirrorIndex(
         MIRROR_INDEX,
         upstream,
@@ -146,7 +154,9 @@ def build_service(settings: Settings, reactor: Any, endpoint: Any) -> MultiServi
     )
     poller = None
     if not settings.offline and settings.changelog_interval > 0:
-        poller = ChangelogPoller(mirror, upstream, store, reactor, settings.changelog_interval)
+        poller = ChangelogPoller(
+            mirror, upstream, store, reactor, settings.changelog_interval, identity=identity
+        )
     status = StatusReport(
         files,
         store,
@@ -157,6 +167,8 @@ def build_service(settings: Settings, reactor: Any, endpoint: Any) -> MultiServi
         settings.offline,
         settings.listen,
         poller=poller,
+        peers=peers,
+        identity=identity,
     )
     routes = DevpidRoutes(
         {MIRROR_INDEX: mirror}, downloads, files, stats, status, settings.outside_url
@@ -165,7 +177,15 @@ def build_service(settings: Settings, reactor: Any, endpoint: Any) -> MultiServi
     site.noisy = False
 
     top = MultiService()
-    CacheService(files, store, stats, downloads, pool, reactor).setServiceParent(top)
+    CacheService(files, store, stats, downloads, pool, reactor, peers=peers).setServiceParent(top)
+    if settings.redis is not None:
+        from devpid.store.redis import RedisStore, RedisSubscriber
+
+        assert isinstance(store, RedisStore)
+        # Its own connection: stale marks and refetches elsewhere reach this mirror's memory.
+        RedisSubscriber(
+            store, mirror.invalidated, mirror.forget_memory, lambda: identity.token
+        ).setServiceParent(top)
     if poller is not None:
         # After the store opens, before the listener; stopped before the store closes.
         poller.make_service().setServiceParent(top)

@@ -11,12 +11,22 @@ arrives, and the last one only after the whole file has been verified
 (sha256 and length) and atomically renamed into place. On a mismatch, an
 upstream error or an idle timeout, every client connection is aborted so that
 no one sees a complete 200 of wrong bytes, and the temporary file is removed.
+
+Across processes (``peers.SharedDownloads``) a ``Download`` is either the
+*owner*, which does the above, or a *follower*, which streams the owner's
+growing temporary file to its own clients: it learns the file from the owner's
+announcement, watches it grow with ``fstat``, releases its last byte only once
+the owner has renamed the very same inode into place, and cuts its clients off
+when the file is unlinked without being committed. When the owner dies, a
+follower takes the lock over and becomes the owner, adopting the temporary
+file and resuming the upstream transfer where it stopped.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +35,7 @@ import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
@@ -34,10 +45,16 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from devpid.filestore import FileStore
+from devpid.peers import SharedDownloads
 from devpid.stats import Stats
 from devpid.upstream import UpstreamClient, UpstreamError, describe_failure
 
 READ_CHUNK = 64 * 1024
+#: How often a follower looks at the owner's temporary file.
+FOLLOW_POLL = 0.05
+#: Bytes hashed per reactor turn when adopting another process's temporary file.
+ADOPT_HASH_STEP = 8 * 1024 * 1024
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
 
 
 class DownloadFailed(Exception):
@@ -62,6 +79,10 @@ class Download:
     idle_timeout: float
     #: Called once with the Download when it is over, verified or not.
     on_done: Callable[[Download], None] = lambda download: None
+    #: Other processes that may download the same file; None when this one is alone.
+    peers: SharedDownloads | None = None
+    #: "owner" (fetches from the upstream) or "follower" (streams another process's file).
+    role: str = "owner"
     state: str = "connecting"
     error: str | None = None
     received: int = 0
@@ -71,12 +92,20 @@ class Download:
     started_at: float = 0.0
     partial_path: Path | None = None
     readers: set[TeeReader] = attrs.field(factory=set)
+    #: Bytes adopted from a process that died, resumed with a Range request.
+    resumed_from: int = 0
+    #: Whether this process fetched, verified and committed the file.
+    committed_here: bool = False
     _fd: int | None = None
+    #: Read side of the temporary file; each client reads a duplicate of it.
+    _read_fd: int | None = None
     _hasher: Any = attrs.field(factory=hashlib.sha256)
     _header_waiters: list[Deferred[Download]] = attrs.field(factory=list)
     _idle_timer: IDelayedCall | None = None
     _body: _UpstreamBody | None = None
     _upstream: UpstreamClient | None = None
+    _renewal: LoopingCall | None = None
+    _locked: bool = False
     log = Logger()
 
     @property
@@ -90,7 +119,8 @@ class Download:
     def progress(self) -> dict[str, Any]:
         return {
             "url": self.spec.url,
-            "path": str(self.spec.final_path.relative_to(self.files.files_root)),
+            "path": self.files.relative(self.spec.final_path),
+            "role": self.role,
             "state": self.state,
             "bytes": self.received,
             "total": self.total,
@@ -98,39 +128,195 @@ class Download:
             "seconds": round(self.clock.seconds() - self.started_at, 3),
         }
 
-    # -- upstream side -------------------------------------------------------
+    # -- deciding who downloads ----------------------------------------------
 
     async def run(self, upstream: UpstreamClient) -> None:
+        """Download the file, or follow the process that does; never raises."""
         self.started_at = self.clock.seconds()
         try:
-            response = await upstream.open_file(self.spec.url)
+            await self._run(upstream)
+        except Exception as e:  # a bug must not leave clients waiting forever
+            self.log.failure("download of {url} broke", url=self.spec.url)
+            self._fail(f"internal error: {describe_failure(e)}")
+
+    async def _run(self, upstream: UpstreamClient) -> None:
+        peers = self.peers
+        if peers is not None:
+            if self._committed_elsewhere():
+                return
+            if not await peers.claim(self.spec.final_path):
+                self.role = "follower"
+                if not await self._follow(peers):
+                    return
+                self._take_over(peers)
+            self.role = "owner"
+            self._locked = True
+            self._renewal = LoopingCall(self._renew)
+            self._renewal.clock = self.clock
+            self._renewal.start(peers.renew_interval, now=False)
+            if self._committed_elsewhere():
+                return
+        await self._fetch(upstream)
+
+    def _take_over(self, peers: SharedDownloads) -> None:
+        """The owner went away and this process holds the lock: become the owner."""
+        peers.takeovers += 1
+        self.log.info("taking over the download of {url}: its owner went away", url=self.spec.url)
+        self.state = "connecting"
+        self._close_fds()
+
+    def _committed_elsewhere(self) -> bool:
+        """Finish at once if the file is already in the cache (another process got it)."""
+        try:
+            size = self.spec.final_path.stat().st_size
+        except FileNotFoundError:
+            return False
+        self.state = "verified"
+        self.received = self.releasable = size
+        self.total = size
+        self._headers_known()
+        self._finish()
+        return True
+
+    def _renew(self) -> Deferred[None]:
+        async def renew() -> None:
+            assert self.peers is not None
+            if not self.over and not await self.peers.renew(self.spec.final_path):
+                self.abort("another devpid process took this download over")
+
+        d = Deferred.fromCoroutine(renew())
+        d.addErrback(lambda f: self.log.failure("could not renew a download lock", f))
+        return d
+
+    # -- owner: upstream side ------------------------------------------------
+
+    async def _fetch(self, upstream: UpstreamClient) -> None:
+        offset = await self._adopt()
+        if self.over:
+            return
+        if not offset:
+            for reader in list(self.readers):  # they followed a file that is gone
+                reader.cut_off()
+        if self.peers is not None and self._locked:
+            await self.peers.announce(self.spec.final_path, state="connecting")
+        try:
+            response = await upstream.open_file(self.spec.url, offset)
         except UpstreamError as e:
             self._fail(str(e))
             return
-        if response.code != 200:
+        if offset and response.code == 200:
+            # No range support: start again in a file of our own; clients of
+            # the adopted bytes cannot be given bytes the new file vouches for.
+            self.log.info(
+                "upstream ignored the Range request; fetching {url} again", url=self.spec.url
+            )
+            self._drop_adopted()
+            offset = 0
+        elif offset and response.code == 206:
+            problem = self._check_content_range(response, offset)
+            if problem:
+                response.deliverBody(Protocol())
+                self._fail(problem)
+                return
+        if response.code not in (200, 206) or (response.code == 206 and not offset):
             response.deliverBody(Protocol())
             self._fail(f"upstream answered {response.code} for {self.spec.url}")
             return
         self._start_streaming(response, upstream)
 
+    async def _adopt(self) -> int:
+        """Continue the temporary file of an owner that went away; the bytes it holds."""
+        if self.peers is None:
+            return 0
+        final = self.spec.final_path
+        announced = await self.peers.announcement(final)
+        if not announced or announced.get("owner") == self.peers.token:
+            return 0
+        name, total = announced.get("partial"), announced.get("total")
+        if not isinstance(name, str) or not isinstance(total, int) or "/" in name:
+            return 0
+        if self.spec.size is not None and total != self.spec.size:
+            return 0
+        adopted = self.files.adopt_partial(final.with_name(name), final)
+        if adopted is None:
+            return 0
+        self.partial_path, self._fd = adopted
+        self._read_fd = os.open(self.partial_path, os.O_RDONLY)
+        size = os.fstat(self._read_fd).st_size
+        offset = 0
+        while offset < size:  # hash what is there, a step per reactor turn
+            data = os.pread(self._read_fd, min(ADOPT_HASH_STEP, size - offset), offset)
+            if not data:
+                break
+            self._hasher.update(data)
+            offset += len(data)
+            await deferLater(self.clock, 0, lambda: None)
+        self.received = self.releasable = self.resumed_from = offset
+        self.total = total
+        if offset >= total:  # the owner died between its last byte and the rename
+            self._publish_verified_or_fail()
+            return offset
+        self.log.info(
+            "adopted {bytes} of {total} bytes of {url} from a process that went away",
+            bytes=offset,
+            total=total,
+            url=self.spec.url,
+        )
+        return offset
+
+    def _drop_adopted(self) -> None:
+        for reader in list(self.readers):
+            reader.cut_off()
+        self._close_fds()
+        if self.partial_path is not None:
+            self.files.discard(self.partial_path)
+        self.partial_path = None
+        self._hasher = hashlib.sha256()
+        self.received = self.releasable = self.resumed_from = 0
+        self.total = None
+
+    def _check_content_range(self, response: IResponse, offset: int) -> str | None:
+        values = response.headers.getRawHeaders(b"content-range") or [b""]
+        match = _CONTENT_RANGE.match(values[0].decode("latin-1"))
+        if match is None:
+            return f"upstream sent a 206 without a usable Content-Range for {self.spec.url}"
+        first, last, total = (int(g) for g in match.groups())
+        if first != offset or last != total - 1 or total != self.total:
+            return f"upstream sent bytes {first}-{last}/{total}, not {offset}- of {self.total}"
+        return None
+
     def _start_streaming(self, response: IResponse, upstream: UpstreamClient) -> None:
         length = response.length if isinstance(response.length, int) else None
+        if response.code == 206:
+            length = self.total
         if length is not None and self.spec.size is not None and length != self.spec.size:
             response.deliverBody(Protocol())
             self._fail(f"upstream sent {length} bytes where the index said {self.spec.size}")
             return
         self.total = length if length is not None else self.spec.size
-        try:
-            self.partial_path, self._fd = self.files.create_partial(self.spec.final_path)
-        except OSError as e:
-            response.deliverBody(Protocol())
-            self._fail(f"cannot create a temporary file: {e.strerror}")
-            return
+        if self._fd is None:
+            try:
+                self.partial_path, self._fd = self.files.create_partial(self.spec.final_path)
+                self._read_fd = os.open(self.partial_path, os.O_RDONLY)
+            except OSError as e:
+                response.deliverBody(Protocol())
+                self._fail(f"cannot create a temporary file: {e.strerror}")
+                return
         self.state = "streaming"
         self._upstream = upstream
         self._body = _UpstreamBody(self)
         self._reset_idle_timer()
         response.deliverBody(self._body)
+        assert self.partial_path is not None
+        self._announce(state="streaming", partial=self.partial_path.name, total=self.total)
+        self._headers_known()
+
+    def _announce(self, **fields: Any) -> None:
+        if self.peers is not None and self._locked:
+            d = Deferred.fromCoroutine(self.peers.announce(self.spec.final_path, **fields))
+            d.addErrback(lambda f: self.log.failure("could not announce a download", f))
+
+    def _headers_known(self) -> None:
         waiters, self._header_waiters = self._header_waiters, []
         for waiter in waiters:
             waiter.callback(self)
@@ -179,18 +365,24 @@ class Download:
                 f"upstream transfer of {self.spec.url} broke off: {describe_failure(reason)}"
             )
             return
+        self._publish_verified_or_fail()
+
+    def _publish_verified_or_fail(self) -> None:
         problem = self._verify()
         if problem:
             self._fail(problem)
             return
         assert self.partial_path is not None
-        self._close_fd()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         try:
             self.files.commit(self.partial_path, self.spec.final_path)
         except OSError as e:
             self._fail(f"cannot commit to the cache: {e.strerror}")
             return
         self.state = "verified"
+        self.committed_here = True
         self.releasable = self.received
         self.log.info(
             "upstream GET {url} -> 200 {size} bytes in {seconds:.3f}s, verified {check}",
@@ -199,6 +391,7 @@ class Download:
             seconds=self.clock.seconds() - self.started_at,
             check="sha256+length" if self.spec.sha256 else "length only (no hash upstream)",
         )
+        self._headers_known()
         self._finish()
 
     def _verify(self) -> str | None:
@@ -232,10 +425,103 @@ class Download:
             self._abort_upstream()
             self._fail(reason)
 
-    def _close_fd(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+    # -- follower: another process downloads --------------------------------
+
+    async def _follow(self, peers: SharedDownloads) -> bool:
+        """Stream the owner's temporary file until it is committed or fails.
+
+        True when the owner went away and this process now holds the lock.
+        """
+        final = self.spec.final_path
+        followed: str | None = None
+        last_size, last_progress = -1, self.clock.seconds()
+        next_check = self.clock.seconds() + peers.check_interval
+        stall_limit = self.idle_timeout + peers.lock_ttl
+        while not self.over:
+            if self._read_fd is None:
+                if self._committed_elsewhere():
+                    return False
+                announced = await peers.announcement(final) or {}
+                owner, state = announced.get("owner"), announced.get("state")
+                if state == "failed" and owner == followed:
+                    self._fail(str(announced.get("error") or "the download failed elsewhere"))
+                    return False
+                if state in ("connecting", "streaming"):
+                    followed = owner
+                if state == "streaming" and self._open_announced(announced):
+                    self._headers_known()
+            else:
+                status = os.fstat(self._read_fd)
+                if self._follow_committed(status):
+                    return False
+                if status.st_nlink == 0:  # unlinked, not renamed into place: it failed
+                    announced = await peers.announcement(final) or {}
+                    if self._committed_elsewhere():
+                        return False
+                    reason = announced.get("error") if announced.get("state") == "failed" else None
+                    self._fail(str(reason or "the download failed in another devpid process"))
+                    return False
+                if status.st_size != last_size:
+                    last_size, last_progress = status.st_size, self.clock.seconds()
+                    self.received = status.st_size
+                    hold_back = 0 if self.total is None else self.total - 1
+                    self.releasable = min(self.received, hold_back) if self.total else self.received
+                    for reader in list(self.readers):
+                        reader.pump()
+            now = self.clock.seconds()
+            if now - last_progress > stall_limit:
+                self._fail(f"the download of {self.spec.url} in another process stalled")
+                return False
+            if now >= next_check:
+                next_check = now + peers.check_interval
+                if await peers.claim(final):
+                    return True
+            await deferLater(self.clock, FOLLOW_POLL, lambda: None)
+        return False
+
+    def _open_announced(self, announced: dict[str, Any]) -> bool:
+        name, total = announced.get("partial"), announced.get("total")
+        if not isinstance(name, str) or "/" in name or name.startswith("."):
+            return False
+        path = self.spec.final_path.with_name(name)
+        try:
+            self._read_fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        self.partial_path = path
+        self.total = total if isinstance(total, int) else None
+        self.state = "streaming"
+        return True
+
+    def _follow_committed(self, status: os.stat_result) -> bool:
+        """Whether the owner renamed the file being followed into place (or another copy)."""
+        try:
+            final = self.spec.final_path.stat()
+        except FileNotFoundError:
+            return False
+        if (final.st_dev, final.st_ino) != (status.st_dev, status.st_ino):
+            # Committed from another temporary file: the bytes sent so far are not the
+            # ones that were verified.
+            if any(reader.offset for reader in self.readers):
+                self._fail(f"{self.spec.final_path.name} was fetched again elsewhere; retry")
+            else:
+                self._close_fds()
+                self._committed_elsewhere()
+            return True
+        self.state = "verified"
+        self.received = self.releasable = final.st_size
+        self._headers_known()
+        self._finish()
+        return True
+
+    # -- the end ---------------------------------------------------------------
+
+    def _close_fds(self) -> None:
+        for name in ("_fd", "_read_fd"):
+            fd = getattr(self, name)
+            if fd is not None:
+                os.close(fd)
+                setattr(self, name, None)
 
     def _fail(self, reason: str) -> None:
         if self.over:
@@ -243,15 +529,17 @@ class Download:
         self.state = "failed"
         self.error = reason
         self.log.warn(
-            "upstream GET {url} failed after {size} bytes in {seconds:.3f}s: {reason}",
+            "{role} GET {url} failed after {size} bytes in {seconds:.3f}s: {reason}",
+            role="upstream" if self.role == "owner" else "shared",
             url=self.spec.url,
             size=self.received,
             seconds=self.clock.seconds() - self.started_at,
             reason=reason,
         )
-        self._close_fd()
-        if self.partial_path is not None:
-            self.files.discard(self.partial_path)
+        if self.role == "owner":
+            self._close_fds()
+            if self.partial_path is not None:
+                self.files.discard(self.partial_path)
         waiters, self._header_waiters = self._header_waiters, []
         for waiter in waiters:
             waiter.errback(DownloadFailed(reason))
@@ -261,17 +549,33 @@ class Download:
         if self._idle_timer is not None and self._idle_timer.active():
             self._idle_timer.cancel()
         self._idle_timer = None
+        if self._renewal is not None and self._renewal.running:
+            self._renewal.stop()
         for reader in list(self.readers):
             reader.pump()
+        self._close_fds()
+        if self._locked and self.peers is not None:
+            Deferred.fromCoroutine(self._unlock(self.peers))
         self.on_done(self)
+
+    async def _unlock(self, peers: SharedDownloads) -> None:
+        """Tell the followers how it ended, then let go of the lock (in that order)."""
+        if self.verified:
+            await peers.forget(self.spec.final_path)
+        else:
+            await peers.announce(self.spec.final_path, state="failed", error=self.error)
+        await peers.release(self.spec.final_path)
+        self._locked = False
 
     # -- client side ---------------------------------------------------------
 
     def attach(self, request: Request) -> TeeReader:
         """Stream this download to ``request`` (its headers must already be set)."""
-        path = self.spec.final_path if self.verified else self.partial_path
-        assert path is not None
-        reader = TeeReader(self, request, os.open(path, os.O_RDONLY))
+        if self._read_fd is not None:
+            fd = os.dup(self._read_fd)
+        else:
+            fd = os.open(self.spec.final_path, os.O_RDONLY)
+        reader = TeeReader(self, request, fd)
         self.readers.add(reader)
         request.registerProducer(reader, True)
         request.notifyFinish().addBoth(reader.client_gone)
@@ -316,7 +620,7 @@ class TeeReader:
             if self.done:
                 return
         if download.state == "failed":
-            self._cut_off()
+            self.cut_off()
         elif download.verified and self.offset >= download.received:
             self._complete()
 
@@ -325,7 +629,7 @@ class TeeReader:
         self.request.unregisterProducer()
         self.request.finish()
 
-    def _cut_off(self) -> None:
+    def cut_off(self) -> None:
         """Abort the client's connection: a truncated transfer, never a complete 200."""
         self._detach()
         self.request.unregisterProducer()
@@ -367,6 +671,8 @@ class DownloadManager:
     clock: IReactorTime
     idle_timeout: float
     stats: Stats
+    #: Other processes sharing the serverdir and store; None for a lone process.
+    peers: SharedDownloads | None = None
     running: dict[Path, Download] = attrs.field(factory=dict)
     _drained: list[Deferred[None]] = attrs.field(factory=list)
 
@@ -375,14 +681,16 @@ class DownloadManager:
         download = self.running.get(spec.final_path)
         if download is not None:
             return download, False
-        download = Download(spec, self.files, self.clock, self.idle_timeout, self._done)
+        download = Download(
+            spec, self.files, self.clock, self.idle_timeout, self._done, peers=self.peers
+        )
         self.running[spec.final_path] = download
         Deferred.fromCoroutine(download.run(self.upstream))
         return download, True
 
     def _done(self, download: Download) -> None:
         self.running.pop(download.spec.final_path, None)
-        if download.verified and download.spec.sha256 is None:
+        if download.committed_here and download.spec.sha256 is None:
             self.stats.incr("files_without_hash")
         if download.state == "failed":
             self.stats.incr("download_failures")

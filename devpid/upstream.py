@@ -77,6 +77,12 @@ class UpstreamHealth:
     last_error_at: float | None = None
     fetches: int = 0
     bytes_fetched: int = 0
+    #: The highest ``X-PyPI-Last-Serial`` seen on a page: how far the upstream has got.
+    highest_serial: int | None = None
+
+    def saw_serial(self, serial: int | None) -> None:
+        if serial is not None and (self.highest_serial is None or serial > self.highest_serial):
+            self.highest_serial = serial
 
     def succeeded(self) -> None:
         self.last_success = time.time()
@@ -203,6 +209,7 @@ class UpstreamClient:
             self.log.warn("upstream {reason}", reason=reason)
             raise UpstreamError(reason)
         self.health.succeeded()
+        self.health.saw_serial(page.serial)
         self.log.info(
             "upstream GET {url} -> {status} {size} bytes in {seconds:.3f}s serial={serial}",
             url=url,
@@ -231,9 +238,12 @@ class UpstreamClient:
             else url,
         )
 
-    async def open_file(self, url: str) -> IResponse:
-        """Start a file GET; the caller streams the body with ``deliverBody``."""
+    async def open_file(self, url: str, offset: int = 0) -> IResponse:
+        """Start a file GET (from ``offset`` on, with a Range request); the caller
+        streams the body with ``deliverBody``."""
         headers = {"User-Agent": [USER_AGENT], "Via": [self.via]}
+        if offset:
+            headers["Range"] = [f"bytes={offset}-"]
         d = self.http.get(url, headers=headers, unbuffered=True)
         d.addTimeout(self.timeout, self.clock)
         try:

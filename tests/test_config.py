@@ -80,6 +80,8 @@ def test_options_every_flag() -> None:
         "redis://127.0.0.1:6390/1",
         "--redis-prefix",
         "ci:",
+        "--lock-ttl",
+        "3",
         "--config",
         "/etc/devpid.ini",
     ) == {
@@ -93,6 +95,7 @@ def test_options_every_flag() -> None:
         "outside-url": "http://localhost:8080/pypi",
         "redis": "redis://127.0.0.1:6390/1",
         "redis-prefix": "ci:",
+        "lock-ttl": "3",
         "config": "/etc/devpid.ini",
     }
 
@@ -350,10 +353,10 @@ def test_make_service(tmp_path: Path) -> None:
     assert len(children) == 3
     assert [type(child).__name__ for child in children] == [
         "CacheService",
-        "TimerService",
+        "PollerService",
         "ListenerService",
     ]
-    assert children[1].step == 60.0
+    assert children[1].step == 10.0  # leader election: a third of the interval, at most 10 s
     assert children[1].clock is reactor
     assert (tmp_path / "server").is_dir()
     # Nothing listens or connects until the service starts.

@@ -192,7 +192,22 @@ def test_head_and_stats(upstream: UpstreamProcess) -> None:
     assert stats["heads"] == {f"/files/{APP}": 1}
     assert stats["total"] == 4
     upstream.reset_stats()
-    assert upstream.stats() == {"gets": {}, "heads": {}, "total": 0}
+    assert upstream.stats() == {"gets": {}, "heads": {}, "ranges": {}, "total": 0}
+
+
+def test_ranges_and_no_ranges_mode(upstream: UpstreamProcess) -> None:
+    whole = fetch(upstream.file_url(APP)).body
+    part = fetch(upstream.file_url(APP), Range="bytes=10-")
+    assert part.status == 206
+    assert part.body == whole[10:]
+    assert part.headers["Content-Range"] == f"bytes 10-{len(whole) - 1}/{len(whole)}"
+    assert fetch(upstream.file_url(APP), Range="bytes=2-5").body == whole[2:6]
+    beyond = fetch(upstream.file_url(APP), Range=f"bytes={len(whole)}-")
+    assert beyond.status == 200 and beyond.body == whole  # unsatisfiable: the whole file
+    assert upstream.stats()["ranges"] == {f"/files/{APP}": 3}
+    upstream.control(no_ranges=True)
+    ignored = fetch(upstream.file_url(APP), Range="bytes=10-")
+    assert ignored.status == 200 and ignored.body == whole
 
 
 @integration

@@ -148,7 +148,7 @@ def test_clients_get_everything_only_after_verification(tmp_path: Path) -> None:
     assert bytes(client.received) == BODY and client.finished
     assert s.download.verified
     assert s.final.read_bytes() == BODY
-    assert not FileStore.partial_path(s.final).exists()
+    assert not s.files.partial_path(s.final).exists()
 
 
 def test_late_joiner_reads_from_disk_then_follows(tmp_path: Path) -> None:
@@ -182,7 +182,7 @@ def test_bad_bodies_abort_clients_and_keep_nothing(
     assert client.aborted and not client.finished
     assert len(client.received) < len(BODY)
     assert not s.final.exists()
-    assert not FileStore.partial_path(s.final).exists()
+    assert not s.files.partial_path(s.final).exists()
 
 
 def test_more_bytes_than_announced_fail_at_once(tmp_path: Path) -> None:
@@ -202,7 +202,7 @@ def test_upstream_breaking_off_aborts_clients(tmp_path: Path) -> None:
     s.response.end(Failure(ConnectionResetError("reset")))
     assert client.aborted and s.download.state == "failed"
     assert "broke off" in (s.download.error or "")
-    assert not FileStore.partial_path(s.final).exists()
+    assert not s.files.partial_path(s.final).exists()
 
 
 def test_idle_upstream_times_out(tmp_path: Path) -> None:

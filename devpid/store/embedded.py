@@ -35,6 +35,9 @@ class EmbeddedStore:
     def description(self) -> str:
         return f"embedded (sqlite: {self.path})"
 
+    def health(self) -> dict[str, Any]:
+        return {"state": "embedded"}
+
     @property
     def db(self) -> sqlite3.Connection:
         if self._db is None:
@@ -109,3 +112,12 @@ class EmbeddedStore:
 
     async def release_lock(self, name: str, owner: str) -> None:
         self.db.execute("DELETE FROM locks WHERE name = ? AND owner = ?", (name, owner))
+
+    async def lock_owner(self, name: str) -> str | None:
+        row = self.db.execute(
+            "SELECT owner FROM locks WHERE name = ? AND expires > ?", (name, self.clock.seconds())
+        ).fetchone()
+        return row[0] if row else None
+
+    async def publish(self, message: dict[str, Any]) -> None:
+        """Nobody to tell: processes sharing a serverdir need --redis to hear each other."""
