@@ -21,6 +21,7 @@ from devpid.filestore import FileStore
 from devpid.mirror import CachedPage, IndexUnavailable, MirrorIndex, ProjectNotFound
 from devpid.simple import ProjectPage
 from devpid.stats import Stats
+from devpid.store import StoreUnavailable
 from devpid.store.embedded import EmbeddedStore
 from devpid.upstream import UpstreamClient
 
@@ -284,4 +285,56 @@ def test_refresh_with_the_upstream_down_keeps_the_mark(world: World) -> None:
     world.index.status = 200
     world.later(world.mirror.error_backoff + 1)
     world.get()  # still marked, so asked again once the back-off is over
+    assert len(world.index.requests) == 3
+
+
+# -- other processes: invalidation messages, and a store that is away ----------
+
+
+def test_a_stale_message_from_another_process_forces_revalidation(world: World) -> None:
+    world.get()
+    world.get()
+    assert len(world.index.requests) == 1
+    world.mirror.invalidated({"op": "stale", "index": "root/pypi", "projects": ["demo"]})
+    world.get()
+    assert len(world.index.requests) == 2
+    # Messages for another index, or malformed ones, change nothing.
+    world.mirror.invalidated({"op": "stale", "index": "root/other", "projects": ["demo"]})
+    world.mirror.invalidated({"op": "stale", "index": "root/pypi", "projects": "demo"})
+    world.get()
+    assert len(world.index.requests) == 2
+
+
+def test_a_fresh_message_drops_the_page_from_memory(world: World) -> None:
+    first = world.get()
+    world.mirror.invalidated({"op": "fresh", "index": "root/pypi", "projects": ["demo"]})
+    again = world.get()
+    assert again is not first  # read again from the serverdir, which the other process wrote
+    assert filenames(again) == filenames(first)
+    assert len(world.index.requests) == 1
+
+
+@attrs.define
+class StoreAway:
+    """The state store while Redis is unreachable: every call fails at once."""
+
+    inner: EmbeddedStore
+
+    def __getattr__(self, name: str) -> Any:
+        async def unavailable(*args: Any, **kwargs: Any) -> Any:
+            raise StoreUnavailable("redis is unavailable: connection refused")
+
+        return unavailable
+
+
+def test_pages_are_served_and_refetched_while_the_store_is_away(tmp_path: Path) -> None:
+    world = make_world(tmp_path)
+    world.get()
+    world.mirror.store = StoreAway(world.store)  # type: ignore[assignment]
+    world.mirror.forget_memory()  # as after a resubscription
+    page = world.get()  # from the serverdir; with no known age it revalidates
+    assert filenames(page) == ["demo-1.0.tar.gz"]
+    assert len(world.index.requests) == 2
+    refreshed = world.resolve(Deferred.fromCoroutine(world.mirror.refresh("demo")))
+    assert filenames(refreshed) == ["demo-1.0.tar.gz"]
     assert len(world.index.requests) == 3

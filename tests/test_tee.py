@@ -14,13 +14,17 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from devpid.filestore import FileStore
+from devpid.identity import ProcessIdentity
+from devpid.peers import SharedDownloads
 from devpid.stats import Stats
-from devpid.tee import Download, DownloadFailed, DownloadManager, FileSpec
-from devpid.upstream import UpstreamClient
+from devpid.store.embedded import EmbeddedStore
+from devpid.tee import FOLLOW_POLL, Download, DownloadFailed, DownloadManager, FileSpec
+from devpid.upstream import UpstreamClient, UpstreamHealth
 
 CHUNKS = [b"a" * 1000, b"b" * 1000, b"c" * 500]
 BODY = b"".join(CHUNKS)
@@ -95,6 +99,7 @@ class FakeResponse:
     length: int | None
     code: int = 200
     protocol: Any = None
+    headers: Headers = attrs.field(factory=Headers)
 
     def deliverBody(self, protocol: Any) -> None:
         self.protocol = protocol
@@ -325,3 +330,151 @@ def test_manager_reports_upstream_404(tmp_path: Path) -> None:
     assert failures and failures[0].check(DownloadFailed)
     assert "404" in str(failures[0].value)
     assert downloads.stats.totals()["download_failures"] == 1
+
+
+# -- followers: another process owns the download ------------------------------
+
+
+@attrs.define
+class FakeRangeUpstream:
+    """``open_file`` for a takeover: answers what the test prepared, records the offset."""
+
+    response: FakeResponse
+    offsets: list[int] = attrs.field(factory=list)
+    health: UpstreamHealth = attrs.field(factory=UpstreamHealth)
+
+    async def open_file(self, url: str, offset: int = 0) -> FakeResponse:
+        self.offsets.append(offset)
+        return self.response
+
+
+@attrs.define
+class Pair:
+    """An owner (``start``'s download, "process A") and a follower in "process B"."""
+
+    owner: Setup
+    follower: Download
+    peers: SharedDownloads
+    store: EmbeddedStore
+    owner_token: str
+
+    def follow(self, upstream: Any = None) -> Deferred[None]:
+        return Deferred.fromCoroutine(self.follower.run(upstream))
+
+    def tick(self, times: int = 1) -> None:
+        for _ in range(times):
+            self.owner.clock.advance(FOLLOW_POLL)
+
+
+def start_pair(tmp_path: Path) -> Pair:
+    owner = start(tmp_path)
+    store = EmbeddedStore(tmp_path / "state.sqlite", owner.clock)
+    Deferred.fromCoroutine(store.open())
+    owner_token = owner.files.identity.token
+    name = "download:" + owner.files.relative(owner.final)
+    Deferred.fromCoroutine(store.acquire_lock(name, owner_token, 10))
+    assert owner.download.partial_path is not None
+    document = {"owner": owner_token, "state": "streaming", "total": len(BODY)}
+    document["partial"] = owner.download.partial_path.name
+    Deferred.fromCoroutine(store.set_document(name, document))
+    other = ProcessIdentity(nonce="b0b0b0")
+    files_b = FileStore(tmp_path, identity=other)
+    peers = SharedDownloads(store, files_b, other, lock_ttl=10)
+    spec = owner.download.spec
+    follower = Download(spec, files_b, owner.clock, idle_timeout=30, peers=peers)
+    return Pair(owner, follower, peers, store, owner_token)
+
+
+def test_a_follower_streams_the_owners_file_and_holds_back_until_committed(
+    tmp_path: Path,
+) -> None:
+    pair = start_pair(tmp_path)
+    pair.follow()
+    assert pair.follower.role == "follower" and pair.follower.state == "streaming"
+    client = attach_to(pair.follower)
+    for chunk in CHUNKS:
+        pair.owner.response.send(chunk)
+        pair.tick()
+    # Everything on disk but the last byte: the owner has not verified it yet.
+    assert bytes(client.received) == BODY[:-1]
+    assert not client.finished
+    pair.owner.response.end()
+    pair.tick()
+    assert bytes(client.received) == BODY and client.finished
+    assert pair.follower.verified and not pair.follower.committed_here
+
+
+def test_a_follower_cuts_its_clients_off_when_the_owner_fails(tmp_path: Path) -> None:
+    pair = start_pair(tmp_path)
+    pair.follow()
+    client = attach_to(pair.follower)
+    pair.owner.response.send(CHUNKS[0])
+    pair.owner.response.send(b"x" * 1500)  # wrong bytes: the hash will not match
+    pair.tick()
+    pair.owner.response.end()
+    pair.tick()
+    assert pair.owner.download.state == "failed"
+    assert pair.follower.state == "failed"
+    assert client.aborted and not client.finished
+    assert len(client.received) < len(BODY)
+    assert not pair.owner.final.exists()
+
+
+def test_a_follower_takes_over_a_dead_owner_and_resumes_with_a_range(tmp_path: Path) -> None:
+    pair = start_pair(tmp_path)
+    rest = FakeResponse(len(BODY) - 1500, code=206)
+    rest.headers.setRawHeaders(b"content-range", [f"bytes 1500-{len(BODY) - 1}/{len(BODY)}"])
+    range_upstream = FakeRangeUpstream(rest)
+    pair.follow(range_upstream)
+    client = attach_to(pair.follower)
+    pair.owner.response.send(CHUNKS[0])
+    pair.owner.response.send(CHUNKS[1][:500])
+    pair.tick()
+    # The owner dies: nothing more arrives, and its lock runs out.
+    pair.owner.download._close_fds()
+    pair.owner.clock.advance(10.5)
+    pair.tick(20)
+    new_owner = pair.follower
+    assert new_owner.role == "owner" and new_owner.state == "streaming"
+    assert pair.peers.takeovers == 1
+    assert range_upstream.offsets == [1500]
+    assert new_owner.resumed_from == 1500
+    # Adopted by renaming: the dead owner's name is gone, the bytes (and inode) stay.
+    assert not pair.owner.download.partial_path.exists()  # type: ignore[union-attr]
+    assert new_owner.partial_path == pair.peers.files.partial_path(pair.owner.final)
+    assert bytes(client.received) == BODY[:1500]  # short of the total: nothing complete
+    rest.send(BODY[1500:2000])
+    rest.send(BODY[2000:])
+    rest.end()
+    assert bytes(client.received) == BODY and client.finished
+    assert new_owner.verified and new_owner.committed_here
+    assert pair.owner.final.read_bytes() == BODY
+    assert list(tmp_path.rglob("*.devpid-partial")) == []
+
+
+def test_a_takeover_without_range_support_refetches_and_cuts_off_old_readers(
+    tmp_path: Path,
+) -> None:
+    pair = start_pair(tmp_path)
+    whole = FakeResponse(len(BODY), code=200)
+    pair.follow(FakeRangeUpstream(whole))
+    early = attach_to(pair.follower)
+    pair.owner.response.send(CHUNKS[0])
+    pair.tick()
+    pair.owner.download._close_fds()
+    pair.owner.clock.advance(10.5)
+    pair.tick(20)
+    assert early.aborted and not early.finished  # its bytes came from a file now dropped
+    late = attach_to(pair.follower)
+    for chunk in CHUNKS:
+        whole.send(chunk)
+    whole.end()
+    assert bytes(late.received) == BODY and late.finished
+    assert pair.owner.final.read_bytes() == BODY
+    assert list(tmp_path.rglob("*.devpid-partial")) == []
+
+
+def attach_to(download: Download, **options: Any) -> FakeClient:
+    client = FakeClient(**options)
+    download.attach(client)  # type: ignore[arg-type]
+    return client
