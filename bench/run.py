@@ -1,7 +1,7 @@
 """Benchmark devpid against devpi-server, both mirroring the same local upstream.
 
-Run from anywhere as ``python bench/run.py [--quick] [--skip-devpi] [--json FILE]``;
-see bench/README.md for what it measures and how.
+Run from anywhere as ``python bench/run.py [--quick] [--skip-devpi] [--json FILE]``, or
+``--cluster-only`` for issue 3 alone; see bench/README.md for what it measures and how.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import attrs
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fixtures
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for devpid_bench
 
-from devpid_bench import devpi, measure, procs, repository, wrk
+from devpid_bench import cluster, devpi, measure, procs, repository, wrk
 from devpid_bench.http import http_get
 from devpid_bench.report import Results, format_table
 
@@ -41,6 +41,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-devpi", action="store_true", help="measure devpid only")
     parser.add_argument(
         "--skip-devpid", action="store_true", help="measure devpi only (to check the harness)"
+    )
+    parser.add_argument(
+        "--cluster-only",
+        action="store_true",
+        help="only the cluster section: 2 devpid processes behind nginx (issue 3)",
     )
     parser.add_argument(
         "--no-wrk", action="store_true", help="use the pure-Python load generator, not wrk"
@@ -75,6 +80,8 @@ def settings_for(quick: bool) -> measure.Settings:
         pip_runs=3,
         huge_clients=10,
         herd_clients=20,
+        cluster_clients=50,
+        cluster_connections=50,
     )
 
 
@@ -152,7 +159,11 @@ def run(args: argparse.Namespace, workdir: Path, results: Results) -> None:
         say("building the upstream repository")
         root = workdir / "upstream-root"
         started = time.monotonic()
-        repo = repository.build(root, args.corpus, BIG_FILE, settings.cold_repeats, huge_size)
+        if args.cluster_only:
+            cluster_files = repository.build_cluster(root, args.corpus, BIG_FILE)
+        else:
+            repo = repository.build(root, args.corpus, BIG_FILE, settings.cold_repeats, huge_size)
+            cluster_files = repo.cluster
         say(f"  built in {time.monotonic() - started:.1f}s")
 
         fast_up = procs.start_upstream(group, "upstream-fast", root)
@@ -162,19 +173,19 @@ def run(args: argparse.Namespace, workdir: Path, results: Results) -> None:
 
         fast: dict[str, measure.Mirror] = {}
         slow: dict[str, measure.Mirror] = {}
-        if not args.skip_devpid:
+        if not args.skip_devpid and not args.cluster_only:
             try:
                 start_devpids(group, workdir, fast_up, slow_up, fast, slow)
             except procs.BenchError as exc:
                 results.problems.append(f"devpid not measured: {exc}")
-        if not args.skip_devpi:
+        if not args.skip_devpi and not args.cluster_only:
             try:
                 start_devpi(args, group, workdir, fast_up, slow_up, fast, slow, results)
             except procs.BenchError as exc:
                 results.problems.append(f"devpi-server not measured: {exc}")
         for label in [label for label in fast if label not in slow]:
             del fast[label]
-        if not fast:
+        if not fast and not args.cluster_only:
             raise procs.BenchError("no server to measure")
 
         bench = measure.Bench(
@@ -188,18 +199,27 @@ def run(args: argparse.Namespace, workdir: Path, results: Results) -> None:
             wrk_script=wrk_script,
             workdir=workdir,
         )
-        page_project = repo.requirements[0]
-        steps: list[tuple[str, Callable[[], None]]] = [
-            ("cached project page", lambda: measure.cached_page(bench, page_project)),
-            ("cached big file", lambda: measure.cached_file(bench, repo.warm)),
-            (
-                "cold file via the rate-limited upstream",
-                lambda: measure.cold_file(bench, repo.cold, RATE),
-            ),
-            ("concurrent cold requests", lambda: measure.herd(bench, repo.herd)),
-            ("pip install", lambda: measure.pip_install(bench, repo.requirements)),
-            ("peak RSS", lambda: measure.peak_rss(bench, repo.huge)),
-        ]
+        steps: list[tuple[str, Callable[[], None]]] = []
+        if not args.cluster_only:
+            page_project = repo.requirements[0]
+            steps += [
+                ("cached project page", lambda: measure.cached_page(bench, page_project)),
+                ("cached big file", lambda: measure.cached_file(bench, repo.warm)),
+                (
+                    "cold file via the rate-limited upstream",
+                    lambda: measure.cold_file(bench, repo.cold, RATE),
+                ),
+                ("concurrent cold requests", lambda: measure.herd(bench, repo.herd)),
+                ("pip install", lambda: measure.pip_install(bench, repo.requirements)),
+                ("peak RSS", lambda: measure.peak_rss(bench, repo.huge)),
+            ]
+        if not args.skip_devpid:
+            steps.append(
+                (
+                    "cluster: 2 devpid processes, one Redis, behind nginx",
+                    lambda: cluster.measure_cluster(bench, group, cluster_files),
+                )
+            )
         for name, step in steps:
             say(name)
             step()

@@ -12,7 +12,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from urllib.parse import urljoin, urlsplit
 
 import attrs
@@ -133,13 +133,19 @@ def fetch(url: str, timeout: float = 60.0, want_hash: bool = False) -> Fetch:
 
 def fetch_concurrently(url: str, clients: int, timeout: float) -> list[Fetch]:
     """``clients`` threads GET ``url`` at the same moment (a barrier) and read it all."""
+    return fetch_all([url] * clients, timeout)
+
+
+def fetch_all(urls: Sequence[str], timeout: float) -> list[Fetch]:
+    """A thread per URL; all GET at the same moment (a barrier) and read to the end."""
+    clients = len(urls)
     results: list[Fetch | None] = [None] * clients
     barrier = threading.Barrier(clients)
 
     def one(i: int) -> None:
         with contextlib.suppress(threading.BrokenBarrierError):
             barrier.wait(timeout=30)
-        results[i] = fetch(url, timeout=timeout)
+        results[i] = fetch(urls[i], timeout=timeout)
 
     threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(clients)]
     for thread in threads:

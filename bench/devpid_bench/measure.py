@@ -74,6 +74,8 @@ class Settings:
     pip_runs: int
     huge_clients: int
     herd_clients: int
+    cluster_clients: int
+    cluster_connections: int
 
 
 @attrs.define

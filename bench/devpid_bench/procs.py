@@ -233,7 +233,15 @@ class Server:
         return f"{self.simple_url(index)}{project}/"
 
 
-def start_devpid(procs: ProcessGroup, name: str, serverdir: Path, upstream: Upstream) -> Server:
+def start_devpid(
+    procs: ProcessGroup,
+    name: str,
+    serverdir: Path,
+    upstream: Upstream,
+    extra_args: Sequence[str] = (),
+    label: str = "devpid",
+) -> Server:
+    """``twist devpid`` on a free loopback port; ``extra_args`` go after devpid's own."""
     serverdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     child = procs.start(
@@ -251,13 +259,14 @@ def start_devpid(procs: ProcessGroup, name: str, serverdir: Path, upstream: Upst
             str(serverdir),
             "--upstream",
             upstream.simple_url,
+            *extra_args,
         ],
         cwd=serverdir.parent,
         env=repo_env(),
     )
     url = f"http://127.0.0.1:{port}/"
     wait_for_http(child, url + "+status", timeout=60.0)
-    return Server(label="devpid", child=child, url=url)
+    return Server(label=label, child=child, url=url)
 
 
 def devpid_available() -> str | None:

@@ -8,7 +8,33 @@ from typing import Any
 
 import attrs
 
-COLUMNS = ("devpid", "devpi", "upstream")
+
+@attrs.frozen
+class Column:
+    """A column of a table: the value of ``value``, or the ratio ``value / over``."""
+
+    header: str
+    value: str
+    over: str | None = None
+
+
+#: The columns of each table, by the ``table`` of its rows.
+TABLES: dict[str, tuple[Column, ...]] = {
+    "main": (
+        Column("devpid", "devpid"),
+        Column("devpi", "devpi"),
+        Column("devpid/devpi", "devpid", "devpi"),
+        Column("upstream", "upstream"),
+        Column("devpid/upstream", "devpid", "upstream"),
+    ),
+    # issue 3: devpid processes sharing a serverdir and a Redis, behind nginx
+    "cluster": (
+        Column("direct", "direct"),
+        Column("1 proc", "1 proc"),
+        Column("2 procs", "2 procs"),
+        Column("2/1", "2 procs", "1 proc"),
+    ),
+}
 
 
 @attrs.define
@@ -18,10 +44,11 @@ class Row:
     key: str
     label: str
     unit: str
-    higher_is_better: bool
+    higher_is_better: bool | None  # None: context, neither
     values: dict[str, float | None] = attrs.field(factory=dict)
     errors: dict[str, str] = attrs.field(factory=dict)
     note: str = ""
+    table: str = "main"
 
     def ratio(self, a: str, b: str) -> float | None:
         x, y = self.values.get(a), self.values.get(b)
@@ -37,8 +64,15 @@ class Results:
     meta: dict[str, Any] = attrs.field(factory=dict)
     problems: list[str] = attrs.field(factory=list)
 
-    def row(self, key: str, label: str, unit: str, higher_is_better: bool) -> Row:
-        new = Row(key=key, label=label, unit=unit, higher_is_better=higher_is_better)
+    def row(
+        self,
+        key: str,
+        label: str,
+        unit: str,
+        higher_is_better: bool | None,
+        table: str = "main",
+    ) -> Row:
+        new = Row(key=key, label=label, unit=unit, higher_is_better=higher_is_better, table=table)
         self.rows.append(new)
         return new
 
@@ -51,9 +85,9 @@ class Results:
                     "label": r.label,
                     "unit": r.unit,
                     "higher_is_better": r.higher_is_better,
+                    "table": r.table,
                     "values": r.values,
-                    "devpid/devpi": r.ratio("devpid", "devpi"),
-                    "devpid/upstream": r.ratio("devpid", "upstream"),
+                    **{c.header: r.ratio(c.value, c.over) for c in TABLES[r.table] if c.over},
                     "errors": r.errors,
                     "note": r.note,
                 }
@@ -84,41 +118,13 @@ def _ratio(value: float | None) -> str:
 
 
 def format_table(results: Results) -> str:
-    header = [
-        "measurement",
-        "unit",
-        "devpid",
-        "devpi",
-        "devpid/devpi",
-        "upstream",
-        "devpid/upstream",
-        "note",
-    ]
-    lines = [header]
-    for r in results.rows:
-        lines.append(
-            [
-                r.label,
-                r.unit + (" ^" if r.higher_is_better else " v"),
-                _number(r.values.get("devpid"), r.errors.get("devpid")),
-                _number(r.values.get("devpi"), r.errors.get("devpi")),
-                _ratio(r.ratio("devpid", "devpi")),
-                _number(r.values.get("upstream"), r.errors.get("upstream")),
-                _ratio(r.ratio("devpid", "upstream")),
-                r.note,
-            ]
-        )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    numeric = {2, 3, 4, 5, 6}
-    out = []
-    for n, line in enumerate(lines):
-        cells = [
-            cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i])
-            for i, cell in enumerate(line)
-        ]
-        out.append("  ".join(cells).rstrip())
-        if n == 0:
-            out.append("  ".join("-" * w for w in widths))
+    out: list[str] = []
+    for name, columns in TABLES.items():
+        rows = [r for r in results.rows if r.table == name]
+        if rows:
+            if out:
+                out.extend(["", f"{name}:"])
+            out.extend(_table(rows, columns))
     out.append("(^ higher is better, v lower is better; ERR: see the errors below)")
     errors = [f"  {r.label} [{who}]: {msg}" for r in results.rows for who, msg in r.errors.items()]
     if errors:
@@ -128,3 +134,29 @@ def format_table(results: Results) -> str:
         out.append("problems seen:")
         out.extend(f"  - {p}" for p in results.problems)
     return "\n".join(out)
+
+
+def _table(rows: list[Row], columns: tuple[Column, ...]) -> list[str]:
+    header = ["measurement", "unit", *(c.header for c in columns), "note"]
+    lines = [header]
+    for r in rows:
+        cells = [
+            _ratio(r.ratio(c.value, c.over))
+            if c.over
+            else _number(r.values.get(c.value), r.errors.get(c.value))
+            for c in columns
+        ]
+        arrow = {True: " ^", False: " v", None: ""}[r.higher_is_better]
+        lines.append([r.label, r.unit + arrow, *cells, r.note])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    numeric = range(2, 2 + len(columns))
+    out = []
+    for n, line in enumerate(lines):
+        cells = [
+            cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i])
+            for i, cell in enumerate(line)
+        ]
+        out.append("  ".join(cells).rstrip())
+        if n == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return out

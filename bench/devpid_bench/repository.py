@@ -122,6 +122,15 @@ def write_root_index(root: Path) -> None:
 
 
 @attrs.frozen
+class ClusterFiles:
+    """What the cluster section asks for: a page, and one cold file per process count."""
+
+    page_project: str
+    one: Blob  # cold file for 1 process
+    two: Blob  # cold file for 2 processes
+
+
+@attrs.frozen
 class BenchRepository:
     """What ``build`` wrote: the pip requirements to install and the large files."""
 
@@ -130,12 +139,11 @@ class BenchRepository:
     cold: list[Blob]  # one per cold run, never asked for twice from one cache
     herd: Blob  # for the concurrent cold requests
     huge: Blob  # for the peak-memory run
+    cluster: ClusterFiles
 
 
-def build(
-    root: Path, corpus: Path, big_size: int, cold_repeats: int, huge_size: int
-) -> BenchRepository:
-    """The demo packages + the real corpus when present + this run's blob projects."""
+def build_base(root: Path, corpus: Path, big_size: int) -> tuple[list[str], Blob]:
+    """The demo packages + the real corpus when present: the pip requirements and the warm file."""
     from tests.fixtures.distbuilder import build_repository
 
     demo = build_repository(root, big_file_size=big_size)
@@ -150,11 +158,34 @@ def build(
     if (corpus / "simple").is_dir() and (corpus / "files").is_dir():
         copy_corpus(corpus, root)
         requirements = ["flask", "requests"]
+    return requirements, warm
+
+
+def _cluster_files(root: Path, page_project: str, size: int) -> ClusterFiles:
+    one = write_blob(root, "bench-cluster-one", size, b"cluster-one")
+    two = write_blob(root, "bench-cluster-two", size, b"cluster-two")
+    return ClusterFiles(page_project, one, two)
+
+
+def build(
+    root: Path, corpus: Path, big_size: int, cold_repeats: int, huge_size: int
+) -> BenchRepository:
+    """The base + this run's blob projects."""
+    requirements, warm = build_base(root, corpus, big_size)
     cold = [
         write_blob(root, f"bench-cold-{i}", big_size, f"cold{i}".encode())
         for i in range(1, cold_repeats + 1)
     ]
     herd = write_blob(root, "bench-herd", big_size, b"herd")
     huge = write_blob(root, "bench-huge", huge_size, b"huge")
+    cluster = _cluster_files(root, requirements[0], big_size)
     write_root_index(root)
-    return BenchRepository(requirements, warm, cold, herd, huge)
+    return BenchRepository(requirements, warm, cold, herd, huge, cluster)
+
+
+def build_cluster(root: Path, corpus: Path, big_size: int) -> ClusterFiles:
+    """Only what the cluster section needs (for ``--cluster-only``)."""
+    requirements, _ = build_base(root, corpus, big_size)
+    cluster = _cluster_files(root, requirements[0], big_size)
+    write_root_index(root)
+    return cluster

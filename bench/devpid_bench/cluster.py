@@ -1,0 +1,395 @@
+"""Issue 3: several devpid processes acting as one cache.
+
+Two devpid processes share one serverdir and one Redis (a redis-server of the
+benchmark's own, on a free port) and mirror the rate-limited upstream. Two
+nginx fronts, written from the same template, listen on a port each: one
+balances over both processes, the other has only the first in its upstream
+block, so the 1-process and 2-process figures pay for the same proxy hop.
+
+- cached page req/s and p99 through each front, and straight to the first
+  process ("direct") for context; the CPU each process used meanwhile;
+- upstream GETs when ``cluster_clients`` clients ask for one cold file at the
+  same moment: all of them to one process, or half to each (straight to the
+  processes, so the split is exact).
+
+nginx gets ``NGINX_WORKERS`` = 1 worker in both runs: one worker proxies far
+more requests than a Python process serves, and on a 2-core machine a second
+worker would only take CPU from the devpid processes (and wrk).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from devpid_bench.http import PIP_ACCEPT, LoadResult, fetch, fetch_all, http_get
+from devpid_bench.measure import Bench, Mirror, _check, _each
+from devpid_bench.procs import (
+    BenchError,
+    ProcessGroup,
+    Server,
+    Upstream,
+    devpid_available,
+    free_port,
+    start_devpid,
+    wait_for_http,
+    wait_for_log_line,
+)
+from devpid_bench.repository import ClusterFiles
+
+NGINX = "/usr/sbin/nginx"
+NGINX_WORKERS = 1
+TABLE = "cluster"
+OTHERS = 15.0  # % of a core used by other processes during a load run: flag the run
+
+NGINX_CONF = """\
+worker_processes {workers};
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    upstream devpid {{
+{servers}
+        keepalive 64;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://devpid;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_buffering off;
+        }}
+    }}
+}}
+"""
+
+
+@attrs.frozen
+class Cluster:
+    """The two devpid processes and the nginx fronts, as mirrors of the same index."""
+
+    processes: tuple[Mirror, Mirror]
+    one: Mirror  # nginx -> the first process
+    two: Mirror  # nginx -> both, round-robin
+
+    @property
+    def fronts(self) -> dict[str, Mirror]:
+        """Column of the table -> where the page load goes."""
+        return {"direct": self.processes[0], "1 proc": self.one, "2 procs": self.two}
+
+
+def start_redis(group: ProcessGroup, workdir: Path) -> str:
+    """A redis-server of our own on a free loopback port, nothing saved; its URL."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise BenchError("redis-server not found")
+    port = free_port()
+    argv = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    child = group.start("redis-cluster", [*argv, "--dir", str(workdir)])
+    wait_for_log_line(child, "Ready to accept connections", timeout=30)
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def start_nginx(group: ProcessGroup, workdir: Path, name: str, servers: Sequence[Server]) -> Server:
+    """nginx in the foreground with its own prefix directory, balancing over ``servers``."""
+    if not os.access(NGINX, os.X_OK):
+        raise BenchError(f"{NGINX} not found")
+    prefix = workdir / name
+    prefix.mkdir()
+    port = free_port()
+    lines = "\n".join(f"        server {s.url.split('/')[2]};" for s in servers)
+    conf = prefix / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(workers=NGINX_WORKERS, dir=prefix, servers=lines, port=port))
+    child = group.start(
+        name,
+        [NGINX, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log"),
+         "-g", "daemon off;"],
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/"
+    wait_for_http(child, url + "+status", timeout=30)
+    return Server(label=name, child=child, url=url)
+
+
+def start_cluster(group: ProcessGroup, workdir: Path, upstream: Upstream) -> Cluster:
+    why = devpid_available()
+    if why:
+        raise BenchError(why)
+    redis = start_redis(group, workdir)
+    serverdir = workdir / "cluster-serverdir"
+    servers = [
+        start_devpid(group, f"devpid-cluster-{n}", serverdir, upstream, ["--redis", redis])
+        for n in (1, 2)
+    ]
+    one = start_nginx(group, workdir, "nginx-1", servers[:1])
+    two = start_nginx(group, workdir, "nginx-2", servers)
+    a, b = (Mirror(s, "root/pypi", upstream) for s in servers)
+    return Cluster(
+        processes=(a, b),
+        one=Mirror(one, "root/pypi", upstream),
+        two=Mirror(two, "root/pypi", upstream),
+    )
+
+
+def versions() -> dict[str, str]:
+    found = {}
+    for name, argv in {"nginx": [NGINX, "-v"], "redis": ["redis-server", "--version"]}.items():
+        try:
+            result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+            found[name] = (result.stdout + result.stderr).strip()
+        except OSError as exc:
+            found[name] = str(exc)
+    return found
+
+
+# --- CPU used while a load runs ---------------------------------------------------------
+
+
+def _cpu_ticks(pid: int) -> int:
+    """utime + stime of ``pid`` in clock ticks (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0
+    return int(fields[11]) + int(fields[12])
+
+
+def _machine_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of all CPUs, from the first line of /proc/stat."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def _all_ticks() -> dict[int, int]:
+    """utime + stime of every process, by pid."""
+    return {
+        int(p.name): _cpu_ticks(int(p.name)) for p in Path("/proc").iterdir() if p.name.isdigit()
+    }
+
+
+def _command(pid: int) -> str:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return "?"
+    return f"{pid} {argv.decode(errors='replace').strip()[:70]}"
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+@attrs.define
+class CpuMeter:
+    """CPU used between ``__enter__`` and ``__exit__``, in % of one core.
+
+    ``percent`` gets an entry for each name of ``pids`` (sum over its processes),
+    "bench" (this script and the children it waited for: wrk), "machine" (busy
+    share of all CPUs, in % of all of them) and "others": the machine's busy
+    CPU that none of those account for, i.e. something else running; ``busiest``
+    names the other processes that used the most.
+    """
+
+    pids: dict[str, list[int]]  # name -> the processes counted under it (disjoint)
+    percent: dict[str, float] = attrs.field(factory=dict)
+    busiest: list[tuple[str, float]] = attrs.field(factory=list)
+    _start: dict[str, float] = attrs.field(factory=dict)
+    _everyone: dict[int, int] = attrs.field(factory=dict)
+    _machine: tuple[int, int] = (0, 0)
+    _started: float = 0.0
+
+    def _seconds(self) -> dict[str, float]:
+        tick = os.sysconf("SC_CLK_TCK")
+        own = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+        seconds = {name: sum(map(_cpu_ticks, pids)) / tick for name, pids in self.pids.items()}
+        seconds["bench"] = sum(u.ru_utime + u.ru_stime for u in own)
+        return seconds
+
+    def __enter__(self) -> CpuMeter:
+        self._start = self._seconds()
+        self._everyone = _all_ticks()
+        self._machine = _machine_ticks()
+        self._started = time.monotonic()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        elapsed = time.monotonic() - self._started
+        for name, seconds in self._seconds().items():
+            self.percent[name] = 100 * (seconds - self._start[name]) / elapsed
+        busy, total = _machine_ticks()
+        machine = 100 * (busy - self._machine[0]) / max(1, total - self._machine[1])
+        accounted = sum(self.percent.values())
+        self.percent["machine"] = machine
+        self.percent["others"] = max(0.0, machine * (os.cpu_count() or 1) - accounted)
+        ours = {os.getpid(), *(pid for pids in self.pids.values() for pid in pids)}
+        tick = os.sysconf("SC_CLK_TCK")
+        used = {
+            pid: 100 * (ticks - self._everyone.get(pid, 0)) / tick / elapsed
+            for pid, ticks in _all_ticks().items()
+            if pid not in ours
+        }
+        top = sorted(used.items(), key=lambda item: -item[1])[:3]
+        self.busiest = [(_command(pid), share) for pid, share in top if share >= 1]
+
+
+# --- the measurements -----------------------------------------------------------------------
+
+
+def measure_cluster(bench: Bench, group: ProcessGroup, files: ClusterFiles) -> None:
+    """Start the cluster on the rate-limited upstream, then measure pages and cold GETs."""
+    bench.results.meta["cluster"] = {
+        "nginx_workers": NGINX_WORKERS,
+        "cpus": os.cpu_count(),
+        **versions(),
+    }
+    try:
+        cluster = start_cluster(group, bench.workdir, bench.slow_upstream)
+    except BenchError as exc:
+        bench.results.problems.append(f"cluster not measured: {exc}")
+        return
+    cached_page(bench, cluster, files.page_project)
+    cold_herd(bench, cluster, files)
+
+
+def cached_page(bench: Bench, cluster: Cluster, project: str) -> None:
+    connections = bench.settings.cluster_connections
+    for label, mirror in {**cluster.fronts, "process 2": cluster.processes[1]}.items():
+        for _ in range(5):  # the first GET fills the shared cache; nginx-2 reaches both
+            try:
+                status, _, _ = http_get(mirror.page_url(project), 60, {"Accept": PIP_ACCEPT})
+            except OSError as exc:
+                bench.results.problems.append(f"cluster {label}: warming {project} page: {exc}")
+                break
+            if status != 200:
+                bench.results.problems.append(f"cluster {label}: page {project} answered {status}")
+                break
+    rows = bench.results
+    rps = rows.row("cluster_page_rps", f"cached page, {connections} conn", "req/s", True, TABLE)
+    p99 = rows.row("cluster_page_p99", f"cached page p99, {connections} conn", "ms", False, TABLE)
+    cpu = rows.row("cluster_devpid_cpu", "devpid CPU during the load", "% core", None, TABLE)
+    per_core = rows.row("cluster_rps_per_core", "req/s per devpid core", "req/s", True, TABLE)
+    machine = rows.row("cluster_machine_cpu", "machine CPU busy", "%", None, TABLE)
+    details: dict[str, Any] = {}
+    bench.results.details["cluster_page"] = details
+    devpid_pids = [m.server.child.pid for m in cluster.processes]
+    nginx_pids = [m.server.child.pid for m in (cluster.one, cluster.two)]
+
+    def run(column: str) -> float:
+        pids = {f"devpid-{n}": [pid] for n, pid in enumerate(devpid_pids, 1)}
+        pids["nginx"] = [p for n in nginx_pids for p in _children(n)]
+        with CpuMeter(pids) as meter:
+            load = bench.load(cluster.fronts[column].page_url(project), connections, PIP_ACCEPT)
+        details[column] = {
+            "load": attrs.asdict(load),
+            "cpu_percent": meter.percent,
+            "busiest_others": meter.busiest,
+        }
+        _complain(bench, column, load)
+        if meter.percent["others"] > OTHERS:
+            bench.results.problems.append(
+                f"cluster {column}: other processes used {meter.percent['others']:.0f}% of a core "
+                "during the load: its req/s are low and the 2/1 ratio unreliable; busiest: "
+                + ("; ".join(f"{cmd} ({share:.0f}%)" for cmd, share in meter.busiest) or "?")
+            )
+        devpid_cpu = meter.percent["devpid-1"] + meter.percent["devpid-2"]
+        p99.values[column] = load.p99_ms
+        cpu.values[column] = devpid_cpu
+        if devpid_cpu:
+            per_core.values[column] = load.requests_per_second * 100 / devpid_cpu
+        machine.values[column] = meter.percent["machine"]
+        return load.requests_per_second
+
+    _each(rps, list(cluster.fronts), run)
+    tool = next(iter(details.values()))["load"]["tool"] if details else "?"
+    rps.note = f"{tool}, {bench.settings.load_seconds:.0f}s, {project}; goal 2/1 >= 1.7x"
+    workers = f"{NGINX_WORKERS} worker" + ("s" if NGINX_WORKERS > 1 else "")
+    p99.note = f"nginx: {workers}, keep-alive to the processes"
+    cpu.note = "sum over the processes, 100 = one core busy"
+    per_core.note = "2/1 near 1: the processes scale with the CPU they get"
+    shares = {
+        what: "/".join(f"{d['cpu_percent'][key]:.0f}" for d in details.values())
+        for what, key in (("nginx", "nginx"), ("wrk", "bench"), ("others", "others"))
+    }
+    machine.note = f"of {os.cpu_count()} CPUs; % of a core, {'/'.join(details)}: " + ", ".join(
+        f"{what} {share}" for what, share in shares.items()
+    )
+
+
+def _complain(bench: Bench, column: str, load: LoadResult) -> None:
+    if load.errors:
+        bench.results.problems.append(
+            f"cluster {column}: {load.errors} errors in {load.requests} page requests"
+        )
+    if load.requests == 0:
+        raise RuntimeError("no request completed")
+
+
+def cold_herd(bench: Bench, cluster: Cluster, files: ClusterFiles) -> None:
+    clients = bench.settings.cluster_clients
+    row = bench.results.row(
+        "cluster_herd_gets", f"upstream GETs, {clients} concurrent cold", "GETs", False, TABLE
+    )
+    details: dict[str, Any] = {}
+    bench.results.details["cluster_herd"] = details
+    cases = {
+        "1 proc": (files.one, cluster.processes[:1]),
+        "2 procs": (files.two, cluster.processes),
+    }
+    upstream = bench.slow_upstream
+
+    def run(column: str) -> float:
+        blob, mirrors = cases[column]
+        urls = [m.file_url(blob.project, blob.filename) for m in mirrors]
+        before = upstream.process.stats()
+        started = time.monotonic()
+        fetches = fetch_all([urls[i % len(urls)] for i in range(clients)], timeout=300)
+        elapsed = time.monotonic() - started
+        time.sleep(1.0)  # let a process's own background download show in the counts
+        after = upstream.process.stats()
+        path = f"/files/{blob.filename}"
+        gets, ranged = (
+            after.get(k, {}).get(path, 0) - before.get(k, {}).get(path, 0)
+            for k in ("gets", "ranges")
+        )
+        bad = [f for f in fetches if f.error or f.status != 200 or f.size != blob.size]
+        details[column] = {
+            "seconds": elapsed,
+            "ok": clients - len(bad),
+            "ranged_gets": ranged,
+            "failures": [attrs.asdict(f) for f in bad][:5],
+        }
+        if bad:
+            bench.results.problems.append(
+                f"cluster {column}: {len(bad)} of {clients} concurrent cold GETs failed or were "
+                f"short (first: status {bad[0].status}, {bad[0].size} bytes, {bad[0].error})"
+            )
+        for url in urls:  # each process now serves the whole file, hash and all
+            _check(bench.results, f"cluster {column} {url}", fetch(url, 120, want_hash=True), blob)
+        return float(gets)
+
+    _each(row, list(cases), run)
+    size = files.two.size / 2**20
+    row.note = (
+        f"{size:.0f} MiB via the rate-limited upstream; 2 procs: half the clients each; goal 1"
+    )
