@@ -14,9 +14,12 @@ the serverdir, so no request can name a file outside it.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,8 @@ from devpid.identity import ProcessIdentity, pid_alive, pid_of
 from devpid.simple import FILENAME, HEX
 
 PARTIAL_SUFFIX = ".devpid-partial"
+#: Seconds after which a page's temporary file is a leftover whoever wrote it.
+PAGE_PARTIAL_AGE = 60.0
 #: The page file name that holds an index's project list.
 PROJECT_LIST = "+projects"
 _INDEX_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
@@ -61,6 +66,37 @@ def partial_owner(path: Path | str) -> str | None:
     return owner if dot and pid_of(owner) is not None else None
 
 
+def lock_for_writing(fd: int) -> bool:
+    """Take the exclusive ``flock`` that says "a live process writes this file"."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _remove_unless_written(path: str) -> bool:
+    """Remove a download's temporary file unless a process holds its ``flock``."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        if not lock_for_writing(fd):
+            return False
+        os.unlink(path)
+        return True
+    finally:
+        os.close(fd)
+
+
+def _remove_page_leftover(path: str) -> bool:
+    owner = partial_owner(path)
+    pid = pid_of(owner) if owner else None
+    old = time.time() - os.stat(path).st_mtime > PAGE_PARTIAL_AGE
+    if pid is not None and pid_alive(pid) and not old:
+        return False
+    os.unlink(path)
+    return True
+
+
 @attrs.define
 class FileStore:
     serverdir: Path
@@ -77,47 +113,40 @@ class FileStore:
     def pages_root(self) -> Path:
         return self.serverdir / "+pages"
 
-    def prepare(self, shared: bool = False) -> list[Path]:
+    def prepare(self) -> None:
         """Create the layout, remove what a crash left behind, and count what is cached.
 
-        Alone (``shared=False``), every temporary file is a crash's leftover and
-        goes. When other processes may share the serverdir, only those of
-        processes that no longer run on this host go, and the download
-        temporary files that may be another process's are returned for a check
-        against the store's locks (``SharedDownloads.sweep``).
+        A download's temporary file goes unless some process holds its
+        ``flock`` (it is being written, possibly by another process sharing
+        the serverdir). A page's temporary file, written in one go, goes once
+        its process has died or it is older than ``PAGE_PARTIAL_AGE``.
         """
         self.files_root.mkdir(parents=True, exist_ok=True)
         self.pages_root.mkdir(parents=True, exist_ok=True)
         removed = 0
-        undecided: list[Path] = []
         counts = CacheCounts()
         for root in (self.files_root, self.pages_root):
             for directory, _dirs, names in os.walk(root):
                 for name in names:
                     path = os.path.join(directory, name)
-                    if name.endswith(PARTIAL_SUFFIX):
-                        if self._leftover(path, shared):
-                            os.unlink(path)
-                            removed += 1
+                    try:
+                        if name.endswith(PARTIAL_SUFFIX):
+                            leftover = (
+                                _remove_unless_written(path)
+                                if root == self.files_root
+                                else _remove_page_leftover(path)
+                            )
+                            removed += leftover
                         elif root == self.files_root:
-                            undecided.append(Path(path))
-                    elif root == self.files_root:
-                        counts.files += 1
-                        counts.bytes += os.stat(path).st_size
-                    elif name.endswith(".json") and not name.startswith("+"):
-                        counts.pages += 1
+                            counts.files += 1
+                            counts.bytes += os.stat(path).st_size
+                        elif name.endswith(".json") and not name.startswith("+"):
+                            counts.pages += 1
+                    except FileNotFoundError:  # another process committed or removed it
+                        continue
         self.counts = counts
         if removed:
             self.log.info("removed {count} partial files left by a crash", count=removed)
-        return undecided
-
-    @staticmethod
-    def _leftover(path: str, shared: bool) -> bool:
-        owner = partial_owner(path)
-        if not shared or owner is None:
-            return True
-        pid = pid_of(owner)
-        return pid is None or not pid_alive(pid)
 
     def _inside(self, path: Path) -> Path:
         resolved = path.resolve()
@@ -140,24 +169,38 @@ class FileStore:
         return final.with_name(f"{final.name}.{self.identity.token}{PARTIAL_SUFFIX}")
 
     def create_partial(self, final: Path) -> tuple[Path, int]:
-        """A fresh temporary file beside ``final``, opened for writing."""
+        """A fresh temporary file beside ``final``, opened for writing and ``flock``-ed."""
         final.parent.mkdir(parents=True, exist_ok=True)
         partial = self.partial_path(final)
-        partial.unlink(missing_ok=True)
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        return partial, fd
+        for _attempt in range(3):
+            partial.unlink(missing_ok=True)
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            # Another process's start-up sweep may have caught it between the two calls.
+            if lock_for_writing(fd) and os.fstat(fd).st_nlink:
+                return partial, fd
+            os.close(fd)
+        raise OSError(errno.EBUSY, "the temporary file keeps being removed")
 
     def adopt_partial(self, other: Path, final: Path) -> tuple[Path, int] | None:
         """Rename another process's temporary file for ``final`` to ours, open for appending.
 
-        None when it is gone. Its readers keep reading: a rename keeps the inode.
+        None when it is gone or its writer still holds it (a live process
+        whose lock merely expired). Its readers keep reading: a rename keeps
+        the inode.
         """
-        partial = self.partial_path(final)
         try:
-            os.rename(other, partial)
+            fd = os.open(other, os.O_WRONLY | os.O_APPEND)
         except FileNotFoundError:
             return None
-        return partial, os.open(partial, os.O_WRONLY | os.O_APPEND)
+        partial = self.partial_path(final)
+        try:
+            if lock_for_writing(fd) and os.fstat(fd).st_nlink:
+                os.rename(other, partial)
+                return partial, fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+        return None
 
     def relative(self, final: Path) -> str:
         """``final`` relative to the files root: how processes name a file to each other."""

@@ -8,26 +8,36 @@ file in a document of the same name; the others stream that file as it grows
 dies and the TTL runs out, adopting the temporary file and resuming the
 upstream transfer with a Range request.
 
-When the store is unavailable every process downloads for itself: correctness
-never depends on the lock, only the number of upstream GETs does.
+Correctness never depends on the lock, only the number of upstream GETs does.
+The process writing a temporary file holds an exclusive ``flock`` on it for as
+long as it writes, and a file is adopted (or swept at start-up) only when that
+``flock`` can be taken, so a lock that expired under a live owner (a Redis
+restart, a stalled reply) costs a second download, never a file with two
+writers. When the store is unavailable, a new download goes ahead in its own
+temporary file and a follower keeps following: only an owner's lock, once
+the store answers again, lets a follower take over.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
+import itertools
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 from twisted.logger import Logger
 
-from devpid.filestore import FileStore, partial_owner
-from devpid.identity import ProcessIdentity, pid_alive, pid_of
+from devpid.filestore import FileStore
+from devpid.identity import ProcessIdentity
 from devpid.store import StateStore, StoreUnavailable
 
 #: Default seconds a download lock lives without renewal (a dead owner's files wait this long).
 DEFAULT_LOCK_TTL = 10.0
+
+#: What asking for a download lock can tell: this download holds it, another one
+#: does, or nobody can say (the store is unreachable).
+Claim = Literal["owned", "busy", "unavailable"]
 
 
 @attrs.define
@@ -40,6 +50,9 @@ class SharedDownloads:
     uncoordinated: int = 0
     #: Downloads taken over from a process that went away.
     takeovers: int = 0
+    #: Downloads that lost their lock to another process and finished without it.
+    lost_locks: int = 0
+    _serials: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
     log = Logger()
 
     @property
@@ -55,31 +68,28 @@ class SharedDownloads:
         """How often a follower checks whether the owner's lock is still held."""
         return min(0.5, self.lock_ttl / 4)
 
+    def lock_value(self) -> str:
+        """A lock value of this process's, different for each download.
+
+        A late release by a download that is over cannot free the lock of the
+        next download of the same file in the same process.
+        """
+        return f"{self.token}#{next(self._serials)}"
+
     def _name(self, final: Path) -> str:
         return "download:" + self.files.relative(final)
 
-    async def claim(self, final: Path) -> bool:
-        """Take (or keep) the download lock for ``final``; True when this process owns it.
-
-        Without a reachable store every process is its own owner.
-        """
+    async def claim(self, final: Path, value: str) -> Claim:
+        """Take (or keep) the download lock for ``final`` under ``value``."""
         try:
-            owned = await self.store.acquire_lock(self._name(final), self.token, self.lock_ttl)
+            owned = await self.store.acquire_lock(self._name(final), value, self.lock_ttl)
         except StoreUnavailable:
-            self.uncoordinated += 1
-            return True
-        return owned
+            return "unavailable"
+        return "owned" if owned else "busy"
 
-    async def renew(self, final: Path) -> bool:
-        """Extend the lock; False only when another process holds it now."""
-        try:
-            return await self.store.acquire_lock(self._name(final), self.token, self.lock_ttl)
-        except StoreUnavailable:
-            return True  # nobody can take it while the store is away either
-
-    async def release(self, final: Path) -> None:
+    async def release(self, final: Path, value: str) -> None:
         with contextlib.suppress(StoreUnavailable):
-            await self.store.release_lock(self._name(final), self.token)
+            await self.store.release_lock(self._name(final), value)
 
     async def announce(self, final: Path, **fields: Any) -> None:
         """Publish the state of this process's download of ``final`` to the others."""
@@ -97,42 +107,3 @@ class SharedDownloads:
             return await self.store.get_document(self._name(final))
         except StoreUnavailable:
             return None
-
-    async def sweep(self, partials: list[Path]) -> int:
-        """Remove the temporary files no running download owns; the number removed.
-
-        A file stays while the lock of its download is held by the process that
-        named it (another process, possibly on another host, is writing it).
-        """
-        removed = 0
-        for partial in partials:
-            owner = partial_owner(partial)
-            final = partial.with_name(partial.name.split(f".{owner}.")[0]) if owner else None
-            try:
-                if owner is not None and final is not None:
-                    holder = await self.store.lock_owner(self._name(final))
-                    if holder == owner:
-                        if not await self._died_here(final, owner):
-                            continue
-                        await self.store.release_lock(self._name(final), owner)
-            except StoreUnavailable:
-                return removed  # decide at the next start; adoption handles them meanwhile
-            try:
-                os.unlink(partial)
-            except FileNotFoundError:
-                continue
-            removed += 1
-        if removed:
-            self.log.info("removed {count} temporary files no process owns", count=removed)
-        return removed
-
-    async def _died_here(self, final: Path, owner: str) -> bool:
-        """Whether ``owner`` announced itself from this host and no longer runs."""
-        document = await self.store.get_document(self._name(final)) or {}
-        pid = pid_of(owner)
-        return (
-            document.get("owner") == owner
-            and document.get("host") == self.identity.host
-            and pid is not None
-            and not pid_alive(pid)
-        )

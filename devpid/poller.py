@@ -67,6 +67,8 @@ class ChangelogPoller:
     paused: str | None = None
     #: When the leader last polled successfully (from the store, for every process).
     last_poll_at: float | None = None
+    #: The poll running now, if any.
+    _polling: Deferred[None] | None = None
     log = Logger()
 
     @property
@@ -131,8 +133,20 @@ class ChangelogPoller:
         due = self.last_tick_at is None or (
             self.clock.seconds() - self.last_tick_at >= self.interval - self.election_interval / 2
         )
-        if leading and due:
-            await self._tick()
+        if leading and due and self._polling is None:
+            # The poll runs beside the election loop, so a slow upstream cannot
+            # outlast the lease and let a second process poll at the same time.
+            self._polling = Deferred.fromCoroutine(self._tick())
+            self._polling.addBoth(self._polled)
+
+    def _polled(self, _: object) -> None:
+        self._polling = None
+
+    async def stop(self) -> None:
+        """Let the running poll finish, then let another process lead at once."""
+        if self._polling is not None:
+            await self._polling
+        await self.resign()
 
     async def resign(self) -> None:
         """Let another process lead at once (on shutdown)."""
@@ -175,10 +189,14 @@ class ChangelogPoller:
             self.last_error = None
             self.backoff_until = None
             self.last_poll_at = self.clock.seconds()
-            with contextlib.suppress(StoreUnavailable):
+            try:
                 await self.store.set_document(
                     self.progress_key, {"at": self.last_poll_at, "by": self.identity.token}
                 )
+            except StoreUnavailable:
+                pass
+            except Exception:
+                self.log.failure("could not record the changelog poll")
 
     async def poll(self) -> None:
         """Ask for the changes since the stored cursor and mark the cached ones stale."""
@@ -254,14 +272,15 @@ class ChangelogPoller:
 
 
 class PollerService(TimerService):
-    """The election loop; on stop the leader resigns so another takes over at once."""
+    """The election loop; on stop the leader finishes its poll and resigns, so another
+    takes over at once."""
 
     poller: ChangelogPoller
 
     def stopService(self) -> Deferred[None]:
         stopped: Deferred[None] = super().stopService()
 
-        async def resign(_: object) -> None:
-            await self.poller.resign()
+        async def stop(_: object) -> None:
+            await self.poller.stop()
 
-        return stopped.addCallback(lambda r: Deferred.fromCoroutine(resign(r)))
+        return stopped.addCallback(lambda r: Deferred.fromCoroutine(stop(r)))

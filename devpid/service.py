@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -49,8 +48,9 @@ class CacheService(Service):
 
     def startService(self) -> None:
         super().startService()
-        undecided = self.files.prepare(shared=self.peers is not None)
-        Deferred.fromCoroutine(self._start(undecided))
+        self.files.prepare()
+        started = Deferred.fromCoroutine(self._start())
+        started.addErrback(lambda f: self.log.failure("could not start the cache", f))
         self.clock.callWhenRunning(self._exit_zero_on_sigterm)
 
     def _exit_zero_on_sigterm(self) -> None:
@@ -62,14 +62,12 @@ class CacheService(Service):
 
         signal.signal(signal.SIGTERM, stop)
 
-    async def _start(self, undecided: list[Path]) -> None:
+    async def _start(self) -> None:
         await self.store.open()
         try:
             self.stats.base.update(await self.store.counters())
         except StoreUnavailable as e:
             self.log.warn("counters start from zero: {reason}", reason=str(e))
-        if self.peers is not None and undecided:
-            await self.peers.sweep(undecided)
         self._flusher = LoopingCall(self._flush_tick)
         self._flusher.clock = self.clock
         self._flusher.start(STATS_FLUSH_INTERVAL, now=False)
@@ -119,6 +117,9 @@ class CacheService(Service):
                 await drained
             except Exception:
                 self.downloads.abort_all("devpid is shutting down")
+        # Let go of shared download locks before the store closes, so other
+        # processes take over at once instead of after the lock's TTL.
+        await self.downloads.unlocked()
         try:
             await self.flush_stats()
         except Exception:

@@ -89,6 +89,7 @@ class StatusReport:
                 "lock_ttl": self.peers.lock_ttl,
                 "takeovers": self.peers.takeovers,
                 "uncoordinated_downloads": self.peers.uncoordinated,
+                "lost_locks": self.peers.lost_locks,
             },
             "poller": None if self.poller is None else self.poller.status(),
         }

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall, deferLater
@@ -105,7 +105,12 @@ class Download:
     _body: _UpstreamBody | None = None
     _upstream: UpstreamClient | None = None
     _renewal: LoopingCall | None = None
+    #: Whether this download holds the shared lock of its file (under ``_lock_value``).
     _locked: bool = False
+    _lock_value: str = ""
+    _finished: bool = False
+    #: Fires when the shared lock has been let go after the download ended.
+    unlocked: Deferred[None] | None = None
     log = Logger()
 
     @property
@@ -144,36 +149,61 @@ class Download:
         if peers is not None:
             if self._committed_elsewhere():
                 return
-            if not await peers.claim(self.spec.final_path):
+            self._lock_value = peers.lock_value()
+            claim = await peers.claim(self.spec.final_path, self._lock_value)
+            self._locked = claim == "owned"
+            if self.over:
+                self._release_lock()
+                return
+            if claim == "busy":
                 self.role = "follower"
                 if not await self._follow(peers):
                     return
                 self._take_over(peers)
-            self.role = "owner"
-            self._locked = True
-            self._renewal = LoopingCall(self._renew)
-            self._renewal.clock = self.clock
-            self._renewal.start(peers.renew_interval, now=False)
+            elif claim == "unavailable":
+                peers.uncoordinated += 1
+            if self._locked:
+                self._renewal = LoopingCall(self._renew)
+                self._renewal.clock = self.clock
+                self._renewal.start(peers.renew_interval, now=False)
             if self._committed_elsewhere():
                 return
         await self._fetch(upstream)
 
     def _take_over(self, peers: SharedDownloads) -> None:
-        """The owner went away and this process holds the lock: become the owner."""
+        """The owner went away and this process holds the lock: become the owner.
+
+        What the follower knew of the owner's file is dropped; ``_adopt``
+        looks at it afresh (and clients keep their offsets if it adopts it).
+        """
         peers.takeovers += 1
         self.log.info("taking over the download of {url}: its owner went away", url=self.spec.url)
+        self.role = "owner"
         self.state = "connecting"
         self._close_fds()
+        self.partial_path = None
+        self.total = None
+        self.received = self.releasable = 0
+        self._hasher = hashlib.sha256()
 
     def _committed_elsewhere(self) -> bool:
-        """Finish at once if the file is already in the cache (another process got it)."""
+        """Finish at once if the file is in the cache (another process committed it).
+
+        Clients that were sent bytes of another file than the committed one
+        are cut off; those that had nothing yet read the committed file.
+        """
+        if self.over:
+            return True
         try:
-            size = self.spec.final_path.stat().st_size
+            fd = os.open(self.spec.final_path, os.O_RDONLY)
         except FileNotFoundError:
             return False
+        self._close_fds()
+        self._read_fd = fd
+        self._settle_readers()
+        size = os.fstat(fd).st_size
         self.state = "verified"
-        self.received = self.releasable = size
-        self.total = size
+        self.received = self.releasable = self.total = size
         self._headers_known()
         self._finish()
         return True
@@ -181,12 +211,31 @@ class Download:
     def _renew(self) -> Deferred[None]:
         async def renew() -> None:
             assert self.peers is not None
-            if not self.over and not await self.peers.renew(self.spec.final_path):
-                self.abort("another devpid process took this download over")
+            if self.over or not self._locked:
+                return
+            claim = await self.peers.claim(self.spec.final_path, self._lock_value)
+            if claim == "busy" and self._locked and not self.over:
+                self._lose_lock()
 
         d = Deferred.fromCoroutine(renew())
         d.addErrback(lambda f: self.log.failure("could not renew a download lock", f))
         return d
+
+    def _lose_lock(self) -> None:
+        """Another process took the lock (the store lost it): finish without it.
+
+        Its process cannot adopt this file while this one writes it (the
+        ``flock``), so the worst outcome is a second download of the same bytes.
+        """
+        assert self.peers is not None
+        self.peers.lost_locks += 1
+        self._locked = False
+        if self._renewal is not None and self._renewal.running:
+            self._renewal.stop()
+        self.log.warn(
+            "lost the download lock of {url} to another process; finishing without it",
+            url=self.spec.url,
+        )
 
     # -- owner: upstream side ------------------------------------------------
 
@@ -194,15 +243,17 @@ class Download:
         offset = await self._adopt()
         if self.over:
             return
-        if not offset:
-            for reader in list(self.readers):  # they followed a file that is gone
-                reader.cut_off()
         if self.peers is not None and self._locked:
             await self.peers.announce(self.spec.final_path, state="connecting")
+            if self.over:
+                return
         try:
             response = await upstream.open_file(self.spec.url, offset)
         except UpstreamError as e:
             self._fail(str(e))
+            return
+        if self.over:  # aborted while connecting
+            response.deliverBody(_Discard())
             return
         if offset and response.code == 200:
             # No range support: start again in a file of our own; clients of
@@ -226,11 +277,11 @@ class Download:
 
     async def _adopt(self) -> int:
         """Continue the temporary file of an owner that went away; the bytes it holds."""
-        if self.peers is None:
+        if self.peers is None or not self._locked:
             return 0
         final = self.spec.final_path
         announced = await self.peers.announcement(final)
-        if not announced or announced.get("owner") == self.peers.token:
+        if self.over or not announced or announced.get("owner") == self.peers.token:
             return 0
         name, total = announced.get("partial"), announced.get("total")
         if not isinstance(name, str) or not isinstance(total, int) or "/" in name:
@@ -251,6 +302,9 @@ class Download:
             self._hasher.update(data)
             offset += len(data)
             await deferLater(self.clock, 0, lambda: None)
+            if self.over:  # aborted meanwhile; _fail removed the file
+                return 0
+        self._settle_readers()
         self.received = self.releasable = self.resumed_from = offset
         self.total = total
         if offset >= total:  # the owner died between its last byte and the rename
@@ -265,8 +319,7 @@ class Download:
         return offset
 
     def _drop_adopted(self) -> None:
-        for reader in list(self.readers):
-            reader.cut_off()
+        """Forget the adopted bytes; ``_start_streaming`` cuts off the clients that had some."""
         self._close_fds()
         if self.partial_path is not None:
             self.files.discard(self.partial_path)
@@ -302,6 +355,7 @@ class Download:
                 response.deliverBody(Protocol())
                 self._fail(f"cannot create a temporary file: {e.strerror}")
                 return
+        self._settle_readers()
         self.state = "streaming"
         self._upstream = upstream
         self._body = _UpstreamBody(self)
@@ -373,10 +427,8 @@ class Download:
             self._fail(problem)
             return
         assert self.partial_path is not None
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
         try:
+            # The temporary file stays open (and flock-ed) until it is in place.
             self.files.commit(self.partial_path, self.spec.final_path)
         except OSError as e:
             self._fail(f"cannot commit to the cache: {e.strerror}")
@@ -395,6 +447,13 @@ class Download:
         self._finish()
 
     def _verify(self) -> str | None:
+        if self._fd is not None:
+            on_disk = os.fstat(self._fd).st_size
+            if on_disk != self.received:
+                return (
+                    f"the temporary file of {self.spec.url} holds {on_disk} bytes, "
+                    f"not the {self.received} received"
+                )
         if self.total is not None and self.received != self.total:
             return f"got {self.received} of {self.total} bytes from {self.spec.url}"
         digest = self._hasher.hexdigest()
@@ -430,7 +489,10 @@ class Download:
     async def _follow(self, peers: SharedDownloads) -> bool:
         """Stream the owner's temporary file until it is committed or fails.
 
-        True when the owner went away and this process now holds the lock.
+        True when the owner went away and this download now holds the lock.
+        While the store is unreachable nobody can take a lock over, so a
+        follower keeps following (the file itself says when it is committed
+        or removed).
         """
         final = self.spec.final_path
         followed: str | None = None
@@ -438,10 +500,12 @@ class Download:
         next_check = self.clock.seconds() + peers.check_interval
         stall_limit = self.idle_timeout + peers.lock_ttl
         while not self.over:
+            if self._committed_elsewhere():
+                return False
             if self._read_fd is None:
-                if self._committed_elsewhere():
-                    return False
                 announced = await peers.announcement(final) or {}
+                if self.over:
+                    break
                 owner, state = announced.get("owner"), announced.get("state")
                 if state == "failed" and owner == followed:
                     self._fail(str(announced.get("error") or "the download failed elsewhere"))
@@ -452,8 +516,6 @@ class Download:
                     self._headers_known()
             else:
                 status = os.fstat(self._read_fd)
-                if self._follow_committed(status):
-                    return False
                 if status.st_nlink == 0:  # unlinked, not renamed into place: it failed
                     announced = await peers.announcement(final) or {}
                     if self._committed_elsewhere():
@@ -464,8 +526,9 @@ class Download:
                 if status.st_size != last_size:
                     last_size, last_progress = status.st_size, self.clock.seconds()
                     self.received = status.st_size
-                    hold_back = 0 if self.total is None else self.total - 1
-                    self.releasable = min(self.received, hold_back) if self.total else self.received
+                    # The last byte waits for the owner's commit of this very file.
+                    hold_back = self.total - 1 if self.total else self.received
+                    self.releasable = min(self.received, hold_back)
                     for reader in list(self.readers):
                         reader.pump()
             now = self.clock.seconds()
@@ -474,7 +537,11 @@ class Download:
                 return False
             if now >= next_check:
                 next_check = now + peers.check_interval
-                if await peers.claim(final):
+                if await peers.claim(final, self._lock_value) == "owned":
+                    self._locked = True
+                    if self.over:
+                        self._release_lock()
+                        return False
                     return True
             await deferLater(self.clock, FOLLOW_POLL, lambda: None)
         return False
@@ -493,26 +560,27 @@ class Download:
         self.state = "streaming"
         return True
 
-    def _follow_committed(self, status: os.stat_result) -> bool:
-        """Whether the owner renamed the file being followed into place (or another copy)."""
-        try:
-            final = self.spec.final_path.stat()
-        except FileNotFoundError:
-            return False
-        if (final.st_dev, final.st_ino) != (status.st_dev, status.st_ino):
-            # Committed from another temporary file: the bytes sent so far are not the
-            # ones that were verified.
-            if any(reader.offset for reader in self.readers):
-                self._fail(f"{self.spec.final_path.name} was fetched again elsewhere; retry")
+    def _settle_readers(self) -> None:
+        """Point every client at the file being written or committed now.
+
+        A client that was already sent bytes of another file (one that failed,
+        or a copy another process fetched) is cut off; one that had nothing
+        yet reads the current file from its start.
+        """
+        if self._read_fd is None:
+            return
+        current = os.fstat(self._read_fd)
+        for reader in list(self.readers):
+            if reader.fd is None:
+                continue
+            theirs = os.fstat(reader.fd)
+            if (theirs.st_dev, theirs.st_ino) == (current.st_dev, current.st_ino):
+                continue
+            if reader.offset:
+                reader.cut_off()
             else:
-                self._close_fds()
-                self._committed_elsewhere()
-            return True
-        self.state = "verified"
-        self.received = self.releasable = final.st_size
-        self._headers_known()
-        self._finish()
-        return True
+                os.close(reader.fd)
+                reader.fd = os.dup(self._read_fd)
 
     # -- the end ---------------------------------------------------------------
 
@@ -546,6 +614,9 @@ class Download:
         self._finish()
 
     def _finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
         if self._idle_timer is not None and self._idle_timer.active():
             self._idle_timer.cancel()
         self._idle_timer = None
@@ -554,9 +625,14 @@ class Download:
         for reader in list(self.readers):
             reader.pump()
         self._close_fds()
-        if self._locked and self.peers is not None:
-            Deferred.fromCoroutine(self._unlock(self.peers))
+        self._release_lock()
         self.on_done(self)
+
+    def _release_lock(self) -> None:
+        if self._locked and self.peers is not None:
+            self._locked = False
+            self.unlocked = Deferred.fromCoroutine(self._unlock(self.peers))
+            self.unlocked.addErrback(lambda f: self.log.failure("could not release a lock", f))
 
     async def _unlock(self, peers: SharedDownloads) -> None:
         """Tell the followers how it ended, then let go of the lock (in that order)."""
@@ -564,8 +640,7 @@ class Download:
             await peers.forget(self.spec.final_path)
         else:
             await peers.announce(self.spec.final_path, state="failed", error=self.error)
-        await peers.release(self.spec.final_path)
-        self._locked = False
+        await peers.release(self.spec.final_path, self._lock_value)
 
     # -- client side ---------------------------------------------------------
 
@@ -581,6 +656,14 @@ class Download:
         request.notifyFinish().addBoth(reader.client_gone)
         reader.pump()
         return reader
+
+
+class _Discard(Protocol):
+    """Takes a response body that is no longer wanted, and closes its connection."""
+
+    def connectionMade(self) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
 
 
 class _UpstreamBody(Protocol):
@@ -614,6 +697,9 @@ class TeeReader:
             size = min(READ_CHUNK, download.releasable - self.offset)
             data = os.pread(self.fd, size, self.offset)
             if not data:
+                if download.over:  # the file is shorter than it said: never stall
+                    self.cut_off()
+                    return
                 break
             self.offset += len(data)
             self.request.write(data)
@@ -675,6 +761,8 @@ class DownloadManager:
     peers: SharedDownloads | None = None
     running: dict[Path, Download] = attrs.field(factory=dict)
     _drained: list[Deferred[None]] = attrs.field(factory=list)
+    #: Shared locks still being let go by downloads that are over.
+    _unlocking: set[Deferred[None]] = attrs.field(factory=set)
 
     def download_for(self, spec: FileSpec) -> tuple[Download, bool]:
         """The running download of ``spec`` and whether this call started it."""
@@ -690,6 +778,15 @@ class DownloadManager:
 
     def _done(self, download: Download) -> None:
         self.running.pop(download.spec.final_path, None)
+        unlocked = download.unlocked
+        if unlocked is not None and not unlocked.called:
+            self._unlocking.add(unlocked)
+
+            def let_go(result: object) -> object:
+                self._unlocking.discard(unlocked)
+                return result
+
+            unlocked.addBoth(let_go)
         if download.committed_here and download.spec.sha256 is None:
             self.stats.incr("files_without_hash")
         if download.state == "failed":
@@ -707,6 +804,10 @@ class DownloadManager:
         else:
             d.callback(None)
         return d
+
+    def unlocked(self) -> Deferred[Any]:
+        """Fires when every shared lock of a download that is over has been let go."""
+        return gatherResults(list(self._unlocking), consumeErrors=True)
 
     def abort_all(self, reason: str) -> None:
         for download in list(self.running.values()):

@@ -11,10 +11,11 @@ import attrs
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 
+from devpid.identity import ProcessIdentity
 from devpid.poller import ChangelogPoller
-from devpid.upstream import ChangelogUnsupported, RateLimited, UpstreamError
+from devpid.upstream import ChangelogUnsupported, RateLimited, UpstreamClient, UpstreamError
 from tests.fixtures.devpid_process import DevpidProcess
 from tests.fixtures.upstream import UpstreamProcess
 from tests.test_mirror import FakeIndex, World, make_world
@@ -27,10 +28,11 @@ class FakeUpstream(FakeIndex):
     """Pages as ``FakeIndex``, plus ``POST /pypi`` answering from ``changelog``."""
 
     changelog: list[list[Any]] = attrs.field(factory=list)
-    #: "ok", "429", "missing" (404), "html", "fault", "500-once"
+    #: "ok", "429", "missing" (404), "html", "fault", "500-once", "hang"
     mode: str = "ok"
     retry_after: str | None = "30"
     calls: list[tuple[Any, ...]] = attrs.field(factory=list)
+    hanging: list[Request] = attrs.field(factory=list)
 
     def render_POST(self, request: Request) -> bytes:
         assert request.path == b"/pypi"
@@ -42,6 +44,9 @@ class FakeUpstream(FakeIndex):
             if self.retry_after is not None:
                 request.setHeader(b"retry-after", self.retry_after.encode())
             return b"slow down"
+        if self.mode == "hang":  # a changelog that takes its time to answer
+            self.hanging.append(request)
+            return NOT_DONE_YET
         if self.mode == "missing":
             request.setResponseCode(404)
             return b"not found"
@@ -290,3 +295,39 @@ def test_a_changelog_entry_refreshes_a_young_page(
         assert poller["supported"] is True
         assert poller["last_serial"] == 1001
         assert poller["last_error"] is None
+
+
+def test_one_process_polls_and_a_slow_poll_keeps_the_lead(pw: PollWorld) -> None:
+    pw.set_cursor(HEAD)
+    pw.upstream.mode = "hang"
+    # An upstream timeout longer than the test, so the poll really is still running.
+    patient = UpstreamClient("http://upstream.test/simple/", pw.world.stub, pw.world.clock, 1000)
+    first, second = (
+        ChangelogPoller(
+            pw.world.mirror, patient, pw.world.store, pw.world.clock, 60.0, identity=identity
+        )
+        for identity in (ProcessIdentity(nonce="a0a0a0"), ProcessIdentity(nonce="b0b0b0"))
+    )
+
+    def step(poller: ChangelogPoller) -> None:
+        pw.world.resolve(poller.step())  # the election never waits for the poll
+
+    step(first)
+    step(second)
+    assert first.is_leader and not second.is_leader
+    assert second.leader == first.identity.token
+    assert len(pw.upstream.calls) == 1
+    for _ in range(7):  # the poll outlasts two leases; the leader keeps its lock
+        pw.world.later(first.election_interval)
+        step(first)
+        step(second)
+        assert first.is_leader and not second.is_leader
+    assert len(pw.upstream.calls) == 1  # and starts no second poll meanwhile
+    # The leader dies (no more steps): within a lease plus a step the other polls.
+    pw.upstream.mode = "ok"
+    for _ in range(4):
+        pw.world.later(second.election_interval)
+        step(second)
+    assert second.is_leader and second.leader == second.identity.token
+    assert pw.upstream.calls[-1] == ("changelog_since_serial", HEAD)
+    assert len(pw.upstream.calls) == 2

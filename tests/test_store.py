@@ -17,7 +17,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.task import Clock, deferLater
 
-from devpid.store import StateStore
+from devpid.store import StateStore, StoreUnavailable
 from devpid.store.embedded import EmbeddedStore
 from tests.fixtures.devpid_process import DevpidProcess
 from tests.fixtures.redis_server import INSTALL_HINT, RedisServer, redis_server_path
@@ -171,6 +171,35 @@ async def test_redis_prefixes_isolate_deployments(redis_server: RedisServer) -> 
     finally:
         await first.close()
         await second.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_read_only_redis_is_unavailable_for_writes_not_a_crash(
+    redis_server: RedisServer,
+) -> None:
+    """A replica whose primary is away answers READONLY: that is an outage, not a bug."""
+    from devpid.store.redis import RedisStore
+
+    store = _redis_store(redis_server)
+    assert isinstance(store, RedisStore)
+    await store.open()
+    try:
+        await store.set_document("page", {"v": 1})
+        await store._pool.execute_command("REPLICAOF", "127.0.0.1", "1")
+        try:
+            with pytest.raises(StoreUnavailable, match="READONLY"):
+                await store.set_document("page", {"v": 2})
+            assert store.health()["state"] == "down"
+            assert await store.get_document("page") == {"v": 1}  # reads still work
+            assert store.health()["state"] == "up"
+        finally:
+            await store._pool.execute_command("REPLICAOF", "NO", "ONE")
+        await store.set_document("page", {"v": 3})
+    finally:
+        await store.close()
+    assert store.health()["state"] == "closed"  # closing on purpose is not an outage
+    with pytest.raises(StoreUnavailable, match="closed"):
+        await store.get_document("page")
 
 
 def test_redis_description_masks_the_password() -> None:

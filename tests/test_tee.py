@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from devpid.filestore import FileStore
 from devpid.identity import ProcessIdentity
 from devpid.peers import SharedDownloads
 from devpid.stats import Stats
+from devpid.store import StoreUnavailable
 from devpid.store.embedded import EmbeddedStore
 from devpid.tee import FOLLOW_POLL, Download, DownloadFailed, DownloadManager, FileSpec
 from devpid.upstream import UpstreamClient, UpstreamHealth
@@ -478,3 +480,179 @@ def attach_to(download: Download, **options: Any) -> FakeClient:
     client = FakeClient(**options)
     download.attach(client)  # type: ignore[arg-type]
     return client
+
+
+# -- the lock is only a hint: the flock and the file decide ---------------------
+
+
+def test_a_live_owners_file_is_never_adopted_when_its_lock_ran_out(tmp_path: Path) -> None:
+    """The store lost the lock under a live owner: the new lock holder fetches a copy of
+    its own instead of writing into the owner's file, and both commit verified bytes."""
+    pair = start_pair(tmp_path)
+    whole = FakeResponse(len(BODY), code=200)
+    upstream = FakeRangeUpstream(whole)
+    pair.follow(upstream)
+    waiting = attach_to(pair.follower)
+    waiting.producer.pauseProducing()  # a slow client: nothing sent before the takeover
+    early = attach_to(pair.follower)
+    pair.owner.response.send(CHUNKS[0])
+    pair.tick()
+    assert len(early.received) > 0 and len(waiting.received) == 0
+    pair.owner.clock.advance(10.5)  # the lock runs out; the owner still writes
+    pair.tick(20)
+    new_owner = pair.follower
+    assert new_owner.role == "owner" and new_owner.resumed_from == 0
+    assert upstream.offsets == [0]  # a copy of its own, from the start
+    assert early.aborted  # it had bytes of the other file
+    assert new_owner.partial_path != pair.owner.download.partial_path
+    for chunk in CHUNKS:
+        whole.send(chunk)
+    whole.end()
+    assert new_owner.verified
+    waiting.producer.resumeProducing()  # it reads the new owner's copy from its start
+    assert bytes(waiting.received) == BODY and waiting.finished
+    for chunk in CHUNKS[1:]:
+        pair.owner.response.send(chunk)
+    pair.owner.response.end()
+    assert pair.owner.download.verified
+    assert pair.owner.final.read_bytes() == BODY
+    assert list(tmp_path.rglob("*.devpid-partial")) == []
+
+
+def test_a_follower_does_not_take_over_while_the_store_is_away(tmp_path: Path) -> None:
+    pair = start_pair(tmp_path)
+    pair.follow()
+    client = attach_to(pair.follower)
+    pair.owner.response.send(CHUNKS[0])
+    pair.tick()
+    pair.peers.store = StoreAway()  # type: ignore[assignment]
+    pair.owner.clock.advance(10.5)  # any lock would have run out by now
+    pair.tick(20)
+    assert pair.follower.role == "follower" and pair.peers.takeovers == 0
+    for chunk in CHUNKS[1:]:
+        pair.owner.response.send(chunk)
+    pair.owner.response.end()
+    pair.tick()
+    assert bytes(client.received) == BODY and client.finished
+    assert pair.follower.verified and not pair.follower.committed_here
+
+
+def test_a_second_writer_makes_the_download_fail_instead_of_committing(tmp_path: Path) -> None:
+    setup = start(tmp_path)
+    for chunk in CHUNKS:
+        setup.response.send(chunk)
+    assert setup.download.partial_path is not None
+    with open(setup.download.partial_path, "ab") as intruder:
+        intruder.write(b"x")
+    setup.response.end()
+    assert setup.download.state == "failed"
+    assert "holds 2501 bytes, not the 2500 received" in (setup.download.error or "")
+    assert not setup.final.exists()
+
+
+def test_a_download_aborted_while_claiming_lets_its_lock_go(tmp_path: Path) -> None:
+    files = FileStore(tmp_path)
+    files.prepare()
+    clock = MemoryReactorClock()
+    store = SlowLockStore(EmbeddedStore(tmp_path / "state.sqlite", clock))
+    Deferred.fromCoroutine(store.inner.open())
+    identity = ProcessIdentity()
+    peers = SharedDownloads(store, files, identity, lock_ttl=10)  # type: ignore[arg-type]
+    final = files.file_path("root/pypi", "abc", "0123456789abc", "demo-1.0.tar.gz")
+    spec = FileSpec("http://upstream.test/demo-1.0.tar.gz", final, SHA, None)
+    download = Download(spec, files, clock, idle_timeout=30, peers=peers)
+    upstream = FakeRangeUpstream(FakeResponse(len(BODY)))
+    Deferred.fromCoroutine(download.run(upstream))  # type: ignore[arg-type]
+    download.abort("devpid is shutting down")
+    store.answer()  # the lock is granted after all
+    assert upstream.offsets == []  # nothing fetched
+    holder = Deferred.fromCoroutine(store.inner.lock_owner("download:" + files.relative(final)))
+    assert holder.result is None
+    assert download.unlocked is not None and download.unlocked.called
+
+
+def test_a_download_that_loses_its_lock_finishes_without_it(tmp_path: Path) -> None:
+    setup = start(tmp_path)
+    download = setup.download
+    store = EmbeddedStore(tmp_path / "state.sqlite", setup.clock)
+    Deferred.fromCoroutine(store.open())
+    peers = SharedDownloads(store, setup.files, setup.files.identity, lock_ttl=3)
+    name = "download:" + setup.files.relative(setup.final)
+    # As _run does for a download that won its lock:
+    download.peers, download._lock_value, download._locked = peers, "me#1", True
+    Deferred.fromCoroutine(store.acquire_lock(name, "me#1", 3))
+    Deferred.fromCoroutine(store.release_lock(name, "me#1"))
+    Deferred.fromCoroutine(store.acquire_lock(name, "someone-else#1", 3))
+    download._renew()
+    assert peers.lost_locks == 1 and download.state == "streaming"
+    for chunk in CHUNKS:
+        setup.response.send(chunk)
+    setup.response.end()
+    assert download.verified and setup.final.read_bytes() == BODY
+    holder = Deferred.fromCoroutine(store.lock_owner(name))
+    assert holder.result == "someone-else#1"  # not released by the one that lost it
+
+
+def test_prepare_keeps_files_being_written_and_removes_leftovers(tmp_path: Path) -> None:
+    files = FileStore(tmp_path)
+    files.prepare()
+    final = files.file_path("root/pypi", "abc", "0123456789abc", "demo-1.0.tar.gz")
+    writing, fd = files.create_partial(final)
+    os.write(fd, b"partial")
+    crashed = final.with_name(f"{final.name}.999999-dead00.devpid-partial")
+    crashed.write_bytes(b"left by a crash")
+    page = files.page_path("root/pypi", "demo")
+    page.parent.mkdir(parents=True)
+    dead_page = page.with_name("demo.json.999999-dead00.devpid-partial")
+    dead_page.write_text("{")
+    live_page = files.partial_path(page)
+    live_page.write_text("{")
+    FileStore(tmp_path, identity=ProcessIdentity(nonce="c0ffee")).prepare()
+    assert writing.exists() and live_page.exists()
+    assert not crashed.exists() and not dead_page.exists()
+    os.close(fd)  # the writer is gone: its file is a leftover now
+    FileStore(tmp_path).prepare()
+    assert not writing.exists()
+
+
+def test_a_partial_with_a_live_writer_is_not_adopted(tmp_path: Path) -> None:
+    files = FileStore(tmp_path)
+    final = files.file_path("root/pypi", "abc", "0123456789abc", "demo-1.0.tar.gz")
+    theirs, fd = files.create_partial(final)
+    other = FileStore(tmp_path, identity=ProcessIdentity(nonce="b0b0b0"))
+    assert other.adopt_partial(theirs, final) is None
+    os.close(fd)
+    adopted = other.adopt_partial(theirs, final)
+    assert adopted is not None and adopted[0] == other.partial_path(final)
+    os.close(adopted[1])
+
+
+@attrs.define
+class SlowLockStore:
+    """An embedded store whose first ``acquire_lock`` answers when the test says."""
+
+    inner: EmbeddedStore
+    _pending: list[tuple[Deferred[None], tuple[Any, ...]]] = attrs.field(factory=list)
+
+    async def acquire_lock(self, *args: Any) -> bool:
+        d: Deferred[None] = Deferred()
+        self._pending.append((d, args))
+        await d
+        return bool(await self.inner.acquire_lock(*args))
+
+    def answer(self) -> None:
+        for d, _args in self._pending:
+            d.callback(None)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class StoreAway:
+    """The state store while Redis is unreachable: every call fails at once."""
+
+    def __getattr__(self, name: str) -> Any:
+        async def unavailable(*args: Any, **kwargs: Any) -> Any:
+            raise StoreUnavailable("redis is unavailable: connection refused")
+
+        return unavailable

@@ -26,7 +26,10 @@ class StateStore(Protocol):
         ...
 
     def health(self) -> dict[str, Any]:
-        """For /+status: ``state`` ("up", "down" or "embedded"), ``last_error``, ..."""
+        """For /+status: ``state`` and, for Redis, ``last_error`` and more.
+
+        ``state`` is "embedded", or "connecting", "up", "down" or "closed".
+        """
         ...
 
     async def open(self) -> None: ...

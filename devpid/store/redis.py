@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -41,6 +42,8 @@ DEFAULT_TIMEOUT = 2.0
 RECONNECT_MAX_DELAY = 2.0
 #: Seconds between PINGs, so /+status knows Redis's state even when nothing else asks.
 HEARTBEAT_INTERVAL = 2.0
+#: TCP keepalive on the subscriber's connection: idle seconds, probe interval, probes.
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_PROBES = 15, 5, 4
 #: Errors that mean "Redis is not there right now", as opposed to a bug.
 _UNREACHABLE = (
     txredisapi.ConnectionError,
@@ -48,6 +51,17 @@ _UNREACHABLE = (
     ConnectionDone,
     TimeoutError,
     CancelledError,
+)
+#: Error replies that mean "this Redis cannot serve right now" rather than a bad command.
+_UNAVAILABLE_REPLIES = (
+    "LOADING",
+    "READONLY",
+    "MISCONF",
+    "OOM",
+    "NOAUTH",
+    "BUSY",
+    "MASTERDOWN",
+    "TRYAGAIN",
 )
 
 #: HINCRBY every (name, amount) pair of ARGV into KEYS[1], atomically.
@@ -112,6 +126,7 @@ class RedisStore:
     last_error_at: float | None = None
     _pool: Any = None
     _heartbeat: LoopingCall | None = None
+    _closing: bool = False
     log = Logger()
 
     @property
@@ -135,7 +150,7 @@ class RedisStore:
     @property
     def pool(self) -> Any:
         if self._pool is None:
-            raise RuntimeError("the redis store is not open")
+            raise StoreUnavailable("the redis store is closed")
         return self._pool
 
     def _key(self, kind: str, name: str) -> str:
@@ -168,14 +183,18 @@ class RedisStore:
             with contextlib.suppress(StoreUnavailable):
                 await self._run("ping")
 
-        return Deferred.fromCoroutine(ping())
+        d = Deferred.fromCoroutine(ping())
+        d.addErrback(lambda f: self.log.failure("redis heartbeat failed", f))
+        return d
 
     async def close(self) -> None:
+        self._closing = True
         if self._heartbeat is not None and self._heartbeat.running:
             self._heartbeat.stop()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.disconnect()
+        self.state = "closed"
 
     async def _run(self, command: str, *args: Any) -> Any:
         """One command, or ``StoreUnavailable`` within ``timeout`` seconds."""
@@ -189,6 +208,11 @@ class RedisStore:
         except _UNREACHABLE as e:
             self._went_down(f"{type(e).__name__}: {e}".rstrip(": "))
             raise StoreUnavailable(f"redis is unavailable: {self.last_error}") from None
+        except txredisapi.ResponseError as e:
+            if not str(e).startswith(_UNAVAILABLE_REPLIES):
+                raise
+            self._went_down(str(e).splitlines()[0])
+            raise StoreUnavailable(f"redis is unavailable: {self.last_error}") from None
         if self.state != "up":
             if self.state == "down":
                 self.log.info("redis is reachable again at {url}", url=mask_password(self.url))
@@ -198,6 +222,9 @@ class RedisStore:
     def _went_down(self, reason: str) -> None:
         self.last_error = reason
         self.last_error_at = self.clock.seconds()
+        if self._closing:  # disconnecting on purpose is not an outage
+            self.state = "closed"
+            return
         if self.state != "down":
             self.state = "down"
             self.log.warn(
@@ -259,10 +286,27 @@ class RedisStore:
         await self._run("publish", self.channel, json.dumps(message, separators=(",", ":")))
 
 
+def _keep_alive(transport: Any) -> None:
+    """Probe an idle connection, so a Redis host that vanished is noticed within a minute.
+
+    The subscriber only listens; without probes a silently dropped connection
+    would look subscribed forever.
+    """
+    handle = getattr(transport, "getHandle", lambda: None)()
+    if handle is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        handle.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        handle.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
+        handle.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
+        handle.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
+
+
 class _SubscriberProtocol(txredisapi.SubscriberProtocol):
     factory: _SubscriberFactory
 
     def connectionMade(self) -> Any:
+        _keep_alive(self.transport)
         d = super().connectionMade()
         d.addCallback(lambda _: self.factory.subscriber.connected(self))
         return d
