@@ -202,6 +202,20 @@ class FileStore:
         os.close(fd)
         return None
 
+    def being_written(self, partial: Path) -> bool:
+        """Whether a live process holds the ``flock`` of a temporary file."""
+        try:
+            fd = os.open(partial, os.O_WRONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            if not lock_for_writing(fd):
+                return True
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        finally:
+            os.close(fd)
+
     def relative(self, final: Path) -> str:
         """``final`` relative to the files root: how processes name a file to each other."""
         return final.relative_to(self.files_root).as_posix()

@@ -108,6 +108,8 @@ class Download:
     #: Whether this download holds the shared lock of its file (under ``_lock_value``).
     _locked: bool = False
     _lock_value: str = ""
+    #: Whether this download announced itself as the owner to the other processes.
+    _announced: bool = False
     _finished: bool = False
     #: Fires when the shared lock has been let go after the download ended.
     unlocked: Deferred[None] | None = None
@@ -244,6 +246,7 @@ class Download:
         if self.over:
             return
         if self.peers is not None and self._locked:
+            self._announced = True
             await self.peers.announce(self.spec.final_path, state="connecting")
             if self.over:
                 return
@@ -542,7 +545,13 @@ class Download:
                     if self.over:
                         self._release_lock()
                         return False
-                    return True
+                    if self.partial_path is None or not self.files.being_written(self.partial_path):
+                        return True
+                    # The lock ran out under an owner that still writes (the store
+                    # lost it, or a renewal got no answer in time): keep following,
+                    # and let the owner have its lock back.
+                    self._locked = False
+                    await peers.release(final, self._lock_value)
             await deferLater(self.clock, FOLLOW_POLL, lambda: None)
         return False
 
@@ -638,7 +647,7 @@ class Download:
         """Tell the followers how it ended, then let go of the lock (in that order)."""
         if self.verified:
             await peers.forget(self.spec.final_path)
-        else:
+        elif self._announced:  # a follower that never owned the file has nothing to say
             await peers.announce(self.spec.final_path, state="failed", error=self.error)
         await peers.release(self.spec.final_path, self._lock_value)
 

@@ -177,6 +177,40 @@ def test_killing_the_owner_mid_transfer_lets_another_process_finish(
         second.stop()
 
 
+def test_a_lock_lost_under_a_live_owner_costs_nothing(
+    pair: tuple[DevpidProcess, DevpidProcess],
+    upstream: UpstreamProcess,
+    redis: RedisServer,
+    demo_repository: Repository,
+) -> None:
+    """Redis forgets the download lock (a restart without persistence, a failover)
+    while its owner still downloads: the follower that gets the lock finds the
+    owner's file still flock-ed, so it follows on; one GET, every client whole."""
+    first, second = pair
+    path = file_path_of(first, "devpid-demo-big", BIG)
+    file_path_of(second, "devpid-demo-big", BIG)
+    upstream.control(rate=BIG_FILE_SIZE / 3)  # about three seconds
+    expected = demo_repository.sha256(BIG)
+    with ThreadPoolExecutor(4) as pool:
+        owner_client = pool.submit(raw_get, first, path, timeout=60)
+        assert wait_for(lambda: role_of(first) == "owner"), first.log_text()[-3000:]
+        followers = [pool.submit(raw_get, second, path, timeout=60) for _ in range(3)]
+        assert wait_for(lambda: role_of(second) == "follower"), second.log_text()[-3000:]
+        locks = redis.command("KEYS", "*lock:download:*")
+        assert isinstance(locks, list) and len(locks) == 1
+        redis.command("DEL", *(str(key) for key in locks))
+        results = [owner_client.result(), *(f.result() for f in followers)]
+    size = demo_repository.path(BIG).stat().st_size
+    for status, length, body in results:
+        assert status == 200 and length == size and len(body) == size
+        assert hashlib.sha256(body).hexdigest() == expected
+    assert upstream.stats()["gets"][f"/files/{BIG}"] == 1
+    assert second.status()["shared"]["takeovers"] == 0
+    stored = cached_file(first.serverdir, BIG)
+    assert stored is not None and hashlib.sha256(stored.read_bytes()).hexdigest() == expected
+    assert wait_for(lambda: partial_files(first.serverdir) == [], timeout=5)
+
+
 def test_one_poller_and_failover_when_the_leader_dies(
     tmp_path: Path, upstream: UpstreamProcess, redis: RedisServer
 ) -> None:

@@ -485,9 +485,33 @@ def attach_to(download: Download, **options: Any) -> FakeClient:
 # -- the lock is only a hint: the flock and the file decide ---------------------
 
 
-def test_a_live_owners_file_is_never_adopted_when_its_lock_ran_out(tmp_path: Path) -> None:
-    """The store lost the lock under a live owner: the new lock holder fetches a copy of
-    its own instead of writing into the owner's file, and both commit verified bytes."""
+def test_a_follower_keeps_following_a_live_owner_whose_lock_ran_out(tmp_path: Path) -> None:
+    """The store lost the lock under a live owner (it still holds its file's flock):
+    the follower that gets the lock gives it back and follows on; one download."""
+    pair = start_pair(tmp_path)
+    upstream = FakeRangeUpstream(FakeResponse(len(BODY), code=200))
+    pair.follow(upstream)
+    client = attach_to(pair.follower)
+    pair.owner.response.send(CHUNKS[0])
+    pair.tick()
+    pair.owner.clock.advance(10.5)  # the lock runs out; the owner still writes
+    pair.tick(20)
+    assert pair.follower.role == "follower" and pair.peers.takeovers == 0
+    assert upstream.offsets == []  # no second download
+    name = "download:" + pair.peers.files.relative(pair.owner.final)
+    holder = Deferred.fromCoroutine(pair.store.lock_owner(name))
+    assert holder.result is None  # given back, for the owner's next renewal
+    for chunk in CHUNKS[1:]:
+        pair.owner.response.send(chunk)
+    pair.owner.response.end()
+    pair.tick()
+    assert bytes(client.received) == BODY and client.finished
+    assert pair.follower.verified and pair.owner.final.read_bytes() == BODY
+
+
+def test_a_copy_of_its_own_when_the_announced_file_is_still_written(tmp_path: Path) -> None:
+    """Taking over, a download never adopts a file whose writer lives: it fetches its own
+    copy; clients that had bytes of the other file are cut off, the others read the new one."""
     pair = start_pair(tmp_path)
     whole = FakeResponse(len(BODY), code=200)
     upstream = FakeRangeUpstream(whole)
@@ -498,18 +522,20 @@ def test_a_live_owners_file_is_never_adopted_when_its_lock_ran_out(tmp_path: Pat
     pair.owner.response.send(CHUNKS[0])
     pair.tick()
     assert len(early.received) > 0 and len(waiting.received) == 0
-    pair.owner.clock.advance(10.5)  # the lock runs out; the owner still writes
-    pair.tick(20)
+    # The follower already holds the lock when it looks at the owner's file.
+    pair.follower._locked = True
+    pair.follower._take_over(pair.peers)
+    Deferred.fromCoroutine(pair.follower._fetch(upstream))  # type: ignore[arg-type]
     new_owner = pair.follower
     assert new_owner.role == "owner" and new_owner.resumed_from == 0
     assert upstream.offsets == [0]  # a copy of its own, from the start
-    assert early.aborted  # it had bytes of the other file
+    assert early.aborted
     assert new_owner.partial_path != pair.owner.download.partial_path
     for chunk in CHUNKS:
         whole.send(chunk)
     whole.end()
     assert new_owner.verified
-    waiting.producer.resumeProducing()  # it reads the new owner's copy from its start
+    waiting.producer.resumeProducing()
     assert bytes(waiting.received) == BODY and waiting.finished
     for chunk in CHUNKS[1:]:
         pair.owner.response.send(chunk)
