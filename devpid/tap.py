@@ -78,7 +78,7 @@ _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "::"}
 
 def _is_own_address(upstream: str, listen: str) -> bool:
     """Whether the upstream URL points at the local port devpid listens on."""
-    match = re.match(r"^tcp6?:(?:port=)?(\d+)", listen)
+    match = re.match(r"^(?:tcp6?|reuseport):(?:port=)?(\d+)", listen)
     if match is None:
         return False
     parts = urlsplit(upstream)

@@ -9,6 +9,7 @@ and no failed request for cached content while Redis goes away and comes back.
 from __future__ import annotations
 
 import hashlib
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -209,6 +210,37 @@ def test_a_lock_lost_under_a_live_owner_costs_nothing(
     stored = cached_file(first.serverdir, BIG)
     assert stored is not None and hashlib.sha256(stored.read_bytes()).hexdigest() == expected
     assert wait_for(lambda: partial_files(first.serverdir) == [], timeout=5)
+
+
+def test_two_processes_share_one_port_with_reuseport(
+    tmp_path: Path, upstream: UpstreamProcess, redis: RedisServer, demo_repository: Repository
+) -> None:
+    """``--listen reuseport:PORT``: the kernel spreads connections over both processes,
+    and they still make one upstream GET per file."""
+    port = _free_port()
+    listen = ("--listen", f"reuseport:{port}:interface=127.0.0.1")
+    first, second = start_pair(tmp_path, upstream, redis, "--changelog-interval", "0", *listen)
+    try:
+        assert first.url == second.url == f"http://127.0.0.1:{port}"
+        # Each status request is a new connection: both processes answer some.
+        answering = {first.status()["process"] for _ in range(40)}
+        assert len(answering) == 2
+        path = file_path_of(first, "devpid-demo-big", BIG)
+        upstream.control(rate=BIG_FILE_SIZE)  # about a second: every request overlaps
+        with ThreadPoolExecutor(10) as pool:
+            results = list(pool.map(lambda _: raw_get(first, path), range(10)))
+        expected = demo_repository.sha256(BIG)
+        assert all(hashlib.sha256(body).hexdigest() == expected for _, _, body in results)
+        assert upstream.stats()["gets"][f"/files/{BIG}"] == 1
+    finally:
+        first.stop()
+        second.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def test_one_poller_and_failover_when_the_leader_dies(

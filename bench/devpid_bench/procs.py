@@ -240,10 +240,13 @@ def start_devpid(
     upstream: Upstream,
     extra_args: Sequence[str] = (),
     label: str = "devpid",
+    shared_port: int | None = None,
 ) -> Server:
-    """``twist devpid`` on a free loopback port; ``extra_args`` go after devpid's own."""
+    """``twist devpid`` on a free loopback port, or on ``shared_port`` with ``reuseport:``
+    (several processes on one port); ``extra_args`` go after devpid's own."""
     serverdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = shared_port or free_port()
+    kind = "reuseport" if shared_port else "tcp"
     child = procs.start(
         name,
         [
@@ -254,7 +257,7 @@ def start_devpid(
             "text",
             "devpid",
             "--listen",
-            f"tcp:{port}:interface=127.0.0.1",
+            f"{kind}:{port}:interface=127.0.0.1",
             "--serverdir",
             str(serverdir),
             "--upstream",

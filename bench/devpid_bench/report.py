@@ -27,12 +27,15 @@ TABLES: dict[str, tuple[Column, ...]] = {
         Column("upstream", "upstream"),
         Column("devpid/upstream", "devpid", "upstream"),
     ),
-    # issue 3: devpid processes sharing a serverdir and a Redis, behind nginx
+    # issue 3: devpid processes sharing a serverdir and a Redis, behind nginx, and two
+    # more sharing one port (reuseport:) with no balancer but the kernel
     "cluster": (
         Column("direct", "direct"),
         Column("1 proc", "1 proc"),
         Column("2 procs", "2 procs"),
         Column("2/1", "2 procs", "1 proc"),
+        Column("2 port", "2 port"),
+        Column("2 port/direct", "2 port", "direct"),
     ),
 }
 
