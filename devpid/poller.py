@@ -35,6 +35,7 @@ from devpid.upstream import (
     ChangelogUnsupported,
     RateLimited,
     UpstreamClient,
+    UpstreamError,
     describe_failure,
 )
 
@@ -181,6 +182,10 @@ class ChangelogPoller:
                 "upstream has no changelog; relying on --cache-expiry ({reason})", reason=str(e)
             )
         except StoreUnavailable as e:
+            self.last_error = str(e)
+        except UpstreamError as e:  # the upstream is away or broken: one line, not a traceback
+            if self.last_error != str(e):
+                self.log.warn("changelog poll failed: {reason}", reason=str(e))
             self.last_error = str(e)
         except Exception as e:
             self.last_error = describe_failure(e)

@@ -28,7 +28,7 @@ class FakeUpstream(FakeIndex):
     """Pages as ``FakeIndex``, plus ``POST /pypi`` answering from ``changelog``."""
 
     changelog: list[list[Any]] = attrs.field(factory=list)
-    #: "ok", "429", "missing" (404), "html", "fault", "500-once", "hang"
+    #: "ok", "429", "missing" (404), "html", "fault", "500", "500-once", "hang"
     mode: str = "ok"
     retry_after: str | None = "30"
     calls: list[tuple[Any, ...]] = attrs.field(factory=list)
@@ -50,6 +50,9 @@ class FakeUpstream(FakeIndex):
         if self.mode == "missing":
             request.setResponseCode(404)
             return b"not found"
+        if self.mode == "500":
+            request.setResponseCode(500)
+            return b"down for maintenance"
         if self.mode == "500-once":
             self.mode = "ok"
             request.setResponseCode(500)
@@ -331,3 +334,20 @@ def test_one_process_polls_and_a_slow_poll_keeps_the_lead(pw: PollWorld) -> None
     assert second.is_leader and second.leader == second.identity.token
     assert pw.upstream.calls[-1] == ("changelog_since_serial", HEAD)
     assert len(pw.upstream.calls) == 2
+
+
+def test_a_failing_upstream_is_one_warning_not_a_traceback_per_tick(
+    pw: PollWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[dict[str, Any]] = []
+    monkeypatch.setattr(ChangelogPoller, "log", Logger(observer=events.append))
+    pw.set_cursor(HEAD)
+    pw.upstream.mode = "500"
+    for _ in range(3):
+        pw.tick()
+        pw.world.later(60)
+    assert len(pw.upstream.calls) == 3  # it keeps asking
+    assert "500" in (pw.poller.last_error or "")
+    assert not any("log_failure" in e for e in events)
+    warnings = [e for e in events if e["log_format"].startswith("changelog poll failed")]
+    assert len(warnings) == 1  # said once while the reason stays the same

@@ -199,7 +199,12 @@ class RedisStore:
     async def _run(self, command: str, *args: Any) -> Any:
         """One command, or ``StoreUnavailable`` within ``timeout`` seconds."""
         pool = self.pool
-        if self.state == "down" and not pool._factory.size:
+        if not pool._factory.size and self.state in ("up", "down"):
+            # Every connection is gone (Redis stopped, or the network): fail now
+            # instead of waiting ``timeout`` for a reconnection. Only at start-up
+            # ("connecting") does a call wait for the first connection.
+            if self.state == "up":
+                self._went_down("connection lost")
             raise StoreUnavailable(f"redis is unavailable: {self.last_error}")
         d: Deferred[Any] = getattr(pool, command)(*args)
         d.addTimeout(self.timeout, self.clock)
