@@ -1,11 +1,12 @@
 """``reuseport:`` listening: several devpid processes on one TCP port, the kernel balancing.
 
-``--listen reuseport:3141:interface=127.0.0.1`` binds with ``SO_REUSEPORT``
-(Linux 3.9+, the BSDs), so every worker sharing a serverdir and a Redis can
-listen on the same port and the kernel spreads new connections across them:
-a balancer that costs no CPU. It takes the options of ``tcp:``: ``port``
-(first, or ``port=``), ``interface`` (default all IPv4 addresses) and
-``backlog`` (default 50).
+``--listen reuseport:3141:interface=127.0.0.1`` binds with ``SO_REUSEPORT``,
+so every worker sharing a serverdir and a Redis can listen on the same port
+and Linux (3.9 and later) spreads new connections across them: a balancer
+that costs no CPU. Other systems may accept the option without balancing.
+It takes the options of ``tcp:``: ``port`` (first, or ``port=``; not 0,
+which would give each process a port of its own), ``interface`` (default
+all IPv4 addresses) and ``backlog`` (default 50).
 
 Only processes of the same user can share such a port (the kernel's rule),
 so another user's process cannot steal devpid's connections.
@@ -58,7 +59,7 @@ class ReusePortEndpoint:
                 family,
                 protocolFactory,  # type: ignore[arg-type]  # any IProtocolFactory does
             )
-        except OSError as e:
+        except (OSError, OverflowError, AttributeError) as e:  # no SO_REUSEPORT: AttributeError
             return fail(CannotListenError(self.interface, self.port, e))
         finally:
             sock.close()
@@ -78,12 +79,12 @@ class ReusePortParser:
         options = {name: str(value) for name, value in kwargs.items()}
         positional = [str(arg) for arg in args]
         port = options.pop("port", None) or (positional[0] if positional else None)
-        if port is None or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError(f"reuseport: needs a port number, got {port!r}")
+        if port is None or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise ValueError(f"reuseport: needs a port number from 1 to 65535, got {port!r}")
         interface = options.pop("interface", "")
         backlog = options.pop("backlog", str(DEFAULT_BACKLOG))
-        if not backlog.isdigit():
-            raise ValueError(f"reuseport: backlog must be a number, got {backlog!r}")
+        if not backlog.isdigit() or not 0 < int(backlog) <= 65535:
+            raise ValueError(f"reuseport: backlog must be a number up to 65535, got {backlog!r}")
         if len(positional) > 1 or options:
             unknown = ", ".join([*positional[1:], *options])
             raise ValueError(f"reuseport: unknown options: {unknown}")

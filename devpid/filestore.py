@@ -81,6 +81,10 @@ def _remove_unless_written(path: str) -> bool:
     try:
         if not lock_for_writing(fd):
             return False
+        # Still the file that was locked? Its writer may have replaced it meanwhile.
+        held, named = os.fstat(fd), os.stat(path)
+        if (held.st_dev, held.st_ino) != (named.st_dev, named.st_ino):
+            return False
         os.unlink(path)
         return True
     finally:
@@ -144,6 +148,12 @@ class FileStore:
                             counts.pages += 1
                     except FileNotFoundError:  # another process committed or removed it
                         continue
+                    except OSError as e:
+                        self.log.warn(
+                            "cannot check {path} at start-up: {reason}",
+                            path=path,
+                            reason=e.strerror or str(e),
+                        )
         self.counts = counts
         if removed:
             self.log.info("removed {count} partial files left by a crash", count=removed)
@@ -175,9 +185,14 @@ class FileStore:
         for _attempt in range(3):
             partial.unlink(missing_ok=True)
             fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            # Another process's start-up sweep may have caught it between the two calls.
-            if lock_for_writing(fd) and os.fstat(fd).st_nlink:
-                return partial, fd
+            try:
+                # Another process's start-up sweep may have caught it between the calls.
+                if lock_for_writing(fd) and os.fstat(fd).st_nlink:
+                    return partial, fd
+            except BaseException:  # no flock on this file system, say: nothing left behind
+                os.close(fd)
+                partial.unlink(missing_ok=True)
+                raise
             os.close(fd)
         raise OSError(errno.EBUSY, "the temporary file keeps being removed")
 
@@ -199,6 +214,9 @@ class FileStore:
                 return partial, fd
         except FileNotFoundError:
             pass
+        except BaseException:
+            os.close(fd)
+            raise
         os.close(fd)
         return None
 

@@ -79,6 +79,8 @@ class Download:
     idle_timeout: float
     #: Called once with the Download when it is over, verified or not.
     on_done: Callable[[Download], None] = lambda download: None
+    #: Told of every release of the shared lock, which may outlive ``on_done``.
+    on_unlock: Callable[[Deferred[None]], None] = lambda unlocked: None
     #: Other processes that may download the same file; None when this one is alone.
     peers: SharedDownloads | None = None
     #: "owner" (fetches from the upstream) or "follower" (streams another process's file).
@@ -145,6 +147,8 @@ class Download:
         except Exception as e:  # a bug must not leave clients waiting forever
             self.log.failure("download of {url} broke", url=self.spec.url)
             self._fail(f"internal error: {describe_failure(e)}")
+        if self.unlocked is not None:  # a lock let go before the download got going
+            await self.unlocked
 
     async def _run(self, upstream: UpstreamClient) -> None:
         peers = self.peers
@@ -202,10 +206,11 @@ class Download:
             return False
         self._close_fds()
         self._read_fd = fd
-        self._settle_readers()
         size = os.fstat(fd).st_size
+        self.total = size
+        self._settle_readers()
         self.state = "verified"
-        self.received = self.releasable = self.total = size
+        self.received = self.releasable = size
         self._headers_known()
         self._finish()
         return True
@@ -213,29 +218,36 @@ class Download:
     def _renew(self) -> Deferred[None]:
         async def renew() -> None:
             assert self.peers is not None
-            if self.over or not self._locked:
+            if self.over:
                 return
             claim = await self.peers.claim(self.spec.final_path, self._lock_value)
-            if claim == "busy" and self._locked and not self.over:
+            if self.over:
+                if claim == "owned" and not self._locked:  # taken back too late: let go
+                    await self.peers.release(self.spec.final_path, self._lock_value)
+                return
+            if claim == "busy" and self._locked:
                 self._lose_lock()
+            elif claim == "owned" and not self._locked:
+                self._locked = True
+                self.log.info("got the download lock of {url} back", url=self.spec.url)
 
         d = Deferred.fromCoroutine(renew())
         d.addErrback(lambda f: self.log.failure("could not renew a download lock", f))
         return d
 
     def _lose_lock(self) -> None:
-        """Another process took the lock (the store lost it): finish without it.
+        """Another process holds the lock (the store lost ours): go on without it.
 
         Its process cannot adopt this file while this one writes it (the
-        ``flock``), so the worst outcome is a second download of the same bytes.
+        ``flock``), so the worst outcome is a second download of the same
+        bytes. The renewal goes on trying, and takes the lock back once it is
+        free (a follower that found this file still written gives it back).
         """
         assert self.peers is not None
         self.peers.lost_locks += 1
         self._locked = False
-        if self._renewal is not None and self._renewal.running:
-            self._renewal.stop()
         self.log.warn(
-            "lost the download lock of {url} to another process; finishing without it",
+            "lost the download lock of {url} to another process; going on without it",
             url=self.spec.url,
         )
 
@@ -307,9 +319,9 @@ class Download:
             await deferLater(self.clock, 0, lambda: None)
             if self.over:  # aborted meanwhile; _fail removed the file
                 return 0
+        self.total = total
         self._settle_readers()
         self.received = self.releasable = self.resumed_from = offset
-        self.total = total
         if offset >= total:  # the owner died between its last byte and the rename
             self._publish_verified_or_fail()
             return offset
@@ -323,9 +335,9 @@ class Download:
 
     def _drop_adopted(self) -> None:
         """Forget the adopted bytes; ``_start_streaming`` cuts off the clients that had some."""
-        self._close_fds()
         if self.partial_path is not None:
             self.files.discard(self.partial_path)
+        self._close_fds()
         self.partial_path = None
         self._hasher = hashlib.sha256()
         self.received = self.releasable = self.resumed_from = 0
@@ -585,11 +597,14 @@ class Download:
             theirs = os.fstat(reader.fd)
             if (theirs.st_dev, theirs.st_ino) == (current.st_dev, current.st_ino):
                 continue
-            if reader.offset:
+            # It must not have had bytes of the other file, nor been promised
+            # another length (its Content-Length is sent).
+            if reader.offset or reader.promised not in (None, self.total):
                 reader.cut_off()
-            else:
-                os.close(reader.fd)
-                reader.fd = os.dup(self._read_fd)
+                continue
+            fd = os.dup(self._read_fd)
+            os.close(reader.fd)
+            reader.fd = fd
 
     # -- the end ---------------------------------------------------------------
 
@@ -614,9 +629,10 @@ class Download:
             reason=reason,
         )
         if self.role == "owner":
-            self._close_fds()
+            # Unlinked while still flock-ed: nobody can adopt a file judged bad.
             if self.partial_path is not None:
                 self.files.discard(self.partial_path)
+            self._close_fds()
         waiters, self._header_waiters = self._header_waiters, []
         for waiter in waiters:
             waiter.errback(DownloadFailed(reason))
@@ -631,17 +647,20 @@ class Download:
         self._idle_timer = None
         if self._renewal is not None and self._renewal.running:
             self._renewal.stop()
-        for reader in list(self.readers):
-            reader.pump()
-        self._close_fds()
-        self._release_lock()
-        self.on_done(self)
+        try:
+            for reader in list(self.readers):
+                reader.pump()
+            self._close_fds()
+        finally:  # whatever a client's pump did, the lock and the manager must hear
+            self._release_lock()
+            self.on_done(self)
 
     def _release_lock(self) -> None:
         if self._locked and self.peers is not None:
             self._locked = False
             self.unlocked = Deferred.fromCoroutine(self._unlock(self.peers))
             self.unlocked.addErrback(lambda f: self.log.failure("could not release a lock", f))
+            self.on_unlock(self.unlocked)
 
     async def _unlock(self, peers: SharedDownloads) -> None:
         """Tell the followers how it ended, then let go of the lock (in that order)."""
@@ -659,7 +678,7 @@ class Download:
             fd = os.dup(self._read_fd)
         else:
             fd = os.open(self.spec.final_path, os.O_RDONLY)
-        reader = TeeReader(self, request, fd)
+        reader = TeeReader(self, request, fd, promised=self.total)
         self.readers.add(reader)
         request.registerProducer(reader, True)
         request.notifyFinish().addBoth(reader.client_gone)
@@ -694,6 +713,8 @@ class TeeReader:
     download: Download
     request: Request
     fd: int | None
+    #: The Content-Length the client was sent (None: none was).
+    promised: int | None = None
     offset: int = 0
     paused: bool = False
     done: bool = False
@@ -772,6 +793,8 @@ class DownloadManager:
     _drained: list[Deferred[None]] = attrs.field(factory=list)
     #: Shared locks still being let go by downloads that are over.
     _unlocking: set[Deferred[None]] = attrs.field(factory=set)
+    #: ``Download.run`` of each download whose coroutine has not returned yet.
+    _runs: set[Deferred[None]] = attrs.field(factory=set)
 
     def download_for(self, spec: FileSpec) -> tuple[Download, bool]:
         """The running download of ``spec`` and whether this call started it."""
@@ -779,23 +802,20 @@ class DownloadManager:
         if download is not None:
             return download, False
         download = Download(
-            spec, self.files, self.clock, self.idle_timeout, self._done, peers=self.peers
+            spec,
+            self.files,
+            self.clock,
+            self.idle_timeout,
+            self._done,
+            self._track_unlock,
+            peers=self.peers,
         )
         self.running[spec.final_path] = download
-        Deferred.fromCoroutine(download.run(self.upstream))
+        self._track(self._runs, Deferred.fromCoroutine(download.run(self.upstream)))
         return download, True
 
     def _done(self, download: Download) -> None:
         self.running.pop(download.spec.final_path, None)
-        unlocked = download.unlocked
-        if unlocked is not None and not unlocked.called:
-            self._unlocking.add(unlocked)
-
-            def let_go(result: object) -> object:
-                self._unlocking.discard(unlocked)
-                return result
-
-            unlocked.addBoth(let_go)
         if download.committed_here and download.spec.sha256 is None:
             self.stats.incr("files_without_hash")
         if download.state == "failed":
@@ -814,9 +834,27 @@ class DownloadManager:
             d.callback(None)
         return d
 
+    def _track_unlock(self, unlocked: Deferred[None]) -> None:
+        self._track(self._unlocking, unlocked)
+
+    @staticmethod
+    def _track(pending: set[Deferred[None]], d: Deferred[None]) -> None:
+        if d.called:
+            return
+        pending.add(d)
+
+        def let_go(result: object) -> object:
+            pending.discard(d)
+            return result
+
+        d.addBoth(let_go)
+
     def unlocked(self) -> Deferred[Any]:
-        """Fires when every shared lock of a download that is over has been let go."""
-        return gatherResults(list(self._unlocking), consumeErrors=True)
+        """Fires when every shared lock of a download that is over has been let go.
+
+        That includes a lock granted to a download aborted while it asked for it.
+        """
+        return gatherResults([*self._runs, *self._unlocking], consumeErrors=True)
 
     def abort_all(self, reason: str) -> None:
         for download in list(self.running.values()):

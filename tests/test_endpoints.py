@@ -30,6 +30,8 @@ def test_the_listen_option_knows_reuseport() -> None:
         ("reuseport:70000", "needs a port number"),
         ("reuseport:3141:colour=blue", "unknown options: colour"),
         ("reuseport:3141:backlog=lots", "backlog must be a number"),
+        ("reuseport:3141:backlog=99999999999999999999", "backlog must be a number"),
+        ("reuseport:0", "needs a port number from 1 to 65535"),
     ],
 )
 def test_a_bad_reuseport_description_says_what_is_wrong(description: str, complaint: str) -> None:

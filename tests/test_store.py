@@ -11,6 +11,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -189,6 +190,8 @@ async def test_a_read_only_redis_is_unavailable_for_writes_not_a_crash(
         try:
             with pytest.raises(StoreUnavailable, match="READONLY"):
                 await store.set_document("page", {"v": 2})
+            with pytest.raises(StoreUnavailable, match="READONLY"):  # from inside a script
+                await store.acquire_lock("download:x", "me#1", 5)
             assert store.health()["state"] == "down"
             assert await store.get_document("page") == {"v": 1}  # reads still work
             assert store.health()["state"] == "up"
@@ -200,6 +203,53 @@ async def test_a_read_only_redis_is_unavailable_for_writes_not_a_crash(
     assert store.health()["state"] == "closed"  # closing on purpose is not an outage
     with pytest.raises(StoreUnavailable, match="closed"):
         await store.get_document("page")
+
+
+@attrs.define
+class _RefusingPool:
+    """What RedisStore uses of txredisapi's pool, answering every command with one error."""
+
+    reply: str
+    _factory: Any = attrs.field(factory=lambda: type("Factory", (), {"size": 1})())
+
+    def __getattr__(self, command: str) -> Any:
+        import txredisapi
+        from twisted.internet.defer import fail
+
+        return lambda *args: fail(txredisapi.ResponseError(self.reply))
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "LOADING Redis is loading the dataset in memory",
+        "ERR Error running script (call to f_0c1d): @user_script:4: @user_script: 4: "
+        "-READONLY You can't write against a read only replica.",
+        "ERR Error running script (call to f_3f2a): @user_script:2: -OOM command not allowed",
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_redis_replies_that_mean_an_outage_are_unavailable(reply: str) -> None:
+    from devpid.store.redis import RedisStore
+
+    store = RedisStore("redis://127.0.0.1:1/0", "devpid:", Clock(), state="up")
+    store._pool = _RefusingPool(reply)
+    with pytest.raises(StoreUnavailable):
+        await store.acquire_lock("download:x", "me#1", 10)
+    assert store.health()["state"] == "down"
+
+
+@pytest_twisted.ensureDeferred
+async def test_other_redis_error_replies_are_bugs_and_say_so() -> None:
+    import txredisapi
+
+    from devpid.store.redis import RedisStore
+
+    store = RedisStore("redis://127.0.0.1:1/0", "devpid:", Clock(), state="up")
+    store._pool = _RefusingPool("ERR unknown command 'FROB'")
+    with pytest.raises(txredisapi.ResponseError):
+        await store.get_document("x")
+    assert store.health()["state"] == "up"
 
 
 def test_redis_description_masks_the_password() -> None:

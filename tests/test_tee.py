@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 from pathlib import Path
@@ -19,6 +21,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from devpid import filestore
 from devpid.filestore import FileStore
 from devpid.identity import ProcessIdentity
 from devpid.peers import SharedDownloads
@@ -577,24 +580,27 @@ def test_a_second_writer_makes_the_download_fail_instead_of_committing(tmp_path:
 
 
 def test_a_download_aborted_while_claiming_lets_its_lock_go(tmp_path: Path) -> None:
+    """Shutdown aborts a download still asking for its lock: the manager's ``unlocked()``
+    waits until the lock, granted after all, has been let go."""
     files = FileStore(tmp_path)
     files.prepare()
     clock = MemoryReactorClock()
     store = SlowLockStore(EmbeddedStore(tmp_path / "state.sqlite", clock))
     Deferred.fromCoroutine(store.inner.open())
-    identity = ProcessIdentity()
-    peers = SharedDownloads(store, files, identity, lock_ttl=10)  # type: ignore[arg-type]
-    final = files.file_path("root/pypi", "abc", "0123456789abc", "demo-1.0.tar.gz")
-    spec = FileSpec("http://upstream.test/demo-1.0.tar.gz", final, SHA, None)
-    download = Download(spec, files, clock, idle_timeout=30, peers=peers)
+    peers = SharedDownloads(store, files, ProcessIdentity(), lock_ttl=10)  # type: ignore[arg-type]
     upstream = FakeRangeUpstream(FakeResponse(len(BODY)))
-    Deferred.fromCoroutine(download.run(upstream))  # type: ignore[arg-type]
-    download.abort("devpid is shutting down")
+    downloads = DownloadManager(files, upstream, clock, 30, Stats(), peers=peers)  # type: ignore[arg-type]
+    final = files.file_path("root/pypi", "abc", "0123456789abc", "demo-1.0.tar.gz")
+    downloads.download_for(FileSpec("http://upstream.test/demo-1.0.tar.gz", final, SHA, None))
+    downloads.abort_all("devpid is shutting down")
+    assert downloads.running == {}
+    unlocked = downloads.unlocked()
+    assert not unlocked.called  # the claim is still out
     store.answer()  # the lock is granted after all
+    assert unlocked.called
     assert upstream.offsets == []  # nothing fetched
     holder = Deferred.fromCoroutine(store.inner.lock_owner("download:" + files.relative(final)))
     assert holder.result is None
-    assert download.unlocked is not None and download.unlocked.called
 
 
 def test_a_download_that_loses_its_lock_finishes_without_it(tmp_path: Path) -> None:
@@ -617,6 +623,51 @@ def test_a_download_that_loses_its_lock_finishes_without_it(tmp_path: Path) -> N
     assert download.verified and setup.final.read_bytes() == BODY
     holder = Deferred.fromCoroutine(store.lock_owner(name))
     assert holder.result == "someone-else#1"  # not released by the one that lost it
+
+
+def test_a_download_takes_its_lost_lock_back_once_it_is_free(tmp_path: Path) -> None:
+    setup = start(tmp_path)
+    download = setup.download
+    store = EmbeddedStore(tmp_path / "state.sqlite", setup.clock)
+    Deferred.fromCoroutine(store.open())
+    peers = SharedDownloads(store, setup.files, setup.files.identity, lock_ttl=3)
+    name = "download:" + setup.files.relative(setup.final)
+    download.peers, download._lock_value, download._locked = peers, "me#1", True
+    Deferred.fromCoroutine(store.acquire_lock(name, "follower#1", 3))  # ours ran out
+    download._renew()
+    assert peers.lost_locks == 1 and not download._locked
+    Deferred.fromCoroutine(store.release_lock(name, "follower#1"))  # the follower gives it back
+    download._renew()
+    assert download._locked
+    holder = Deferred.fromCoroutine(store.lock_owner(name))
+    assert holder.result == "me#1"
+    for chunk in CHUNKS:
+        setup.response.send(chunk)
+    setup.response.end()
+    assert download.verified
+    holder = Deferred.fromCoroutine(store.lock_owner(name))
+    assert holder.result is None  # released at the end, as an owner does
+
+
+def test_a_client_that_breaks_while_finishing_does_not_wedge_the_manager(
+    tmp_path: Path,
+) -> None:
+    downloads, stub, resource, files = manager(tmp_path)
+    final = files.file_path("root/pypi", "abc", "0123456789abc", "demo-1.0.tar.gz")
+    download, _ = downloads.download_for(
+        FileSpec("http://upstream.test/files/demo-1.0.tar.gz", final, SHA, len(BODY))
+    )
+    download.wait_for_headers()
+    stub.flush()
+    client = BreakingClient()
+    download.attach(client)  # type: ignore[arg-type]
+    client.breaking = True
+    resource.complete()
+    with contextlib.suppress(RuntimeError):
+        stub.flush()
+    assert download.verified and final.read_bytes() == BODY
+    assert downloads.running == {}  # the manager heard: the next request is served
+    assert downloads.drain().called
 
 
 def test_prepare_keeps_files_being_written_and_removes_leftovers(tmp_path: Path) -> None:
@@ -682,3 +733,60 @@ class StoreAway:
             raise StoreUnavailable("redis is unavailable: connection refused")
 
         return unavailable
+
+
+def test_the_start_up_clean_up_leaves_a_file_replaced_while_it_looked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer replaced the temporary file between the clean-up's open and its flock:
+    the new file is the writer's, and stays."""
+    files = FileStore(tmp_path)
+    files.prepare()
+    final = files.file_path("root/pypi", "abc", "0123456789abc", "demo-1.0.tar.gz")
+    final.parent.mkdir(parents=True)
+    partial = final.with_name(f"{final.name}.4242-abcdef.devpid-partial")
+    partial.write_bytes(b"old")
+    real_lock = filestore.lock_for_writing
+
+    def replaced_meanwhile(fd: int) -> bool:
+        partial.unlink()
+        partial.write_bytes(b"the writer's new file")
+        return real_lock(fd)
+
+    monkeypatch.setattr(filestore, "lock_for_writing", replaced_meanwhile)
+    files.prepare()
+    assert partial.read_bytes() == b"the writer's new file"
+
+
+def test_no_flock_on_the_file_system_leaves_no_file_and_no_descriptor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = FileStore(tmp_path)
+    final = files.file_path("root/pypi", "abc", "0123456789abc", "demo-1.0.tar.gz")
+    theirs = final.with_name(f"{final.name}.4242-abcdef.devpid-partial")
+    final.parent.mkdir(parents=True)
+    theirs.write_bytes(b"x")
+
+    def no_locks(fd: int) -> bool:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(filestore, "lock_for_writing", no_locks)
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(OSError, match="No locks"):
+        files.create_partial(final)
+    with pytest.raises(OSError, match="No locks"):
+        files.adopt_partial(theirs, final)
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert not files.partial_path(final).exists() and theirs.exists()
+
+
+@attrs.define
+class BreakingClient(FakeClient):
+    """A client whose connection raises on write once ``breaking`` is set."""
+
+    breaking: bool = False
+
+    def write(self, data: bytes) -> None:
+        if self.breaking:
+            raise RuntimeError("this client's connection broke in an unexpected way")
+        super().write(data)

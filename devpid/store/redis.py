@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -52,16 +53,10 @@ _UNREACHABLE = (
     TimeoutError,
     CancelledError,
 )
-#: Error replies that mean "this Redis cannot serve right now" rather than a bad command.
-_UNAVAILABLE_REPLIES = (
-    "LOADING",
-    "READONLY",
-    "MISCONF",
-    "OOM",
-    "NOAUTH",
-    "BUSY",
-    "MASTERDOWN",
-    "TRYAGAIN",
+#: Error replies that mean "this Redis cannot serve right now" rather than a bad command,
+#: at the start of the reply or, from a script on Redis before 7, after a "-" inside it.
+_UNAVAILABLE_REPLY = re.compile(
+    r"(?:^|-)(?:LOADING|READONLY|MISCONF|OOM|NOAUTH|BUSY|MASTERDOWN|TRYAGAIN)\b"
 )
 
 #: HINCRBY every (name, amount) pair of ARGV into KEYS[1], atomically.
@@ -150,13 +145,16 @@ class RedisStore:
     @property
     def pool(self) -> Any:
         if self._pool is None:
-            raise StoreUnavailable("the redis store is closed")
+            raise StoreUnavailable(
+                "the redis store is closed" if self._closing else "the redis store is not open yet"
+            )
         return self._pool
 
     def _key(self, kind: str, name: str) -> str:
         return f"{self.prefix}{kind}:{name}"
 
     async def open(self) -> None:
+        self._closing = False
         host, port, db, password, tls = parse_redis_url(self.url)
         # convertNumbers=False: documents and set members stay strings even when
         # they look like numbers; counters() converts its values itself.
@@ -214,10 +212,12 @@ class RedisStore:
             self._went_down(f"{type(e).__name__}: {e}".rstrip(": "))
             raise StoreUnavailable(f"redis is unavailable: {self.last_error}") from None
         except txredisapi.ResponseError as e:
-            if not str(e).startswith(_UNAVAILABLE_REPLIES):
+            if not _UNAVAILABLE_REPLY.search(str(e)):
                 raise
             self._went_down(str(e).splitlines()[0])
             raise StoreUnavailable(f"redis is unavailable: {self.last_error}") from None
+        if self._closing:  # a reply that arrived while closing says nothing about Redis
+            return result
         if self.state != "up":
             if self.state == "down":
                 self.log.info("redis is reachable again at {url}", url=mask_password(self.url))
