@@ -39,6 +39,10 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
         "a redis://host:port/db URL: keep state in Redis instead of the embedded store",
     ),
     "redis-prefix": ("devpid:", "the prefix of every Redis key, so deployments can share one"),
+    "shutdown-grace": (
+        30.0,
+        "seconds SIGTERM lets running downloads finish before it aborts them",
+    ),
     "lock-ttl": (
         10.0,
         "seconds a download lock outlives its holder: how long other processes wait "
@@ -62,6 +66,7 @@ class Settings:
     redis_prefix: str = "devpid:"
     changelog_interval: float = 60.0
     lock_ttl: float = 10.0
+    shutdown_grace: float = 30.0
 
 
 def pip_index_url(environ: Mapping[str, str] | None = None) -> str:
@@ -207,4 +212,5 @@ def build_settings(
         redis_prefix=redis_prefix,
         changelog_interval=_as_float("changelog-interval", pick("changelog-interval"), 0),
         lock_ttl=_as_float("lock-ttl", pick("lock-ttl"), 1),
+        shutdown_grace=_as_float("shutdown-grace", pick("shutdown-grace"), 0),
     )

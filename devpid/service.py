@@ -40,7 +40,7 @@ class CacheService(Service):
     downloads: DownloadManager
     pool: HTTPConnectionPool | None
     clock: Any
-    shutdown_grace: float = 10.0
+    shutdown_grace: float = 30.0
     #: Other processes sharing the serverdir (with Redis), or None for a lone process.
     peers: SharedDownloads | None = None
     _flusher: LoopingCall | None = None

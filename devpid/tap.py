@@ -177,7 +177,16 @@ def build_service(settings: Settings, reactor: Any, endpoint: Any) -> MultiServi
     site.noisy = False
 
     top = MultiService()
-    CacheService(files, store, stats, downloads, pool, reactor, peers=peers).setServiceParent(top)
+    CacheService(
+        files,
+        store,
+        stats,
+        downloads,
+        pool,
+        reactor,
+        shutdown_grace=settings.shutdown_grace,
+        peers=peers,
+    ).setServiceParent(top)
     if settings.redis is not None:
         from devpid.store.redis import RedisStore, RedisSubscriber
 

@@ -82,6 +82,8 @@ def test_options_every_flag() -> None:
         "ci:",
         "--lock-ttl",
         "3",
+        "--shutdown-grace",
+        "5",
         "--config",
         "/etc/devpid.ini",
     ) == {
@@ -96,6 +98,7 @@ def test_options_every_flag() -> None:
         "redis": "redis://127.0.0.1:6390/1",
         "redis-prefix": "ci:",
         "lock-ttl": "3",
+        "shutdown-grace": "5",
         "config": "/etc/devpid.ini",
     }
 
