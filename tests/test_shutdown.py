@@ -1,0 +1,95 @@
+"""SIGTERM during slow downloads, against a real ``twistd -n devpid`` and a real upstream.
+
+Ten cold files stream at the same time from an upstream limited per connection;
+five are small enough to finish within ``--shutdown-grace``, five are not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.devpid_process import DevpidProcess
+from tests.fixtures.distbuilder import Dist, Repository, build_repository
+from tests.fixtures.upstream import UpstreamProcess
+from tests.test_streaming import file_path_of, raw_get
+
+pytestmark = pytest.mark.integration
+
+SMALL = [Dist(f"devpid-grace-small-{n}", "1.0", "wheel", blob_size=300_000) for n in range(5)]
+LARGE = [Dist(f"devpid-grace-large-{n}", "1.0", "wheel", blob_size=4_000_000) for n in range(5)]
+#: Bytes per second per connection: the small files take about 1.5 s, the large ones 20 s.
+RATE = 200_000
+GRACE = "6"
+
+
+@pytest.fixture(scope="module")
+def grace_repository(tmp_path_factory: pytest.TempPathFactory) -> Repository:
+    return build_repository(tmp_path_factory.mktemp("grace-repo"), extra=[*SMALL, *LARGE])
+
+
+@pytest.fixture
+def slow_upstream(grace_repository: Repository) -> Iterator[UpstreamProcess]:
+    with UpstreamProcess.start(grace_repository.root) as process:
+        yield process
+
+
+def in_flight(devpid: DevpidProcess) -> int:
+    running = devpid.status()["downloads"]["in_flight"]
+    return sum(1 for download in running if download["bytes"] > 0)
+
+
+def test_sigterm_lets_downloads_finish_within_the_grace_and_keeps_nothing_partial(
+    tmp_path: Path, slow_upstream: UpstreamProcess, grace_repository: Repository
+) -> None:
+    serverdir = tmp_path / "serverdir"
+    devpid = DevpidProcess.start(serverdir, slow_upstream.simple_url, "--shutdown-grace", GRACE)
+    try:
+        paths = {d.filename: file_path_of(devpid, d.project, d.filename) for d in SMALL + LARGE}
+        slow_upstream.control(rate=RATE)
+        with ThreadPoolExecutor(len(paths)) as pool:
+            fetches: dict[str, Future[tuple[int, int | None, bytes]]] = {
+                name: pool.submit(raw_get, devpid, path, 60) for name, path in paths.items()
+            }
+            deadline = time.monotonic() + 20
+            while in_flight(devpid) < len(paths) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert in_flight(devpid) == len(paths), devpid.log_text()[-3000:]
+            exit_code = devpid.stop(signal.SIGTERM, timeout=30)
+            results = {name: future.result() for name, future in fetches.items()}
+    finally:
+        devpid.stop()
+    assert exit_code == 0, devpid.log_text()[-3000:]
+    for dist in SMALL:  # finished within the grace: whole, verified, and kept
+        status, length, body = results[dist.filename]
+        assert status == 200 and len(body) == length
+        assert hashlib.sha256(body).hexdigest() == grace_repository.sha256(dist.filename)
+        kept = list((serverdir / "+files").rglob(dist.filename))
+        assert len(kept) == 1 and kept[0].read_bytes() == body
+    for dist in LARGE:  # aborted: a truncated transfer, never a complete 200, nothing kept
+        status, length, body = results[dist.filename]
+        assert status == 200 and length is not None and len(body) < length
+        assert list((serverdir / "+files").rglob(dist.filename)) == []
+    assert list(serverdir.rglob("*.devpid-partial")) == []
+    log = devpid.log_text()
+    assert f"waiting up to {float(GRACE)}s for 10 downloads" in log
+    assert "Traceback" not in log
+
+    # A restart picks up where it left off: the small files from the cache, the
+    # large ones fetched again, whole.
+    slow_upstream.control()
+    slow_upstream.reset_stats()
+    with DevpidProcess.start(serverdir, slow_upstream.simple_url) as again:
+        for dist in SMALL + LARGE:
+            status, _, body = raw_get(again, paths[dist.filename])
+            assert status == 200
+            assert hashlib.sha256(body).hexdigest() == grace_repository.sha256(dist.filename)
+    gets = slow_upstream.stats()["gets"]
+    assert all(f"/files/{d.filename}" not in gets for d in SMALL)
+    assert all(gets.get(f"/files/{d.filename}") == 1 for d in LARGE)
