@@ -1,7 +1,7 @@
 """Klein routes: parse the request, ask the index or the tee, render the answer.
 
 devpi's URL space: ``/<user>/<index>/+simple/[<project>/]`` and
-``/<user>/<index>/+f/<h3>/<h13>/<filename>``, plus ``/+status``.
+``/<user>/<index>/+f/<h3>/<h13>/<filename>``, plus ``/+status`` and ``/+metrics``.
 No caching or I/O policy lives here.
 """
 
@@ -27,6 +27,7 @@ from twisted.web.static import File
 from werkzeug.exceptions import HTTPException
 
 from devpid.filestore import FileStore, UnsafePath
+from devpid.metrics import Metrics
 from devpid.mirror import CachedPage, IndexUnavailable, MirrorIndex, ProjectNotFound
 from devpid.render import CONTENT_TYPES, LinkRenderer, NotAcceptable, negotiate
 from devpid.sender import FileSender
@@ -94,6 +95,8 @@ class DevpidRoutes:
     stats: Stats
     status: StatusReport
     outside_url: str | None = None
+    #: This app's Prometheus registry; without it /+metrics is 404.
+    metrics: Metrics | None = None
     log = Logger()
 
     def resource(self) -> IResource:
@@ -166,9 +169,22 @@ class DevpidRoutes:
 
     @app.route("/+status", methods=["GET"])
     def status_json(self, request: Request) -> bytes:
+        report = self.status.report()
+        # ?check=1: for load balancers, 503 when this process cannot serve.
+        if request.args.get(b"check", [b"0"])[0] not in (b"0", b"") and not report["healthy"]:
+            request.setResponseCode(503)
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
-        return json.dumps(self.status.report(), indent=1).encode("utf-8") + b"\n"
+        return json.dumps(report, indent=1).encode("utf-8") + b"\n"
+
+    @app.route("/+metrics", methods=["GET"])
+    def metrics_text(self, request: Request) -> bytes:
+        if self.metrics is None:
+            raise HTTPError(404, "metrics are not enabled")
+        body, content_type = self.metrics.render(_header(request, b"accept"))
+        request.setHeader(b"content-type", content_type.encode("latin-1"))
+        request.setHeader(b"cache-control", b"no-store")
+        return body
 
     @app.route("/<user>/<index>", methods=["GET"], strict_slashes=False)
     def index_json(self, request: Request, user: str, index: str) -> bytes:

@@ -10,6 +10,7 @@ from twisted.logger import Logger
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
+from devpid.metrics import RequestMetrics, route_name
 from devpid.stats import Stats
 
 
@@ -64,6 +65,8 @@ class DevpidSite(Site):
     ) -> None:
         super().__init__(RequestGuard(resource, via), **kwargs)
         self.stats = stats
+        #: Where each request is counted for /+metrics and /+status, when set.
+        self.requests: RequestMetrics | None = None
 
     def log(self, request: Any) -> None:
         sent = request.sentLength
@@ -71,6 +74,9 @@ class DevpidSite(Site):
         self.stats.incr("bytes_served", sent)
         arrived = getattr(request, "arrived", None)
         duration_ms = (time.monotonic() - arrived) * 1000 if arrived is not None else 0.0
+        if self.requests is not None:
+            route = route_name(getattr(request, "path", b""))
+            self.requests.observe(route, request.code, duration_ms / 1000, sent)
         address = request.getClientAddress()
         client = getattr(address, "host", "-")
         method = request.method.decode("latin-1")

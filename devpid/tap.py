@@ -16,6 +16,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from devpid.config import DEFAULTS, ConfigError, Settings, build_settings, read_ini
 from devpid.filestore import FileStore
 from devpid.identity import ProcessIdentity
+from devpid.metrics import Metrics
 from devpid.mirror import MirrorIndex
 from devpid.peers import SharedDownloads
 from devpid.poller import ChangelogPoller
@@ -170,11 +171,15 @@ def build_service(settings: Settings, reactor: Any, endpoint: Any) -> MultiServi
         peers=peers,
         identity=identity,
     )
+    metrics = Metrics(status, reactor)
+    status.requests = metrics.requests
     routes = DevpidRoutes(
         {MIRROR_INDEX: mirror}, downloads, files, stats, status, settings.outside_url
     )
     site = DevpidSite(routes.resource(), stats, via=via.encode())
     site.noisy = False
+    site.requests = metrics.requests
+    routes.metrics = metrics
 
     top = MultiService()
     CacheService(
@@ -198,5 +203,7 @@ def build_service(settings: Settings, reactor: Any, endpoint: Any) -> MultiServi
     if poller is not None:
         # After the store opens, before the listener; stopped before the store closes.
         poller.make_service().setServiceParent(top)
-    ListenerService(settings.listen, endpoint, site, reactor).setServiceParent(top)
+    listener = ListenerService(settings.listen, endpoint, site, reactor)
+    listener.setServiceParent(top)
+    status.listener = listener  # /+status shows the address it got (the real port of tcp:0)
     return top

@@ -1,0 +1,337 @@
+"""``/+metrics``: Prometheus exposition of this process, read at scrape time.
+
+The site records each request here (``RequestMetrics.observe``, a few dict
+updates, no locks); everything else is read from the objects that keep it
+(counters, upstream health, downloads, poller, store) when Prometheus scrapes.
+Each app has its own ``CollectorRegistry``, never prometheus-client's global one.
+Metric names and labels are documented in docs/api.md.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from collections.abc import Iterator
+
+import attrs
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from twisted.internet.interfaces import IReactorTime
+
+from devpid import __version__
+from devpid.status import StatusReport
+from devpid.window import SlidingWindow
+
+#: The ``route`` label: a fixed set, never the path itself (unbounded cardinality).
+ROUTES = (
+    "project_list",
+    "project_page",
+    "refresh",
+    "file",
+    "index",
+    "status",
+    "metrics",
+    "other",
+)
+#: Requests of monitors, left out of ``/+status``'s ``last_minute`` so that
+#: health checks do not water down the latency of real traffic.
+MONITORING_ROUTES = frozenset({"status", "metrics"})
+#: Upper bounds (seconds) of the latency histogram buckets.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+STORE_STATES = ("embedded", "connecting", "up", "down", "closed")
+
+
+def route_name(path: bytes) -> str:
+    """Which route a request path (as sent, percent-encoded) is for, as in devpid/routes.py."""
+    if path in (b"/+status", b"/+status/"):
+        return "status"
+    if path in (b"/+metrics", b"/+metrics/"):
+        return "metrics"
+    parts = path.split(b"/")  # ["", user, index, ...]
+    if len(parts) < 3 or parts[0] or not parts[1] or not parts[2]:
+        return "other"
+    rest = parts[3:]
+    if rest in ([], [b""]):
+        return "index"
+    if rest[0] == b"+simple":
+        if rest[1:] in ([], [b""]):
+            return "project_list"
+        if rest[1] and rest[2:] in ([], [b""]):
+            return "project_page"
+        if rest[1] and rest[2:] == [b"refresh"]:
+            return "refresh"
+    elif rest[0] == b"+f" and len(rest) == 4 and all(rest[1:]):
+        return "file"
+    return "other"
+
+
+@attrs.define
+class _Latency:
+    """One route's latency histogram: a count per bucket (not cumulative) and the sum."""
+
+    counts: list[int] = attrs.field(factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    total: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        # A bucket counts durations <= its bound (Prometheus's "le").
+        self.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.total += seconds
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        buckets: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), self.counts, strict=True):
+            running += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), running))
+        return buckets
+
+
+@attrs.define
+class RequestMetrics:
+    """Requests as the site's access log sees them: by route and status, with latency."""
+
+    window: SlidingWindow
+    requests: Counter[tuple[str, int]] = attrs.field(factory=Counter)
+    sent: Counter[str] = attrs.field(factory=Counter)
+    latency: dict[str, _Latency] = attrs.field(factory=dict)
+
+    @classmethod
+    def with_clock(cls, clock: IReactorTime) -> RequestMetrics:
+        return cls(SlidingWindow(clock))
+
+    def observe(self, route: str, code: int, seconds: float, sent: int) -> None:
+        self.requests[route, code] += 1
+        self.sent[route] += sent
+        latency = self.latency.get(route)
+        if latency is None:
+            latency = self.latency[route] = _Latency()
+        latency.observe(seconds)
+        if route not in MONITORING_ROUTES:
+            self.window.record(seconds)
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, documentation, value=value)
+
+
+@attrs.define(eq=False)  # the registry keys collectors by identity
+class DevpidCollector:
+    """Builds every ``devpid_*`` family from the live objects at scrape time."""
+
+    status: StatusReport
+    requests: RequestMetrics
+
+    def describe(self) -> list[Metric]:
+        return []  # names are not checked for clashes: this is the registry's only collector
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._http()
+        yield from self._cache()
+        yield from self._upstream()
+        yield from self._downloads()
+        yield from self._store()
+        yield from self._poller()
+        yield from self._health()
+        yield InfoMetricFamily("devpid_build", "devpid's version", value={"version": __version__})
+
+    def _http(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "devpid_http_requests",
+            "HTTP requests answered, by route and status code",
+            labels=["route", "code"],
+        )
+        for (route, code), count in sorted(self.requests.requests.items()):
+            requests.add_metric([route, str(code)], count)
+        yield requests
+        sent = CounterMetricFamily(
+            "devpid_http_response_bytes", "bytes sent in responses, by route", labels=["route"]
+        )
+        for route, size in sorted(self.requests.sent.items()):
+            sent.add_metric([route], size)
+        yield sent
+        latency = HistogramMetricFamily(
+            "devpid_http_request_duration_seconds",
+            "time from a request's arrival until its response was complete, by route",
+            labels=["route"],
+        )
+        for route, histogram in sorted(self.requests.latency.items()):
+            latency.add_metric([route], histogram.cumulative(), histogram.total)
+        yield latency
+
+    def _cache(self) -> Iterator[Metric]:
+        # This process's own increments: summing over processes then gives the total.
+        own = self.status.stats.flushed + self.status.stats.pending
+        hits = CounterMetricFamily(
+            "devpid_cache_hits", "requests answered from the cache", labels=["kind"]
+        )
+        misses = CounterMetricFamily(
+            "devpid_cache_misses", "requests that needed the upstream", labels=["kind"]
+        )
+        for kind in ("page", "file"):
+            hits.add_metric([kind], own[f"{kind}_hits"])
+            misses.add_metric([kind], own[f"{kind}_misses"])
+        yield hits
+        yield misses
+        yield _counter(
+            "devpid_download_failures",
+            "file downloads that failed (upstream error, hash or size mismatch)",
+            own["download_failures"],
+        )
+        counts = self.status.files.counts
+        yield _gauge("devpid_cache_projects", "project pages in the serverdir", counts.pages)
+        yield _gauge("devpid_cache_files", "files in the serverdir", counts.files)
+        yield _gauge("devpid_cache_bytes", "size of the files in the serverdir", counts.bytes)
+
+    def _upstream(self) -> Iterator[Metric]:
+        health = self.status.upstream_health
+        yield _counter(
+            "devpid_upstream_fetches", "upstream requests that got an answer", health.fetches
+        )
+        yield _counter(
+            "devpid_upstream_received_bytes",
+            "bytes received from the upstream (pages, files, changelog)",
+            health.bytes_fetched,
+        )
+        if health.last_success is not None:
+            yield _gauge(
+                "devpid_upstream_last_success_timestamp_seconds",
+                "when a page fetch last succeeded (Unix time)",
+                health.last_success,
+            )
+        if health.last_error_at is not None:
+            yield _gauge(
+                "devpid_upstream_last_error_timestamp_seconds",
+                "when an upstream request last failed (Unix time)",
+                health.last_error_at,
+            )
+
+    def _downloads(self) -> Iterator[Metric]:
+        roles: Counter[str] = Counter()
+        clients = 0
+        for download in list(self.status.downloads.running.values()):
+            progress = download.progress()
+            roles[progress["role"]] += 1
+            clients += progress["clients"]
+        in_flight = GaugeMetricFamily(
+            "devpid_downloads_in_flight", "running file downloads, by role", labels=["role"]
+        )
+        for role in ("owner", "follower"):
+            in_flight.add_metric([role], roles[role])
+        yield in_flight
+        yield _gauge("devpid_download_clients", "clients attached to running downloads", clients)
+        peers = self.status.peers
+        if peers is not None:
+            yield _counter(
+                "devpid_shared_takeovers",
+                "downloads taken over from a process that went away",
+                peers.takeovers,
+            )
+            yield _counter(
+                "devpid_shared_uncoordinated_downloads",
+                "downloads started without the lock because Redis was unavailable",
+                peers.uncoordinated,
+            )
+            yield _counter(
+                "devpid_shared_lost_locks",
+                "download locks found held by another process on renewal",
+                peers.lost_locks,
+            )
+
+    def _store(self) -> Iterator[Metric]:
+        state = self.status.store.health().get("state")
+        states = GaugeMetricFamily(
+            "devpid_store_state",
+            "the state store's state (1 for the current one)",
+            labels=["state"],
+        )
+        for name in STORE_STATES:
+            states.add_metric([name], 1 if state == name else 0)
+        yield states
+        yield _gauge(
+            "devpid_store_up",
+            "1 if the state store answers (embedded, or Redis up)",
+            1 if state in ("embedded", "up") else 0,
+        )
+
+    def _poller(self) -> Iterator[Metric]:
+        if self.status.poller is None:
+            return
+        poller = self.status.poller.status()
+        yield _gauge(
+            "devpid_poller_is_leader", "1 if this process polls", 1 if poller["is_leader"] else 0
+        )
+        yield _gauge(
+            "devpid_poller_paused",
+            "1 while nobody polls (Redis unavailable)",
+            1 if poller["paused"] is not None else 0,
+        )
+        if poller["lag_seconds"] is not None:
+            yield _gauge(
+                "devpid_poller_lag_seconds",
+                "seconds since the leader last polled the changelog",
+                poller["lag_seconds"],
+            )
+        if poller["lag_serials"] is not None:
+            yield _gauge(
+                "devpid_poller_lag_serials",
+                "highest upstream serial seen minus the changelog position",
+                poller["lag_serials"],
+            )
+        yield _counter(
+            "devpid_poller_marked_stale",
+            "cached projects this process's poller marked stale",
+            poller["marked_stale"],
+        )
+
+    def _health(self) -> Iterator[Metric]:
+        disk = self.status.disk()
+        health = self.status.health(disk)
+        yield _gauge(
+            "devpid_healthy",
+            "1 if this process can serve (see /+status)",
+            1 if health.healthy else 0,
+        )
+        yield _gauge(
+            "devpid_health_warnings", "warnings in /+status (degraded)", len(health.warnings)
+        )
+        if not isinstance(disk, str):
+            yield _gauge(
+                "devpid_disk_free_bytes",
+                "bytes free on the serverdir's file system",
+                disk.free,
+            )
+            yield _gauge(
+                "devpid_disk_total_bytes", "size of the serverdir's file system", disk.total
+            )
+
+
+@attrs.define
+class Metrics:
+    """This app's registry: ``devpid_*`` from the live objects, ``devpid_process_*``."""
+
+    status: StatusReport
+    clock: IReactorTime
+    requests: RequestMetrics = attrs.field(init=False)
+    registry: CollectorRegistry = attrs.field(init=False, factory=CollectorRegistry)
+
+    def __attrs_post_init__(self) -> None:
+        self.requests = RequestMetrics.with_clock(self.clock)
+        self.registry.register(DevpidCollector(self.status, self.requests))
+        ProcessCollector(namespace="devpid", registry=self.registry)
+
+    def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The exposition and its content type (OpenMetrics when asked for it)."""
+        encoder, content_type = choose_encoder(accept or "")
+        body: bytes = encoder(self.registry)
+        return body, content_type
