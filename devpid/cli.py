@@ -1,13 +1,28 @@
-"""The ``devpid`` console command: ``devpid [options]`` runs ``twistd -n devpid [options]``."""
+"""The ``devpid`` console command.
+
+``devpid [options]`` runs ``twistd --nodaemon --pidfile= devpid [options]``;
+``devpid gen-config [options]`` writes configuration files (see devpid.genconfig).
+"""
 
 from __future__ import annotations
 
 import sys
 
+SUBCOMMANDS = ("gen-config",)
+
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["gen-config"]:
+        from devpid.genconfig import main as gen_config
+
+        gen_config(args[1:])
+        return
     from twisted.scripts.twistd import run
 
     sys.argv = ["twistd", "--nodaemon", "--pidfile=", "devpid", *args]
     run()
+
+
+if __name__ == "__main__":
+    main()

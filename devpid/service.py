@@ -8,6 +8,7 @@ downloads drain (up to a grace period) before the pool and store close.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IListeningPort, IReactorCore, IStreamServerEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -43,6 +45,8 @@ class CacheService(Service):
     shutdown_grace: float = 30.0
     #: Other processes sharing the serverdir (with Redis), or None for a lone process.
     peers: SharedDownloads | None = None
+    #: Whether SIGTERM stops this process with status 0 (the real reactor only).
+    handle_sigterm: bool = False
     _flusher: LoopingCall | None = None
     log = Logger()
 
@@ -51,16 +55,24 @@ class CacheService(Service):
         self.files.prepare()
         started = Deferred.fromCoroutine(self._start())
         started.addErrback(lambda f: self.log.failure("could not start the cache", f))
-        self.clock.callWhenRunning(self._exit_zero_on_sigterm)
+        if self.handle_sigterm:
+            # Now, for a SIGTERM before the reactor runs (the port already listens),
+            # and again once it runs, over the handler the reactor installs itself.
+            self._exit_zero_on_sigterm()
+            self.clock.callWhenRunning(self._exit_zero_on_sigterm)
 
     def _exit_zero_on_sigterm(self) -> None:
         """SIGTERM is how supervisors stop devpid: drain, then exit 0 (twistd re-raises it)."""
 
         def stop(signum: int, frame: object) -> None:
             self.log.info("SIGTERM: shutting down")
-            self.clock.callFromThread(self.clock.stop)
+            self.clock.callFromThread(self._stop_reactor)
 
         signal.signal(signal.SIGTERM, stop)
+
+    def _stop_reactor(self) -> None:
+        with contextlib.suppress(ReactorNotRunning):  # a second SIGTERM while stopping
+            self.clock.stop()
 
     async def _start(self) -> None:
         await self.store.open()

@@ -88,9 +88,9 @@ def _is_own_address(upstream: str, listen: str) -> bool:
 
 
 def makeService(options: Options | dict[str, Any], reactor: Any = None) -> MultiService:
-    if reactor is None:
-        from twisted.internet import reactor as global_reactor
+    from twisted.internet import reactor as global_reactor
 
+    if reactor is None:
         reactor = global_reactor
     try:
         settings = settings_from_options(options)
@@ -111,10 +111,12 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
             ) from None
     except ConfigError as e:
         raise SystemExit(f"twistd devpid: error: {e}") from None
-    return build_service(settings, reactor, endpoint)
+    return build_service(settings, reactor, endpoint, handle_sigterm=reactor is global_reactor)
 
 
-def build_service(settings: Settings, reactor: Any, endpoint: Any) -> MultiService:
+def build_service(
+    settings: Settings, reactor: Any, endpoint: Any, handle_sigterm: bool = False
+) -> MultiService:
     stats = Stats()
     identity = ProcessIdentity()
     files = FileStore(settings.serverdir, identity)
@@ -190,6 +192,7 @@ def build_service(settings: Settings, reactor: Any, endpoint: Any) -> MultiServi
         pool,
         reactor,
         shutdown_grace=settings.shutdown_grace,
+        handle_sigterm=handle_sigterm,
         peers=peers,
     ).setServiceParent(top)
     if settings.redis is not None:

@@ -160,3 +160,30 @@ def test_sigterm_in_the_foreground_exits_zero(
     devpid = DevpidProcess.start(tmp_path / "sd", shared_upstream.simple_url)
     assert devpid.get("/+status").status == 200
     assert devpid.stop(signal.SIGTERM) == 0
+
+
+def test_sigterm_the_moment_it_listens_exits_zero(
+    tmp_path: Path, shared_upstream: UpstreamProcess
+) -> None:
+    """A supervisor may stop a worker it has just started: the port listens (and says
+    so in the log) before the reactor runs, and SIGTERM then must still mean a clean
+    exit. The log is watched without pausing, to send SIGTERM in that moment."""
+    for attempt in range(3):
+        logfile = tmp_path / f"devpid-{attempt}.log"
+        command = [*twistd_command(), "-n", "--pidfile=", "--logfile", str(logfile), "devpid"]
+        command += ["--listen", "tcp:0:interface=127.0.0.1"]
+        command += ["--serverdir", str(tmp_path / f"sd{attempt}")]
+        command += ["--upstream", shared_upstream.simple_url]
+        process = subprocess.Popen(
+            command, env=devpid_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while b"devpid listening on" not in (logfile.read_bytes() if logfile.exists() else b""):
+                assert time.monotonic() < deadline and process.poll() is None
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(30) == 0, logfile.read_text()[-2000:]
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()

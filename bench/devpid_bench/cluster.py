@@ -29,12 +29,12 @@ import resource
 import shutil
 import subprocess
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+from devpid.genconfig import Deployment, render_nginx
 from devpid_bench.http import PIP_ACCEPT, LoadResult, fetch, fetch_all, http_get
 from devpid_bench.measure import Bench, Mirror, _check, _each
 from devpid_bench.procs import (
@@ -48,43 +48,46 @@ from devpid_bench.procs import (
     wait_for_http,
     wait_for_log_line,
 )
-from devpid_bench.repository import ClusterFiles
+from devpid_bench.repository import Blob, ClusterFiles
+from tests.fixtures.ports import free_consecutive_ports
 
 NGINX = "/usr/sbin/nginx"
 NGINX_WORKERS = 1
 TABLE = "cluster"
 OTHERS = 15.0  # % of a core used by other processes during a load run: flag the run
 
-NGINX_CONF = """\
+#: The top level around the http-level file ``devpid gen-config`` writes, as an
+#: installation's nginx.conf would include it. Access logging is off for every
+#: front alike: the figures compare devpid, not log writing.
+NGINX_WRAPPER = """\
+user root;
 worker_processes {workers};
 pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
 events {{ worker_connections 1024; }}
 http {{
     access_log off;
-    keepalive_requests 1000000;
     client_body_temp_path {dir}/client_body;
     proxy_temp_path {dir}/proxy;
     fastcgi_temp_path {dir}/fastcgi;
     uwsgi_temp_path {dir}/uwsgi;
     scgi_temp_path {dir}/scgi;
-    upstream devpid {{
-{servers}
-        keepalive 64;
-        keepalive_requests 1000000;
-    }}
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://devpid;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $http_host;
-            proxy_buffering off;
-        }}
+    include {include};
+}}
+"""
+
+#: nginx serving the serverdir's committed files directly: the baseline for cached files.
+NGINX_STATIC = """\
+server {{
+    listen 127.0.0.1:{port};
+    location / {{
+        root {files};
+        types {{ }}
+        default_type application/octet-stream;
     }}
 }}
 """
+FRONT_TABLE = "front"
 
 
 @attrs.frozen
@@ -92,8 +95,9 @@ class Cluster:
     """The two devpid processes and the nginx fronts, as mirrors of the same index."""
 
     processes: tuple[Mirror, Mirror]
-    one: Mirror  # nginx -> the first process
-    two: Mirror  # nginx -> both, round-robin
+    one: Mirror  # nginx (devpid gen-config's file) -> the first process
+    two: Mirror  # nginx (devpid gen-config's file, 2 workers) -> both, round-robin
+    static: Server  # nginx serving the serverdir's files itself, nothing else
     shared_port: Mirror  # two more processes listening on one port (reuseport:)
     shared_port_pids: tuple[int, int]
 
@@ -126,24 +130,41 @@ def start_redis(group: ProcessGroup, workdir: Path) -> str:
     return f"redis://127.0.0.1:{port}/0"
 
 
-def start_nginx(group: ProcessGroup, workdir: Path, name: str, servers: Sequence[Server]) -> Server:
-    """nginx in the foreground with its own prefix directory, balancing over ``servers``."""
+def start_nginx(group: ProcessGroup, workdir: Path, name: str, include: str) -> Server:
+    """nginx in the foreground with its own prefix directory around ``include``."""
     if not os.access(NGINX, os.X_OK):
         raise BenchError(f"{NGINX} not found")
     prefix = workdir / name
     prefix.mkdir()
-    port = free_port()
-    lines = "\n".join(f"        server {s.url.split('/')[2]};" for s in servers)
+    (prefix / "devpid.conf").write_text(include)
     conf = prefix / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(workers=NGINX_WORKERS, dir=prefix, servers=lines, port=port))
+    conf.write_text(
+        NGINX_WRAPPER.format(workers=NGINX_WORKERS, dir=prefix, include=prefix / "devpid.conf")
+    )
+    port = int(include.split("listen 127.0.0.1:", 1)[1].split(";", 1)[0])
     child = group.start(
         name,
         [NGINX, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log"),
          "-g", "daemon off;"],
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
-    wait_for_http(child, url + "+status", timeout=30)
+    wait_for_http(child, url, timeout=30, any_status=True)
     return Server(label=name, child=child, url=url)
+
+
+def devpid_front(serverdir: Path, first_port: int, workers: int) -> str:
+    """The nginx file ``devpid gen-config`` writes for ``workers`` workers from ``first_port``."""
+    deployment = Deployment(
+        twistd=("twistd",),
+        serverdir=str(serverdir),
+        user="root",
+        port=first_port,
+        workers=workers,
+        nginx_port=free_port(),
+        nginx_address="127.0.0.1",
+        server_names=("localhost",),
+    )
+    return render_nginx(deployment)
 
 
 def start_cluster(group: ProcessGroup, workdir: Path, upstream: Upstream) -> Cluster:
@@ -152,12 +173,22 @@ def start_cluster(group: ProcessGroup, workdir: Path, upstream: Upstream) -> Clu
         raise BenchError(why)
     redis = start_redis(group, workdir)
     serverdir = workdir / "cluster-serverdir"
+    first = free_consecutive_ports(2)  # gen-config's workers listen on consecutive ports
     servers = [
-        start_devpid(group, f"devpid-cluster-{n}", serverdir, upstream, ["--redis", redis])
+        start_devpid(
+            group,
+            f"devpid-cluster-{n}",
+            serverdir,
+            upstream,
+            ["--redis", redis],
+            port=first + n - 1,
+        )
         for n in (1, 2)
     ]
-    one = start_nginx(group, workdir, "nginx-1", servers[:1])
-    two = start_nginx(group, workdir, "nginx-2", servers)
+    one = start_nginx(group, workdir, "nginx-1", devpid_front(serverdir, first, 1))
+    two = start_nginx(group, workdir, "nginx-2", devpid_front(serverdir, first, 2))
+    static_conf = NGINX_STATIC.format(port=free_port(), files=serverdir / "+files")
+    static = start_nginx(group, workdir, "nginx-static", static_conf)
     port = free_port()
     on_one_port = [
         start_devpid(
@@ -176,6 +207,7 @@ def start_cluster(group: ProcessGroup, workdir: Path, upstream: Upstream) -> Clu
         processes=(a, b),
         one=Mirror(one, "root/pypi", upstream),
         two=Mirror(two, "root/pypi", upstream),
+        static=static,
         shared_port=Mirror(on_one_port[0], "root/pypi", upstream),
         shared_port_pids=(on_one_port[0].child.pid, on_one_port[1].child.pid),
     )
@@ -303,6 +335,7 @@ def measure_cluster(bench: Bench, group: ProcessGroup, files: ClusterFiles) -> N
         return
     cached_page(bench, cluster, files.page_project)
     cold_herd(bench, cluster, files)
+    cached_file_via_nginx(bench, cluster, files.one)
 
 
 def cached_page(bench: Bench, cluster: Cluster, project: str) -> None:
@@ -428,3 +461,41 @@ def cold_herd(bench: Bench, cluster: Cluster, files: ClusterFiles) -> None:
     row.note = (
         f"{size:.0f} MiB via the rate-limited upstream; 2 procs: half the clients each; goal 1"
     )
+
+
+def cached_file_via_nginx(bench: Bench, cluster: Cluster, blob: Blob) -> None:
+    """A cached file's MB/s from devpid, through gen-config's nginx file, and from nginx alone.
+
+    Through the generated file nginx finds the file under ``+files/`` (``try_files``) and
+    sends it itself; "nginx static" is a bare ``root`` over the same directory.
+    """
+    connections = bench.settings.file_connections
+    row = bench.results.row(
+        "front_file_mbps",
+        f"cached {blob.size / 2**20:.0f} MiB file, {connections} conn",
+        "MB/s",
+        True,
+        FRONT_TABLE,
+    )
+    details: dict[str, Any] = {}
+    bench.results.details["front_file"] = details
+    path = cluster.one.file_url(blob.project, blob.filename).split("/", 3)[3]
+    urls = {
+        "devpid": cluster.processes[0].server.url + path,
+        "via nginx": cluster.one.server.url + path,
+        "nginx static": cluster.static.url + path,
+    }
+
+    def run(column: str) -> float:
+        _check(bench.results, f"front {column}", fetch(urls[column], 120, want_hash=True), blob)
+        load = bench.load(urls[column], connections, None)
+        details[column] = attrs.asdict(load)
+        if load.errors:
+            bench.results.problems.append(f"front {column}: {load.errors} errors")
+        if load.bytes == 0:
+            raise RuntimeError("no byte received")
+        return load.megabytes_per_second
+
+    _each(row, list(urls), run)
+    tool = details[next(iter(details))]["tool"] if details else "?"
+    row.note = f"{tool}, {bench.settings.load_seconds:.0f}s; goal via nginx/static >= 0.95x"

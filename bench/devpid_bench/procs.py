@@ -129,8 +129,8 @@ class ProcessGroup:
             self.children.pop().stop()
 
 
-def wait_for_http(child: Child, url: str, timeout: float) -> None:
-    """Poll ``url`` until it answers 200; fail early if ``child`` exits."""
+def wait_for_http(child: Child, url: str, timeout: float, any_status: bool = False) -> None:
+    """Poll ``url`` until it answers 200 (or anything); fail early if ``child`` exits."""
     deadline = time.monotonic() + timeout
     last_error = "no answer"
     while time.monotonic() < deadline:
@@ -141,7 +141,7 @@ def wait_for_http(child: Child, url: str, timeout: float) -> None:
             )
         try:
             status, _, _ = http_get(url, timeout=2.0)
-            if status == 200:
+            if status == 200 or any_status:
                 return
             last_error = f"status {status}"
         except OSError as exc:
@@ -241,11 +241,12 @@ def start_devpid(
     extra_args: Sequence[str] = (),
     label: str = "devpid",
     shared_port: int | None = None,
+    port: int | None = None,
 ) -> Server:
     """``twist devpid`` on a free loopback port, or on ``shared_port`` with ``reuseport:``
     (several processes on one port); ``extra_args`` go after devpid's own."""
     serverdir.mkdir(parents=True, exist_ok=True)
-    port = shared_port or free_port()
+    port = shared_port or port or free_port()
     kind = "reuseport" if shared_port else "tcp"
     child = procs.start(
         name,

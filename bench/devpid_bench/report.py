@@ -37,6 +37,14 @@ TABLES: dict[str, tuple[Column, ...]] = {
         Column("2 port", "2 port"),
         Column("2 port/direct", "2 port", "direct"),
     ),
+    # issue 4: devpid behind the nginx file devpid gen-config writes, against nginx
+    # serving the same file from the same directory with nothing else in its way
+    "front": (
+        Column("devpid", "devpid"),
+        Column("via nginx", "via nginx"),
+        Column("nginx static", "nginx static"),
+        Column("via nginx/static", "via nginx", "nginx static"),
+    ),
 }
 
 

@@ -1,0 +1,592 @@
+"""``devpid gen-config``: nginx, supervisord, systemd, pip and uv files for one installation.
+
+Like devpi-gen-config, the files name this installation: the ``twistd`` beside
+this Python, the serverdir, the workers' ports and the Redis they share, so
+they work as written. ``devpid gen-config --example --out etc`` writes the
+examples shipped in ``etc/``; a test keeps those equal to this module's output.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import pwd
+import re
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+from twisted.python import usage
+
+from devpid.config import DEFAULTS, ConfigError, _as_float, _http_url, _redis_url
+
+PROGRAM = "devpid gen-config"
+FILES = (
+    "nginx-devpid.conf",
+    "supervisord.conf",
+    "devpid.service",
+    "devpid@.service",
+    "pip.conf",
+    "uv.toml",
+)
+#: What ``--example`` assumes about an installation (docs/deployment.md's): devpid in
+#: a virtualenv in /opt/devpid, running as the system user ``devpid``.
+EXAMPLE = {
+    "twistd": "/opt/devpid/bin/twistd",
+    "serverdir": "/srv/devpid",
+    "user": "devpid",
+    "redis": "redis://127.0.0.1:6379/0",
+}
+DEFAULT_LOGDIR = "/var/log/devpid"
+DEFAULT_RUNDIR = "/run/devpid"
+#: How much longer than ``--shutdown-grace`` a supervisor waits before it kills devpid.
+STOP_MARGIN = 10.0
+MAX_WORKERS = 64
+#: Seconds a supervisord worker must stay up to count as started (devpid listens in < 1 s).
+START_SECONDS = 3
+#: Options whose values go into the files for devpid: gen-config sets them itself.
+_MANAGED = frozenset({"listen", "serverdir", "redis", "upstream", "outside-url", "shutdown-grace"})
+#: Characters that would need a different quoting in nginx, supervisord and systemd.
+_UNSAFE = re.compile(r"[\s\"'\\;#{}$`]")
+_PLAIN_WORD = re.compile(r"[A-Za-z0-9_@%+=:,./~-]+")
+_PATH_SEGMENT = re.compile(r"[A-Za-z0-9._~-]+")
+_USER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+_SERVER_NAME = re.compile(r"[A-Za-z0-9*_.~-]+|\$hostname")
+
+
+@attrs.frozen
+class Deployment:
+    """Everything the generated files depend on."""
+
+    twistd: tuple[str, ...]  # the command that runs twistd
+    serverdir: str
+    user: str
+    logdir: str = DEFAULT_LOGDIR
+    rundir: str = DEFAULT_RUNDIR
+    port: int = 3141  # the first worker's; the others follow
+    workers: int = 2
+    nginx_port: int = 80
+    nginx_address: str | None = None  # None: every address
+    server_names: tuple[str, ...] = ("localhost", "$hostname")
+    path_prefix: str = ""  # "" or "/pypi": where nginx serves devpid
+    outside_url: str | None = None  # a fixed URL for links instead of the request's host
+    redis: str | None = None
+    upstream: str | None = None
+    shutdown_grace: float = 30.0
+    devpid_args: tuple[str, ...] = ()  # more devpid options, given after ``--``
+
+    @property
+    def worker_ports(self) -> range:
+        return range(self.port, self.port + self.workers)
+
+    @property
+    def stop_timeout(self) -> int:
+        """Seconds a supervisor waits after SIGTERM: longer than the grace."""
+        return math.ceil(self.shutdown_grace + STOP_MARGIN)
+
+    @property
+    def index_url(self) -> str:
+        """The simple index clients use: through nginx."""
+        if self.outside_url is not None:
+            return f"{self.outside_url}/root/pypi/+simple/"
+        host = "localhost"
+        if (
+            self.nginx_address is not None
+            and not ipaddress.ip_address(self.nginx_address).is_unspecified
+        ):
+            host = _host_literal(self.nginx_address)
+        port = "" if self.nginx_port == 80 else f":{self.nginx_port}"
+        return f"http://{host}{port}{self.path_prefix}/root/pypi/+simple/"
+
+    @property
+    def insecure_host(self) -> str | None:
+        """The host pip and uv must trust for plain HTTP, or None for HTTPS."""
+        parts = urlsplit(self.index_url)
+        return parts.hostname if parts.scheme == "http" else None
+
+    def devpid_command(self, listen: str) -> list[str]:
+        """``twistd -n devpid ...``: in the foreground, no pid file, logging to stdout."""
+        command = [*self.twistd, "-n", "--pidfile=", "devpid", "--listen", listen]
+        command += ["--serverdir", self.serverdir]
+        if self.redis is not None:
+            command += ["--redis", self.redis]
+        if self.upstream is not None:
+            command += ["--upstream", self.upstream]
+        if self.shutdown_grace != DEFAULTS["shutdown-grace"][0]:
+            command += ["--shutdown-grace", f"{self.shutdown_grace:g}"]
+        return command + list(self.devpid_args)
+
+
+def _host_literal(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g} s"
+
+
+# -- nginx -------------------------------------------------------------------------
+
+
+def render_nginx(d: Deployment) -> str:
+    prefix = d.path_prefix
+    pattern = re.escape(prefix)
+    listen = str(d.nginx_port)
+    if d.nginx_address is not None:
+        listen = f"{_host_literal(d.nginx_address)}:{d.nginx_port}"
+    servers = "".join(f"    server 127.0.0.1:{port};\n" for port in d.worker_ports)
+    outside = d.outside_url or f"$scheme://$http_host{prefix}"
+    where = f"under {prefix}/" if prefix else "at the root"
+    if prefix:
+        strip = f"        rewrite ^{pattern}(/.*)$ $1 break;\n"
+        locations = (
+            f"    location {prefix}/ {{\n{strip}        proxy_pass http://devpid;\n    }}\n\n"
+            f"    location @devpid {{\n{strip}        proxy_pass http://devpid;\n    }}\n\n"
+            "    # The rest of this host is not devpid's.\n"
+            "    location / {\n        return 404;\n    }\n"
+        )
+    else:
+        locations = (
+            "    location / {\n        proxy_pass http://devpid;\n    }\n\n"
+            "    location @devpid {\n        proxy_pass http://devpid;\n    }\n"
+        )
+    return f"""\
+# nginx in front of devpid, written by `devpid gen-config` (see docs/deployment.md).
+# It holds http-level blocks: include it inside http {{ }}, e.g. on Debian as
+# /etc/nginx/conf.d/devpid.conf, then `nginx -t && nginx -s reload`.
+# devpid is served {where}. nginx serves cached files itself from the
+# serverdir {d.serverdir}, so its worker user (www-data) must be able to read it.
+
+upstream devpid {{
+{servers}    keepalive 32;
+}}
+
+server {{
+    listen {listen};
+    server_name {" ".join(d.server_names)};
+    # Room for uploads.
+    client_max_body_size 1g;
+
+    # Every request nginx passes on: keep-alive to the workers, links in devpid's
+    # pages under the URL the client used, cache misses streamed as they arrive
+    # (devpid also sends X-Accel-Buffering: no).
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_set_header Host $host;
+    proxy_set_header X-Outside-URL {outside};
+    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    proxy_set_header X-Forwarded-Proto $scheme;
+    proxy_buffering off;
+
+    # Downloads in progress are never served.
+    location ~ \\.devpid-partial {{
+        return 404;
+    }}
+
+    # A cached file's path under +files/ is its URL: nginx serves it from disk, as
+    # bytes, without asking devpid; a file not cached yet goes to devpid.
+    location ~ ^{pattern}(?<devpid_file>/[^/]+/[^/]+/\\+f/[^/]+/[^/]+/[^/]+)$ {{
+        root {d.serverdir}/+files;
+        types {{ }}
+        default_type application/octet-stream;
+        add_header Cache-Control "max-age=31536000, immutable";
+        try_files $devpid_file @devpid;
+    }}
+
+{locations}}}
+"""
+
+
+# -- supervisord ---------------------------------------------------------------------
+
+
+def _supervisor_value(word: str) -> str:
+    return shlex.quote(word).replace("%", "%%")
+
+
+def render_supervisord(d: Deployment) -> str:
+    command = d.devpid_command("tcp:PORT:interface=127.0.0.1")
+    line = " ".join(_supervisor_value(word) for word in command)
+    line = line.replace("tcp:PORT:", "tcp:%(process_num)d:")
+    first, last = d.worker_ports[0], d.worker_ports[-1]
+    ports = f"port {first}" if d.workers == 1 else f"ports {first}-{last}"
+    sharing = "one serverdir and one Redis" if d.redis else "the serverdir"
+    log = f"{d.logdir}/%(program_name)s-%(process_num)d.log"
+    return f"""\
+; supervisord for devpid, written by `devpid gen-config` (see docs/deployment.md).
+;   supervisord -c /etc/devpid/supervisord.conf
+;   supervisorctl -c /etc/devpid/supervisord.conf status|stop|start|restart 'devpid:*'
+; {d.workers} devpid process{"es" if d.workers > 1 else ""} on {ports} sharing {sharing}.
+; {d.logdir} and {d.rundir} must exist.
+
+[unix_http_server]
+file = {d.rundir}/supervisor.sock
+chmod = 0700
+
+[supervisorctl]
+serverurl = unix://{d.rundir}/supervisor.sock
+
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+[supervisord]
+logfile = {d.logdir}/supervisord.log
+logfile_maxbytes = 10MB
+logfile_backups = 5
+pidfile = {d.rundir}/supervisord.pid
+childlogdir = {d.logdir}
+
+[program:devpid]
+; One process per port: process_num counts the ports from numprocs_start.
+numprocs = {d.workers}
+numprocs_start = {first}
+process_name = %(program_name)s-%(process_num)d
+command = {line}
+user = {d.user}
+; Cached files readable by nginx.
+umask = 022
+; devpid ignores this host's pip configuration (it may name devpid itself):
+; its upstream is --upstream, else pip's built-in default.
+environment = PIP_CONFIG_FILE="/dev/null"
+autostart = true
+autorestart = unexpected
+exitcodes = 0
+startsecs = {START_SECONDS}
+; SIGTERM lets running downloads finish for up to --shutdown-grace
+; ({_seconds(d.shutdown_grace)}), then devpid exits 0: wait longer than that.
+stopsignal = TERM
+stopwaitsecs = {d.stop_timeout}
+; twistd -n logs to stdout: supervisord writes one file per process, rotated.
+redirect_stderr = true
+stdout_logfile = {log}
+stdout_logfile_maxbytes = 50MB
+stdout_logfile_backups = 10
+"""
+
+
+# -- systemd -------------------------------------------------------------------------
+
+
+def _systemd_word(word: str) -> str:
+    if not _PLAIN_WORD.fullmatch(word):
+        word = '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return word.replace("%", "%%").replace("$", "$$")
+
+
+def render_unit(d: Deployment, template: bool) -> str:
+    listen = "tcp:PORT:interface=127.0.0.1"
+    command = " ".join(_systemd_word(word) for word in d.devpid_command(listen))
+    port = "%i" if template else str(d.port)
+    command = command.replace("tcp:PORT:", f"tcp:{port}:")
+    after = "network.target redis-server.service" if d.redis else "network.target"
+    if template:
+        ports = " ".join(f"devpid@{p}" for p in d.worker_ports)
+        intro = (
+            "# A template for devpid workers, the instance being the port,\n"
+            f"# written by `devpid gen-config` (see docs/deployment.md):\n"
+            f"#   cp devpid@.service /etc/systemd/system/ && systemctl daemon-reload\n"
+            f"#   systemctl enable --now {ports}\n"
+        )
+        description = "devpid worker on port %i"
+    else:
+        intro = (
+            "# One devpid process, written by `devpid gen-config` (see docs/deployment.md):\n"
+            "#   cp devpid.service /etc/systemd/system/ && systemctl daemon-reload\n"
+            "#   systemctl enable --now devpid\n"
+        )
+        description = f"devpid on port {d.port}"
+    return f"""\
+{intro}
+[Unit]
+Description={description}
+After={after}
+
+[Service]
+Type=simple
+User={_systemd_word(d.user)}
+# Cached files readable by nginx.
+UMask=0022
+# devpid ignores this host's pip configuration (it may name devpid itself):
+# its upstream is --upstream, else pip's built-in default.
+Environment=PIP_CONFIG_FILE=/dev/null
+ExecStart={command}
+# SIGTERM lets running downloads finish for up to --shutdown-grace
+# ({_seconds(d.shutdown_grace)}), then devpid exits 0: wait longer than that.
+KillSignal=SIGTERM
+TimeoutStopSec={d.stop_timeout}
+Restart=on-failure
+RestartSec=2
+LimitNOFILE=65536
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+# -- clients -------------------------------------------------------------------------
+
+
+def render_pip_conf(d: Deployment) -> str:
+    trusted = f"trusted-host = {d.insecure_host}\n" if d.insecure_host else ""
+    return f"""\
+# pip configuration for devpid's clients, e.g. ~/.config/pip/pip.conf,
+# /etc/pip.conf, or pip.conf in a virtualenv: devpid behind nginx, written by
+# `devpid gen-config` (see docs/deployment.md). For devpid alone, without
+# nginx, use http://localhost:3141/root/pypi/+simple/ (docs/quickstart.md).
+# If devpid itself runs as a user that reads this file, start it with
+# --upstream (or PIP_CONFIG_FILE=/dev/null), or it will mirror itself.
+[global]
+index-url = {d.index_url}
+{trusted}"""
+
+
+def render_uv_toml(d: Deployment) -> str:
+    insecure = f'allow-insecure-host = ["{d.insecure_host}"]\n\n' if d.insecure_host else ""
+    return f"""\
+# uv configuration for devpid's clients, e.g. ~/.config/uv/uv.toml,
+# /etc/uv/uv.toml, or uv.toml in a project: devpid behind nginx, written by
+# `devpid gen-config` (see docs/deployment.md). For devpid alone, without
+# nginx, use http://localhost:3141/root/pypi/+simple/ (docs/quickstart.md).
+# Top-level keys must come before the [[index]] table.
+{insecure}[[index]]
+url = "{d.index_url}"
+default = true
+"""
+
+
+def render(d: Deployment) -> dict[str, str]:
+    """Every file, by name."""
+    return {
+        "nginx-devpid.conf": render_nginx(d),
+        "supervisord.conf": render_supervisord(d),
+        "devpid.service": render_unit(d, template=False),
+        "devpid@.service": render_unit(d, template=True),
+        "pip.conf": render_pip_conf(d),
+        "uv.toml": render_uv_toml(d),
+    }
+
+
+def write(d: Deployment, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in render(d).items():
+        path = out / name
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
+    return written
+
+
+# -- options -------------------------------------------------------------------------
+
+
+def default_twistd() -> tuple[str, ...]:
+    """The ``twistd`` script beside this Python, else the same entry point through it."""
+    script = Path(sys.executable).parent / "twistd"
+    if script.is_file():
+        return (str(script),)
+    return (sys.executable, "-c", "from twisted.scripts.twistd import run; run()")
+
+
+def current_user() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
+
+
+def _integer(name: str, raw: str, low: int, high: int) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise ConfigError(f"--{name} must be a whole number from {low} to {high}, not {raw!r}")
+    return value
+
+
+def _safe(name: str, value: str) -> str:
+    if not value or _UNSAFE.search(value):
+        raise ConfigError(
+            f"--{name} must not be empty or contain spaces, quotes or any of ;#{{}}$\\`, "
+            f"not {value!r}"
+        )
+    return value
+
+
+def _path(name: str, raw: str) -> str:
+    path = os.path.abspath(os.path.expanduser(_safe(name, raw)))
+    if "%" in path:
+        raise ConfigError(f"--{name} must not contain %, not {raw!r}")
+    return path
+
+
+def _path_prefix(raw: str) -> str:
+    segments = [s for s in raw.strip().split("/") if s]
+    for segment in segments:
+        if not _PATH_SEGMENT.fullmatch(segment) or segment in (".", ".."):
+            raise ConfigError(
+                f"--path-prefix must be a URL path like /pypi (letters, digits, ._~-), not {raw!r}"
+            )
+    return "".join(f"/{s}" for s in segments)
+
+
+def _outside_url(raw: str) -> tuple[str, str]:
+    """The URL without a trailing /, and its path: the prefix nginx serves devpid under."""
+    url = _http_url("outside-url", _safe("outside-url", raw.strip()))
+    parts = urlsplit(url)
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigError(f"--outside-url must be a plain http(s) URL with a path, not {raw!r}")
+    return url.rstrip("/"), _path_prefix(parts.path)
+
+
+def _devpid_args(args: Sequence[str]) -> tuple[str, ...]:
+    known = {*DEFAULTS, "config", "c"}
+    for arg in args:
+        _safe("devpid option", arg)
+        if arg.startswith("-"):
+            name = arg.lstrip("-").partition("=")[0]
+            if name not in known:
+                raise ConfigError(f"{arg} is not a devpid option (see: twistd devpid --help)")
+            if name in _MANAGED:
+                raise ConfigError(f"give --{name} to gen-config itself, before --")
+    return tuple(args)
+
+
+class Options(usage.Options):
+    synopsis = "Usage: devpid gen-config [options] [-- devpid options]"
+    longdesc = (
+        "Write nginx, supervisord, systemd, pip and uv configuration files for devpid "
+        "on this host into a directory. Options after -- are added to devpid's command "
+        "line (e.g. -- --cache-expiry 600). --example writes the examples in etc/."
+    )
+    optParameters = [
+        ["out", "o", "gen-config", "the directory to write the files into"],
+        ["serverdir", None, None, "devpid's serverdir [default: ~/.devpid]"],
+        ["port", None, "3141", "the first worker's port (127.0.0.1); the others follow"],
+        ["workers", None, "2", "how many devpid processes (consecutive ports)"],
+        ["redis", None, None, "the Redis the workers share (required with --workers > 1)"],
+        ["upstream", None, None, "the simple index devpid mirrors [default: pip's]"],
+        ["nginx-port", None, "80", "the port nginx listens on"],
+        ["nginx-address", None, None, "the address nginx listens on [default: all]"],
+        ["path-prefix", None, None, "serve devpid under this path, e.g. /pypi"],
+        ["outside-url", None, None, "a fixed URL clients use, e.g. https://host/pypi"],
+        ["user", None, None, "the user devpid runs as [default: the current user]"],
+        ["logdir", None, DEFAULT_LOGDIR, "where supervisord writes its and devpid's logs"],
+        ["rundir", None, DEFAULT_RUNDIR, "where supervisord keeps its socket and pid file"],
+        ["shutdown-grace", None, "30", "devpid's --shutdown-grace: seconds on SIGTERM"],
+        ["twistd", None, None, "the twistd to run [default: the one beside this Python]"],
+    ]
+    optFlags = [["example", None, "the documented example installation, as in etc/"]]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["server-names"] = []
+        self["devpid-args"] = ()
+
+    def opt_server_name(self, name: str) -> None:
+        """nginx server_name, repeatable [default: localhost $hostname]"""
+        self["server-names"].append(name)
+
+    def parseArgs(self, *args: str) -> None:
+        self["devpid-args"] = args
+
+
+def deployment_from_options(options: Mapping[str, Any]) -> Deployment:
+    """Validate the options; ConfigError (one line) for any that cannot be used."""
+
+    def given(name: str) -> str | None:
+        value = options.get(name)
+        if value is None and options.get("example"):
+            value = EXAMPLE.get(name)
+        return None if value is None else str(value)
+
+    workers = _integer("workers", str(given("workers") or 2), 1, MAX_WORKERS)
+    port = _integer("port", str(given("port") or 3141), 1, 65536 - workers)
+    nginx_port = _integer("nginx-port", str(given("nginx-port") or 80), 1, 65535)
+    if nginx_port in range(port, port + workers):
+        raise ConfigError(f"--nginx-port {nginx_port} is one of the workers' ports")
+    nginx_address = given("nginx-address")
+    if nginx_address is not None:
+        try:
+            nginx_address = str(ipaddress.ip_address(nginx_address.strip("[]")))
+        except ValueError:
+            raise ConfigError(
+                f"--nginx-address must be an IP address, not {nginx_address!r}"
+            ) from None
+    redis = given("redis")
+    if redis is not None:
+        redis = _redis_url(_safe("redis", redis.strip()))
+    elif workers > 1:
+        raise ConfigError(
+            f"--redis is required with --workers {workers}: "
+            "processes sharing a serverdir share one Redis"
+        )
+    upstream = given("upstream")
+    if upstream is not None:
+        upstream = _http_url("upstream", _safe("upstream", upstream.strip()))
+    prefix = _path_prefix(given("path-prefix") or "")
+    outside_url = None
+    raw_outside = given("outside-url")
+    if raw_outside is not None:
+        outside_url, outside_prefix = _outside_url(raw_outside)
+        if given("path-prefix") is not None and outside_prefix != prefix:
+            raise ConfigError(
+                f"--path-prefix {prefix or '/'} is not the path of --outside-url {outside_url}"
+            )
+        prefix = outside_prefix
+    server_names = tuple(str(name) for name in options.get("server-names") or ())
+    for name in server_names:
+        if not _SERVER_NAME.fullmatch(name):
+            raise ConfigError(f"--server-name must be a host name, not {name!r}")
+    if not server_names:
+        server_names = ("localhost", "$hostname")
+        if outside_url is not None:
+            host = urlsplit(outside_url).hostname
+            if host and host not in server_names:
+                server_names += (host,)
+    user = given("user") or current_user()
+    if not _USER.fullmatch(user):
+        raise ConfigError(f"--user must be a user name, not {user!r}")
+    twistd_path = given("twistd")
+    twistd = (_path("twistd", twistd_path),) if twistd_path is not None else default_twistd()
+    shutdown_grace = _as_float("shutdown-grace", given("shutdown-grace") or "30", 0)
+    devpid_args = options.get("devpid-args") or ()
+    return Deployment(
+        twistd=twistd,
+        serverdir=_path("serverdir", given("serverdir") or str(DEFAULTS["serverdir"][0])),
+        user=user,
+        logdir=_path("logdir", given("logdir") or DEFAULT_LOGDIR),
+        rundir=_path("rundir", given("rundir") or DEFAULT_RUNDIR),
+        port=port,
+        workers=workers,
+        nginx_port=nginx_port,
+        nginx_address=nginx_address,
+        server_names=server_names,
+        path_prefix=prefix,
+        outside_url=outside_url,
+        redis=redis,
+        upstream=upstream,
+        shutdown_grace=shutdown_grace,
+        devpid_args=_devpid_args([str(arg) for arg in devpid_args]),
+    )
+
+
+def main(argv: Sequence[str]) -> None:
+    options = Options()
+    try:
+        options.parseOptions(list(argv))
+        deployment = deployment_from_options(options)
+        written = write(deployment, Path(options["out"]))
+    except usage.UsageError as e:
+        raise SystemExit(f"{PROGRAM}: error: {e} (see: {PROGRAM} --help)") from None
+    except ConfigError as e:
+        raise SystemExit(f"{PROGRAM}: error: {e}") from None
+    except OSError as e:
+        raise SystemExit(f"{PROGRAM}: error: cannot write {e.filename}: {e.strerror}") from None
+    for path in written:
+        print(f"wrote {path}")
