@@ -163,7 +163,11 @@ def render_nginx(d: Deployment) -> str:
 # serverdir {d.serverdir}, so its worker user (www-data) must be able to read it.
 
 upstream devpid {{
-{servers}    keepalive 32;
+{servers}    # Idle connections kept open to the workers, per nginx worker process: more
+    # than the requests in flight at once, or nginx opens a connection per request.
+    keepalive 128;
+    keepalive_requests 100000;
+    keepalive_timeout 60s;
 }}
 
 server {{

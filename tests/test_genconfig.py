@@ -221,7 +221,7 @@ def test_nginx_balances_the_workers_and_serves_cached_files_from_the_serverdir()
     conf = render(d)["nginx-devpid.conf"]
     servers = re.findall(r"^\s*server (\S+);", conf, re.MULTILINE)
     assert servers == ["127.0.0.1:5000", "127.0.0.1:5001", "127.0.0.1:5002"]
-    assert "keepalive 32;" in conf
+    assert "keepalive 128;" in conf
     assert "    listen 80;\n" in conf
     assert "server_name localhost $hostname;" in conf
     assert "client_max_body_size 1g;" in conf
