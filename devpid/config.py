@@ -7,6 +7,7 @@ use, resolved when devpid starts; devpid itself never names an index host.
 from __future__ import annotations
 
 import configparser
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -51,6 +52,8 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
 }
 
 INI_SECTION = "devpid"
+#: The longest any seconds setting may be (a year): infinity would overflow the timers.
+MAX_SECONDS = 365 * 24 * 3600.0
 
 
 @attrs.frozen
@@ -103,6 +106,8 @@ def _as_float(name: str, raw: Any, minimum: float) -> float:
         raise ConfigError(f"--{name} must be a number of seconds, not {raw!r}") from None
     if not value >= minimum:
         raise ConfigError(f"--{name} must be at least {minimum:g}, not {raw!r}")
+    if not math.isfinite(value) or value > MAX_SECONDS:
+        raise ConfigError(f"--{name} must be at most {MAX_SECONDS:g} seconds, not {raw!r}")
     return value
 
 
@@ -118,14 +123,21 @@ def _as_bool(name: str, raw: Any) -> bool:
 
 
 def _http_url(name: str, raw: str) -> str:
-    parts = urlsplit(raw)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018 (raises ValueError for a bad port)
+    except ValueError:
+        raise ConfigError(f"--{name} must be an http:// or https:// URL, not {raw!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"--{name} must be an http:// or https:// URL, not {raw!r}")
     return raw
 
 
 def _redis_url(raw: str) -> str:
-    parts = urlsplit(raw)
+    try:
+        parts = urlsplit(raw)
+    except ValueError:
+        raise ConfigError("--redis must be a redis:// or rediss:// URL") from None
     shown = raw if not parts.password else raw.replace(parts.password, "***")
     if parts.scheme not in ("redis", "rediss") or not parts.hostname:
         raise ConfigError(f"--redis must be a redis:// or rediss:// URL, not {shown!r}")

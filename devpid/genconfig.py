@@ -118,7 +118,7 @@ class Deployment:
         if self.upstream is not None:
             command += ["--upstream", self.upstream]
         if self.shutdown_grace != DEFAULTS["shutdown-grace"][0]:
-            command += ["--shutdown-grace", f"{self.shutdown_grace:g}"]
+            command += ["--shutdown-grace", _number(self.shutdown_grace)]
         return command + list(self.devpid_args)
 
 
@@ -126,8 +126,13 @@ def _host_literal(address: str) -> str:
     return f"[{address}]" if ":" in address else address
 
 
+def _number(value: float) -> str:
+    """A number as written by hand: 30, 2.5, 1234567 (never 1.23457e+06)."""
+    return f"{value:.3f}".rstrip("0").rstrip(".")
+
+
 def _seconds(value: float) -> str:
-    return f"{value:g} s"
+    return f"{_number(value)} s"
 
 
 # -- nginx -------------------------------------------------------------------------
@@ -173,7 +178,7 @@ upstream devpid {{
 server {{
     listen {listen};
     server_name {" ".join(d.server_names)};
-    # Room for uploads.
+    # Room for uploads, for private indexes (devpid takes none yet).
     client_max_body_size 1g;
 
     # Every request nginx passes on: keep-alive to the workers, links in devpid's
@@ -188,7 +193,7 @@ server {{
     proxy_buffering off;
 
     # Downloads in progress are never served.
-    location ~ \\.devpid-partial {{
+    location ~* \\.devpid-partial {{
         return 404;
     }}
 
@@ -423,7 +428,8 @@ def _safe(name: str, value: str) -> str:
 
 
 def _path(name: str, raw: str) -> str:
-    path = os.path.abspath(os.path.expanduser(_safe(name, raw)))
+    # Checked once expanded: ~ and the current directory are part of what is written.
+    path = _safe(name, os.path.abspath(os.path.expanduser(raw)) if raw else raw)
     if "%" in path:
         raise ConfigError(f"--{name} must not contain %, not {raw!r}")
     return path

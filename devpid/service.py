@@ -22,16 +22,31 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool
-from twisted.web.server import Site
 
 from devpid.filestore import FileStore
 from devpid.peers import SharedDownloads
+from devpid.site import DevpidSite
 from devpid.stats import Stats
 from devpid.store import StateStore, StoreUnavailable
 from devpid.tee import DownloadManager
 from devpid.upstream import describe_failure
 
 STATS_FLUSH_INTERVAL = 10.0
+
+
+_log = Logger()
+
+
+def exit_at_once(reactor: Any, message: str) -> None:
+    """Start-up failed: say so in one line (log and terminal) and exit with status 1."""
+    _log.critical(message)
+    # twistd points sys.stderr at the log; the operator's terminal is fd 2.
+    os.write(2, message.encode("utf-8", errors="replace") + b"\n")
+    # twistd would exit 0 after a plain reactor.stop(); a service manager
+    # must see that start-up failed.
+    reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+    # Start-up happens while twistd starts the reactor; stop once it runs.
+    reactor.callWhenRunning(reactor.stop)
 
 
 @attrs.define(slots=False)
@@ -54,7 +69,7 @@ class CacheService(Service):
         super().startService()
         self.files.prepare()
         started = Deferred.fromCoroutine(self._start())
-        started.addErrback(lambda f: self.log.failure("could not start the cache", f))
+        started.addErrback(self._cannot_start)
         if self.handle_sigterm:
             # Now, for a SIGTERM before the reactor runs (the port already listens),
             # and again once it runs, over the handler the reactor installs itself.
@@ -65,14 +80,20 @@ class CacheService(Service):
         """SIGTERM is how supervisors stop devpid: drain, then exit 0 (twistd re-raises it)."""
 
         def stop(signum: int, frame: object) -> None:
-            self.log.info("SIGTERM: shutting down")
+            # Nothing else here: a signal handler must not write to a log (or any stream).
             self.clock.callFromThread(self._stop_reactor)
 
         signal.signal(signal.SIGTERM, stop)
 
     def _stop_reactor(self) -> None:
+        self.log.info("SIGTERM: shutting down")
         with contextlib.suppress(ReactorNotRunning):  # a second SIGTERM while stopping
             self.clock.stop()
+
+    def _cannot_start(self, failure: Failure) -> None:
+        """The state store (or the serverdir) is unusable: end with one line and status 1."""
+        self.log.failure("could not start the cache", failure)
+        exit_at_once(self.clock, f"devpid: cannot start the cache: {describe_failure(failure)}")
 
     async def _start(self) -> None:
         await self.store.open()
@@ -147,7 +168,7 @@ class ListenerService(Service):
 
     description: str
     endpoint: IStreamServerEndpoint
-    site: Site
+    site: DevpidSite
     reactor: IReactorCore
     port: IListeningPort | None = None
     log = Logger()
@@ -162,18 +183,16 @@ class ListenerService(Service):
         self.log.info("devpid listening on {address}", address=str(port.getHost()))
 
     def _cannot_listen(self, failure: Failure) -> None:
-        message = f"devpid: cannot listen on {self.description}: {describe_failure(failure)}"
-        self.log.critical(message)
-        # twistd points sys.stderr at the log; the operator's terminal is fd 2.
-        os.write(2, message.encode("utf-8", errors="replace") + b"\n")
-        # twistd would exit 0 after a plain reactor.stop(); a service manager
-        # must see that start-up failed.
-        self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
-        # Listening happens while twistd starts the reactor; stop once it runs.
-        self.reactor.callWhenRunning(self.reactor.stop)
+        exit_at_once(
+            self.reactor,
+            f"devpid: cannot listen on {self.description}: {describe_failure(failure)}",
+        )
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
+        closed = self.site.start_draining()
+        if closed:
+            self.log.info("closed {count} idle connections", count=closed)
         if self.port is not None:
             port, self.port = self.port, None
             return port.stopListening()

@@ -1,8 +1,14 @@
-"""The HTTP site: one structured access-log line per request, no tracebacks to clients."""
+"""The HTTP site: one structured access-log line per request, no tracebacks to clients.
+
+On shutdown the site *drains*: idle keep-alive connections are closed (a proxy
+in front retries elsewhere), and every response from then on says
+``Connection: close``, so no new work reaches a process that is stopping.
+"""
 
 from __future__ import annotations
 
 import time
+import weakref
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -36,6 +42,10 @@ class RequestGuard(Resource):
         self.via = via
 
     def render(self, request: Request) -> bytes | int:
+        site = getattr(request.channel, "site", None)
+        if getattr(site, "draining", False):  # this connection ends with this response
+            request.channel.persistent = False
+            request.setHeader(b"connection", b"close")
         problem = None
         via = request.getHeader(b"via")
         if self.via is not None and via is not None and self.via in via:
@@ -67,6 +77,32 @@ class DevpidSite(Site):
         self.stats = stats
         #: Where each request is counted for /+metrics and /+status, when set.
         self.requests: RequestMetrics | None = None
+        #: True once the process is stopping (see the module's docstring).
+        self.draining = False
+        self._channels: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def buildProtocol(self, addr: Any) -> Any:
+        channel = super().buildProtocol(addr)
+        if channel is not None:
+            self._channels.add(channel)
+        return channel
+
+    def start_draining(self) -> int:
+        """Stop taking new work on open connections; the number of idle ones closed."""
+        self.draining = True
+        closed = 0
+        for wrapper in list(self._channels):
+            # twisted.web wraps each HTTPChannel (to negotiate HTTP/2); the channel is inside.
+            channel = getattr(wrapper, "_channel", wrapper)
+            transport = getattr(channel, "transport", None)
+            if transport is None or not getattr(transport, "connected", True):
+                continue
+            if channel.requests:  # busy: it closes after its response
+                channel.persistent = False
+            else:
+                transport.loseConnection()
+                closed += 1
+        return closed
 
     def log(self, request: Any) -> None:
         sent = request.sentLength

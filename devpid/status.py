@@ -152,6 +152,8 @@ class StatusReport:
                 f"disk filling up: {_size(disk.free)} ({disk.free_percent:.1f}%) free "
                 f"for {serverdir}"
             )
+        if getattr(getattr(self.listener, "site", None), "draining", False):
+            reasons.append("shutting down: finishing the running downloads, taking no new work")
         store = self.store.health()
         if store["state"] == "closed":
             reasons.append("the state store is closed (shutting down)")

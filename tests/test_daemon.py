@@ -187,3 +187,18 @@ def test_sigterm_the_moment_it_listens_exits_zero(
             if process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+def test_a_state_store_that_cannot_open_exits_one_with_one_line(
+    tmp_path: Path, shared_upstream: UpstreamProcess
+) -> None:
+    serverdir = tmp_path / "sd"
+    (serverdir / "state.sqlite").mkdir(parents=True)  # not a database
+    logfile = tmp_path / "devpid.log"
+    command = [*twistd_command(), "-n", "--pidfile=", "--logfile", str(logfile), "devpid"]
+    command += ["--listen", "tcp:0:interface=127.0.0.1", "--serverdir", str(serverdir)]
+    command += ["--upstream", shared_upstream.simple_url]
+    result = subprocess.run(command, env=devpid_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("devpid: cannot start the cache: ")

@@ -162,6 +162,11 @@ def test_one_worker_needs_no_redis() -> None:
         (["--workers", "1", "--server-name", "a;b"], "--server-name must be a host name"),
         (["--workers", "1", "--user", "a b"], "--user must be a user name"),
         (["--workers", "1", "--shutdown-grace", "-1"], "--shutdown-grace must be at least 0"),
+        (["--workers", "1", "--shutdown-grace", "inf"], "--shutdown-grace must be at most"),
+        (["--workers", "1", "--outside-url", "http://[::1"], "--outside-url must be an http://"),
+        (["--workers", "1", "--outside-url", "http://h:abc/p"], "--outside-url must be an http"),
+        (["--workers", "1", "--outside-url", "http://:80/"], "--outside-url must be an http://"),
+        (["--workers", "1", "--redis", "redis://[::1"], "--redis must be a redis:// or rediss://"),
         (["--workers", "1", "--", "--bogus"], "--bogus is not a devpid option"),
         (["--workers", "1", "--", "--listen", "tcp:1"], "give --listen to gen-config itself"),
         (["--workers", "1", "--", "--redis=redis://h/0"], "give --redis to gen-config itself"),
@@ -174,6 +179,29 @@ def test_errors_are_one_line(argv: list[str], message: str, tmp_path: Path) -> N
     assert message in error
     assert "\n" not in error
     assert not (tmp_path / "out").exists()
+
+
+def test_paths_are_checked_as_written_after_expanding_home_and_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "h o;me"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    error = error_of("--out", str(tmp_path / "out"), "--workers", "1")  # ~/.devpid
+    assert "--serverdir must not be empty or contain" in error and "\n" not in error
+    spaced = tmp_path / "a b"
+    spaced.mkdir()
+    monkeypatch.chdir(spaced)
+    error = error_of("--out", str(tmp_path / "out"), "--workers", "1", "--serverdir", "rel")
+    assert "--serverdir must not be empty or contain" in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_long_grace_is_written_as_a_plain_number(tmp_path: Path) -> None:
+    genconfig.main(["--out", str(tmp_path), "--workers", "1", "--shutdown-grace", "1234567"])
+    supervisord = (tmp_path / "supervisord.conf").read_text()
+    assert "--shutdown-grace 1234567\n" in supervisord
+    assert "e+" not in supervisord
 
 
 def test_an_unwritable_out_directory_is_one_line(tmp_path: Path) -> None:

@@ -7,11 +7,13 @@ five are small enough to finish within ``--shutdown-grace``, five are not.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import signal
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -93,3 +95,39 @@ def test_sigterm_lets_downloads_finish_within_the_grace_and_keeps_nothing_partia
     gets = slow_upstream.stats()["gets"]
     assert all(f"/files/{d.filename}" not in gets for d in SMALL)
     assert all(gets.get(f"/files/{d.filename}") == 1 for d in LARGE)
+
+
+def test_sigterm_closes_idle_keep_alive_connections_and_reports_shutting_down(
+    tmp_path: Path, slow_upstream: UpstreamProcess
+) -> None:
+    """A proxy's kept-alive connection must not bring new work to a stopping process."""
+    serverdir = tmp_path / "serverdir"
+    devpid = DevpidProcess.start(serverdir, slow_upstream.simple_url, "--shutdown-grace", "3")
+    host = urlsplit(devpid.url)
+    try:
+        large = LARGE[0]
+        path = file_path_of(devpid, large.project, large.filename)
+        slow_upstream.control(rate=RATE)
+        idle = http.client.HTTPConnection(host.hostname, host.port, timeout=10)
+        idle.request("GET", "/+status")
+        assert idle.getresponse().read()  # kept alive, now idle
+        with ThreadPoolExecutor(1) as pool:
+            download = pool.submit(raw_get, devpid, path, 60)  # keeps the process draining
+            deadline = time.monotonic() + 20
+            while in_flight(devpid) < 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            devpid.process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while "closed 1 idle connections" not in devpid.log_text():
+                assert time.monotonic() < deadline, devpid.log_text()[-2000:]
+                time.sleep(0.05)
+            with pytest.raises((http.client.HTTPException, OSError)):
+                idle.request("GET", "/+status?check=1")
+                idle.getresponse().read()
+            assert devpid.process.wait(30) == 0
+            status, length, body = download.result()
+            assert status == 200
+            assert length is not None and len(body) < length  # cut off after the grace
+    finally:
+        devpid.stop()
+    assert list(serverdir.rglob("*.devpid-partial")) == []

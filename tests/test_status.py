@@ -186,6 +186,17 @@ def test_check_is_200_when_healthy_and_503_with_reasons_when_not(app: App) -> No
     assert app.get("/+status?check=0").code == 200
 
 
+def test_a_draining_process_is_unhealthy_and_closes_every_connection(app: App) -> None:
+    site = next(s for s in app.top if isinstance(s, ListenerService)).site
+    site.start_draining()  # what SIGTERM does first
+    answer = app.get("/+status?check=1")
+    assert answer.code == 503
+    assert answer.headers["connection"] == "close"
+    assert answer.json()["reasons"] == [
+        "shutting down: finishing the running downloads, taking no new work"
+    ]
+
+
 # -- the health rules ----------------------------------------------------------
 
 
