@@ -1,14 +1,15 @@
 """The ``devpid`` console command.
 
 ``devpid [options]`` runs ``twistd --nodaemon --pidfile= devpid [options]``;
-``devpid gen-config [options]`` writes configuration files (see devpid.genconfig).
+``devpid gen-config [options]`` writes configuration files (see devpid.genconfig);
+``devpid fsck [options]`` verifies the cached files (see devpid.fsck).
 """
 
 from __future__ import annotations
 
 import sys
 
-SUBCOMMANDS = ("gen-config",)
+SUBCOMMANDS = ("gen-config", "fsck")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -18,6 +19,10 @@ def main(argv: list[str] | None = None) -> None:
 
         gen_config(args[1:])
         return
+    if args[:1] == ["fsck"]:
+        from devpid.fsck import main as fsck
+
+        raise SystemExit(fsck(args[1:]))
     from twisted.scripts.twistd import run
 
     sys.argv = ["twistd", "--nodaemon", "--pidfile=", "devpid", *args]

@@ -75,6 +75,9 @@ class CacheService(Service):
             # and again once it runs, over the handler the reactor installs itself.
             self._exit_zero_on_sigterm()
             self.clock.callWhenRunning(self._exit_zero_on_sigterm)
+            # And should the reactor's own handler have taken it (it is installed a
+            # moment before the one above), twistd must still not re-raise it.
+            self.clock.addSystemEventTrigger("after", "shutdown", self._forget_sigterm)
 
     def _exit_zero_on_sigterm(self) -> None:
         """SIGTERM is how supervisors stop devpid: drain, then exit 0 (twistd re-raises it)."""
@@ -84,6 +87,10 @@ class CacheService(Service):
             self.clock.callFromThread(self._stop_reactor)
 
         signal.signal(signal.SIGTERM, stop)
+
+    def _forget_sigterm(self) -> None:
+        if getattr(self.clock, "_exitSignal", None) == signal.SIGTERM:
+            self.clock._exitSignal = None
 
     def _stop_reactor(self) -> None:
         self.log.info("SIGTERM: shutting down")
