@@ -49,6 +49,22 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
         "seconds a download lock outlives its holder: how long other processes wait "
         "before taking over the download of one that died",
     ),
+    "max-header-size": (
+        16384,
+        "bytes a request's header fields may take in all (431 beyond); at least 1024",
+    ),
+    "max-url-length": (8192, "bytes a request's URL may take (414 beyond); at least 256"),
+    "max-body-size": (65536, "bytes a request body may take (413 beyond; 0: no limit)"),
+    "max-connections-per-client": (
+        0,
+        "connections one client address may hold open at once (503 beyond; 0: no limit; "
+        "behind a proxy every client is the proxy)",
+    ),
+    "idle-timeout": (
+        75.0,
+        "seconds a connection may sit idle, and a request may take to arrive, "
+        "before the connection is closed (0: never)",
+    ),
 }
 
 INI_SECTION = "devpid"
@@ -70,6 +86,11 @@ class Settings:
     changelog_interval: float = 60.0
     lock_ttl: float = 10.0
     shutdown_grace: float = 30.0
+    max_header_size: int = 16384
+    max_url_length: int = 8192
+    max_body_size: int = 65536
+    max_connections_per_client: int = 0
+    idle_timeout: float = 75.0
 
 
 def pip_index_url(environ: Mapping[str, str] | None = None) -> str:
@@ -108,6 +129,16 @@ def _as_float(name: str, raw: Any, minimum: float) -> float:
         raise ConfigError(f"--{name} must be at least {minimum:g}, not {raw!r}")
     if not math.isfinite(value) or value > MAX_SECONDS:
         raise ConfigError(f"--{name} must be at most {MAX_SECONDS:g} seconds, not {raw!r}")
+    return value
+
+
+def _as_int(name: str, raw: Any, minimum: int) -> int:
+    try:
+        value = int(str(raw).strip())
+    except ValueError:
+        raise ConfigError(f"--{name} must be a whole number, not {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"--{name} must be at least {minimum}, not {raw!r}")
     return value
 
 
@@ -225,4 +256,11 @@ def build_settings(
         changelog_interval=_as_float("changelog-interval", pick("changelog-interval"), 0),
         lock_ttl=_as_float("lock-ttl", pick("lock-ttl"), 1),
         shutdown_grace=_as_float("shutdown-grace", pick("shutdown-grace"), 0),
+        max_header_size=_as_int("max-header-size", pick("max-header-size"), 1024),
+        max_url_length=_as_int("max-url-length", pick("max-url-length"), 256),
+        max_body_size=_as_int("max-body-size", pick("max-body-size"), 0),
+        max_connections_per_client=_as_int(
+            "max-connections-per-client", pick("max-connections-per-client"), 0
+        ),
+        idle_timeout=_as_float("idle-timeout", pick("idle-timeout"), 0),
     )

@@ -22,7 +22,7 @@ from devpid.peers import SharedDownloads
 from devpid.poller import ChangelogPoller
 from devpid.routes import DevpidRoutes
 from devpid.service import CacheService, ListenerService
-from devpid.site import DevpidSite
+from devpid.site import DevpidSite, Limits
 from devpid.stats import Stats
 from devpid.status import StatusReport
 from devpid.store import StateStore
@@ -35,7 +35,7 @@ MIRROR_INDEX = "root/pypi"
 
 def _help(name: str) -> str:
     default, text = DEFAULTS[name]
-    return f"{text} [default: {default}]" if default not in (None, False) else text
+    return f"{text} [default: {default}]" if default is not None and default is not False else text
 
 
 class Options(usage.Options):
@@ -178,7 +178,14 @@ def build_service(
     routes = DevpidRoutes(
         {MIRROR_INDEX: mirror}, downloads, files, stats, status, settings.outside_url
     )
-    site = DevpidSite(routes.resource(), stats, via=via.encode())
+    limits = Limits(
+        max_header_size=settings.max_header_size,
+        max_url_length=settings.max_url_length,
+        max_body_size=settings.max_body_size,
+        max_connections_per_client=settings.max_connections_per_client,
+        idle_timeout=settings.idle_timeout,
+    )
+    site = DevpidSite(routes.resource(), stats, via=via.encode(), limits=limits, reactor=reactor)
     site.noisy = False
     site.requests = metrics.requests
     routes.metrics = metrics

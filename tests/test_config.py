@@ -84,6 +84,16 @@ def test_options_every_flag() -> None:
         "3",
         "--shutdown-grace",
         "5",
+        "--max-header-size",
+        "4096",
+        "--max-url-length",
+        "1024",
+        "--max-body-size",
+        "0",
+        "--max-connections-per-client",
+        "20",
+        "--idle-timeout",
+        "30",
         "--config",
         "/etc/devpid.ini",
     ) == {
@@ -99,6 +109,11 @@ def test_options_every_flag() -> None:
         "redis-prefix": "ci:",
         "lock-ttl": "3",
         "shutdown-grace": "5",
+        "max-header-size": "4096",
+        "max-url-length": "1024",
+        "max-body-size": "0",
+        "max-connections-per-client": "20",
+        "idle-timeout": "30",
         "config": "/etc/devpid.ini",
     }
 
@@ -171,6 +186,32 @@ def test_build_settings_precedence_command_line_over_ini_over_defaults(tmp_path:
     )
 
 
+def test_limits_default_and_from_ini_and_command_line() -> None:
+    settings = build_settings({}, None, ENVIRON)
+    assert (
+        settings.max_header_size,
+        settings.max_url_length,
+        settings.max_body_size,
+        settings.max_connections_per_client,
+        settings.idle_timeout,
+    ) == (16384, 8192, 65536, 0, 75.0)
+    ini = {
+        "max-header-size": "2048",
+        "max-url-length": "512",
+        "max-body-size": "0",
+        "max-connections-per-client": "8",
+        "idle-timeout": "0",
+    }
+    settings = build_settings({"max-connections-per-client": "16"}, ini, ENVIRON)
+    assert (
+        settings.max_header_size,
+        settings.max_url_length,
+        settings.max_body_size,
+        settings.max_connections_per_client,
+        settings.idle_timeout,
+    ) == (2048, 512, 0, 16, 0.0)
+
+
 def test_command_line_offline_flag_beats_ini(tmp_path: Path) -> None:
     ini = {"offline": "false", "upstream": UPSTREAM}
     assert build_settings({"offline": True}, ini).offline is True
@@ -203,6 +244,17 @@ def test_outside_url_loses_its_trailing_slash() -> None:
         ("outside-url", "not a url"),
         ("listen", "   "),
         ("offline", "maybe"),
+        ("max-header-size", "1023"),
+        ("max-header-size", "16k"),
+        ("max-header-size", "0"),
+        ("max-url-length", "255"),
+        ("max-url-length", "1.5"),
+        ("max-body-size", "-1"),
+        ("max-body-size", "lots"),
+        ("max-connections-per-client", "-1"),
+        ("max-connections-per-client", ""),
+        ("idle-timeout", "-1"),
+        ("idle-timeout", "never"),
     ],
 )
 @pytest.mark.parametrize("source", ["command line", "ini"])
@@ -414,6 +466,8 @@ def test_make_service_bad_listen(
         (["--redis", "http://127.0.0.1:6379/0"], "--redis"),
         (["--redis", "redis://127.0.0.1:6379/zero"], "--redis"),
         (["--redis-prefix", ""], "--redis-prefix"),
+        (["--max-header-size", "big"], "--max-header-size"),
+        (["--idle-timeout", "-5"], "--idle-timeout"),
         (["--config", "/nonexistent/devpid.ini"], "/nonexistent/devpid.ini"),
     ],
 )
