@@ -284,9 +284,13 @@ class FileStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.partial_path(path)
         new = not path.exists()
-        with open(partial, "w", encoding="utf-8") as f:
-            json.dump(data, f, separators=(",", ":"))
-        os.replace(partial, path)
+        try:
+            with open(partial, "w", encoding="utf-8") as f:
+                json.dump(data, f, separators=(",", ":"))
+            os.replace(partial, path)
+        except BaseException:  # a full disk: no half-written page left behind
+            partial.unlink(missing_ok=True)
+            raise
         if new and project != PROJECT_LIST:
             self.counts.pages += 1
 

@@ -337,7 +337,14 @@ class MirrorIndex:
             data = entry.content.to_json()
         else:
             data = {"names": list(entry.content)}
-        self.files.write_page(self.name, project, data)
+        try:
+            self.files.write_page(self.name, project, data)
+        except OSError as e:  # a full disk, say: the page is good, serve it from memory
+            self.log.warn(
+                "cannot save the page of {project}: {error}; serving it from memory",
+                project=project,
+                error=e.strerror or str(e),
+            )
         self._missing.pop(project, None)
         self._remember(project, entry)
         await self._remember_meta(project, entry)

@@ -313,7 +313,7 @@ class DevpidRoutes:
         try:
             await download.wait_for_headers()
         except DownloadFailed as e:
-            raise HTTPError(502, str(e)) from None
+            raise HTTPError(e.status, str(e)) from None
         if download.verified:
             return await self._cached_file(request, path, h3 + h13)
         request.setHeader(b"content-type", b"application/octet-stream")
@@ -323,9 +323,18 @@ class DevpidRoutes:
         request.setHeader(b"cache-control", FILE_CACHE_CONTROL)
         request.setHeader(b"etag", f'"{h3}{h13}"'.encode())
         finished = _until_finished(request)
-        download.attach(request)
+        download.attach(request, lambda code, reason: self._refuse(request, code, reason))
         await finished
         return None
+
+    def _refuse(self, request: Request, code: int, reason: str) -> None:
+        """A download failed before its first byte reached this client: a one-line error."""
+        for name in (b"etag", b"x-accel-buffering", b"content-length"):
+            request.responseHeaders.removeHeader(name)
+        body = self._plain(request, code, reason)
+        request.setHeader(b"content-length", b"%d" % len(body))
+        request.write(body)
+        request.finish()
 
     async def _cached_file(self, request: Request, path: Path, hash_prefix: str) -> Any:
         etag = f'"{hash_prefix}"'.encode()

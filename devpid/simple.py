@@ -238,6 +238,8 @@ class _AnchorCollector(HTMLParser):
 
 
 def _collect_html(body: bytes) -> _AnchorCollector:
+    if body.lstrip()[:1] in (b"{", b"["):  # parsed as HTML, it would be a page without files
+        raise PageParseError("a JSON document where HTML was expected")
     collector = _AnchorCollector()
     try:
         collector.feed(body.decode("utf-8", errors="replace"))

@@ -9,8 +9,10 @@ slow the download, and the memory held per client is one chunk.
 Clients are never sent the most recently received chunk until the next one
 arrives, and the last one only after the whole file has been verified
 (sha256 and length) and atomically renamed into place. On a mismatch, an
-upstream error or an idle timeout, every client connection is aborted so that
-no one sees a complete 200 of wrong bytes, and the temporary file is removed.
+upstream error, an idle (or crawling) upstream or a cache that cannot be
+written, every client connection is aborted so that no one sees a complete
+200 of wrong bytes (a client sent nothing yet gets a one-line error instead),
+and the temporary file is removed.
 
 Across processes (``peers.SharedDownloads``) a ``Download`` is either the
 *owner*, which does the above, or a *follower*, which streams the owner's
@@ -24,9 +26,11 @@ file and resuming the upstream transfer where it stopped.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
+import resource
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,10 +59,35 @@ FOLLOW_POLL = 0.05
 #: Bytes hashed per reactor turn when adopting another process's temporary file.
 ADOPT_HASH_STEP = 8 * 1024 * 1024
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
+#: Fewer bytes than this within the idle timeout is no progress: an upstream
+#: that drips a byte at a time is cut off like a silent one.
+MIN_PROGRESS = 1024
+#: The status of a failed download: the upstream failed, or the cache cannot hold the file.
+BAD_GATEWAY = 502
+INSUFFICIENT_STORAGE = 507
 
 
 class DownloadFailed(Exception):
     """The download did not produce a verified file; the message is one line."""
+
+    def __init__(self, reason: str, status: int = BAD_GATEWAY) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+def _no_room_for(directory: Path, name: str, size: int) -> str | None:
+    """Why ``size`` bytes cannot be written in ``directory``, when that can be told now."""
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and size > limit:
+        return f"{name} ({size} bytes) is larger than the file size limit ({limit} bytes)"
+    try:
+        status = os.statvfs(directory)
+    except OSError:
+        return None
+    free = status.f_bavail * status.f_frsize
+    if size > free:
+        return f"not enough space in the cache for {name} ({size} bytes): {free} bytes free"
+    return None
 
 
 @attrs.frozen
@@ -87,6 +116,8 @@ class Download:
     role: str = "owner"
     state: str = "connecting"
     error: str | None = None
+    #: The HTTP status for clients that got nothing yet when it failed.
+    error_status: int = BAD_GATEWAY
     received: int = 0
     #: Bytes that clients may be sent: everything but the newest chunk until verified.
     releasable: int = 0
@@ -104,6 +135,8 @@ class Download:
     _hasher: Any = attrs.field(factory=hashlib.sha256)
     _header_waiters: list[Deferred[Download]] = attrs.field(factory=list)
     _idle_timer: IDelayedCall | None = None
+    #: ``received`` when the current idle window began (see ``MIN_PROGRESS``).
+    _window_start: int = 0
     _body: _UpstreamBody | None = None
     _upstream: UpstreamClient | None = None
     _renewal: LoopingCall | None = None
@@ -363,18 +396,26 @@ class Download:
             return
         self.total = length if length is not None else self.spec.size
         if self._fd is None:
+            final = self.spec.final_path
+            problem = None
+            if self.total is not None:
+                problem = _no_room_for(self.files.files_root, final.name, self.total)
+            if problem:
+                response.deliverBody(_Discard())
+                self._fail(problem, INSUFFICIENT_STORAGE)
+                return
             try:
-                self.partial_path, self._fd = self.files.create_partial(self.spec.final_path)
+                self.partial_path, self._fd = self.files.create_partial(final)
                 self._read_fd = os.open(self.partial_path, os.O_RDONLY)
             except OSError as e:
                 response.deliverBody(Protocol())
-                self._fail(f"cannot create a temporary file: {e.strerror}")
+                self._fail(f"cannot create a temporary file: {e.strerror}", INSUFFICIENT_STORAGE)
                 return
         self._settle_readers()
         self.state = "streaming"
         self._upstream = upstream
         self._body = _UpstreamBody(self)
-        self._reset_idle_timer()
+        self._start_idle_window()
         response.deliverBody(self._body)
         assert self.partial_path is not None
         self._announce(state="streaming", partial=self.partial_path.name, total=self.total)
@@ -399,7 +440,7 @@ class Download:
         if self.state in ("streaming", "verified"):
             return succeed(self)
         if self.state == "failed":
-            return fail(DownloadFailed(self.error or "download failed"))
+            return fail(DownloadFailed(self.error or "download failed", self.error_status))
         waiter: Deferred[Download] = Deferred(lambda d: self._header_waiters.remove(d))
         self._header_waiters.append(waiter)
         return waiter
@@ -408,10 +449,17 @@ class Download:
         if self.over or self._fd is None:
             return
         try:
-            os.write(self._fd, data)
+            # A full disk or a file size limit may take part of a write: the rest
+            # of it then gets the error.
+            rest = memoryview(data)
+            while rest:
+                written = os.write(self._fd, rest)
+                if not written:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                rest = rest[written:]
         except OSError as e:
             self._abort_upstream()
-            self._fail(f"cannot write to the cache: {e.strerror}")
+            self._fail(f"cannot write to the cache: {e.strerror}", INSUFFICIENT_STORAGE)
             return
         self._hasher.update(data)
         self.releasable = self.received
@@ -422,7 +470,8 @@ class Download:
             self._abort_upstream()
             self._fail(f"upstream sent more than the {self.total} bytes announced")
             return
-        self._reset_idle_timer()
+        if self.received - self._window_start >= MIN_PROGRESS:
+            self._start_idle_window()
         for reader in list(self.readers):
             reader.pump()
 
@@ -478,7 +527,9 @@ class Download:
             )
         return None
 
-    def _reset_idle_timer(self) -> None:
+    def _start_idle_window(self) -> None:
+        """The upstream has ``idle_timeout`` seconds from now to send ``MIN_PROGRESS`` bytes."""
+        self._window_start = self.received
         if self._idle_timer is not None and self._idle_timer.active():
             self._idle_timer.reset(self.idle_timeout)
         else:
@@ -487,7 +538,13 @@ class Download:
     def _idle(self) -> None:
         self._idle_timer = None
         self._abort_upstream()
-        self._fail(f"upstream stalled for {self.idle_timeout:g}s on {self.spec.url}")
+        got = self.received - self._window_start
+        if got:
+            self._fail(
+                f"upstream too slow: {got} bytes in {self.idle_timeout:g}s on {self.spec.url}"
+            )
+        else:
+            self._fail(f"upstream stalled for {self.idle_timeout:g}s on {self.spec.url}")
 
     def _abort_upstream(self) -> None:
         if self._body is not None and self._body.transport is not None:
@@ -615,11 +672,12 @@ class Download:
                 os.close(fd)
                 setattr(self, name, None)
 
-    def _fail(self, reason: str) -> None:
+    def _fail(self, reason: str, status: int = BAD_GATEWAY) -> None:
         if self.over:
             return
         self.state = "failed"
         self.error = reason
+        self.error_status = status
         self.log.warn(
             "{role} GET {url} failed after {size} bytes in {seconds:.3f}s: {reason}",
             role="upstream" if self.role == "owner" else "shared",
@@ -635,7 +693,7 @@ class Download:
             self._close_fds()
         waiters, self._header_waiters = self._header_waiters, []
         for waiter in waiters:
-            waiter.errback(DownloadFailed(reason))
+            waiter.errback(DownloadFailed(reason, status))
         self._finish()
 
     def _finish(self) -> None:
@@ -672,13 +730,19 @@ class Download:
 
     # -- client side ---------------------------------------------------------
 
-    def attach(self, request: Request) -> TeeReader:
-        """Stream this download to ``request`` (its headers must already be set)."""
+    def attach(
+        self, request: Request, refuse: Callable[[int, str], None] | None = None
+    ) -> TeeReader:
+        """Stream this download to ``request`` (its headers must already be set).
+
+        If it fails before the client was sent a byte, ``refuse(status, reason)``
+        answers instead (without it, the connection is cut as for a later failure).
+        """
         if self._read_fd is not None:
             fd = os.dup(self._read_fd)
         else:
             fd = os.open(self.spec.final_path, os.O_RDONLY)
-        reader = TeeReader(self, request, fd, promised=self.total)
+        reader = TeeReader(self, request, fd, promised=self.total, refuse=refuse)
         self.readers.add(reader)
         request.registerProducer(reader, True)
         request.notifyFinish().addBoth(reader.client_gone)
@@ -715,6 +779,8 @@ class TeeReader:
     fd: int | None
     #: The Content-Length the client was sent (None: none was).
     promised: int | None = None
+    #: Answers with an error status and reason when the download fails before any byte.
+    refuse: Callable[[int, str], None] | None = None
     offset: int = 0
     paused: bool = False
     done: bool = False
@@ -736,9 +802,19 @@ class TeeReader:
             if self.done:
                 return
         if download.state == "failed":
-            self.cut_off()
+            self._failed()
         elif download.verified and self.offset >= download.received:
             self._complete()
+
+    def _failed(self) -> None:
+        """An error answer if the client has nothing yet, else a cut connection."""
+        if self.offset or self.refuse is None:
+            self.cut_off()
+            return
+        self._detach()
+        self.request.unregisterProducer()
+        download = self.download
+        self.refuse(download.error_status, download.error or "the download failed")
 
     def _complete(self) -> None:
         self._detach()

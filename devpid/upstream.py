@@ -142,8 +142,16 @@ def read_body(response: IResponse, limit: int = MAX_PAGE_BYTES) -> Deferred[byte
     ):
         response.deliverBody(Protocol())  # drain nothing; the connection is dropped
         raise PageTooLarge(f"page of {response.length} bytes is larger than {limit}")
-    finished: Deferred[bytes] = Deferred()
-    response.deliverBody(_BoundedBody(finished, limit))
+    body: _BoundedBody
+
+    def cancel(_: Deferred[bytes]) -> None:
+        # A timeout: drop the connection too, or a stalled upstream keeps it open.
+        if body.transport is not None:
+            body.transport.stopProducing()  # type: ignore[attr-defined]
+
+    finished: Deferred[bytes] = Deferred(cancel)
+    body = _BoundedBody(finished, limit)
+    response.deliverBody(body)
     return finished
 
 

@@ -359,3 +359,94 @@ def test_serves_the_real_corpus() -> None:
         wheel = next(f for f in page["files"] if f["filename"].endswith(".whl"))
         body = fetch(urllib.parse.urljoin(page_url, wheel["url"])).body
         assert sha256(body) == wheel["hashes"]["sha256"]
+
+
+def raw_fetch(
+    upstream: UpstreamProcess, path: str, timeout: float = 10, **headers: str
+) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers in lower case, body as far as it came) without following redirects."""
+    connection = http.client.HTTPConnection("127.0.0.1", upstream.port, timeout=timeout)
+    try:
+        connection.request("GET", path, headers=headers)
+        response = connection.getresponse()
+        body = bytearray()
+        try:
+            while chunk := response.read1(65536):
+                body += chunk
+        except TimeoutError:
+            pass
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, bytes(body)
+    finally:
+        connection.close()
+
+
+@integration
+def test_redirect_modes(upstream: UpstreamProcess) -> None:
+    page = "/simple/devpid-demo-lib/"
+    plain = fetch(upstream.url.rstrip("/") + page).body
+    upstream.control(redirect_to="/mirror")
+    status, headers, _ = raw_fetch(upstream, page)
+    assert (status, headers["location"]) == (302, "/mirror" + page)
+    assert fetch(upstream.url.rstrip("/") + page).body == plain  # the mirror is not redirected
+    upstream.control(redirect_to="")
+    assert raw_fetch(upstream, page)[1]["location"] == page  # a loop
+    upstream.control(redirect_to="http://127.0.0.1:9", status_paths=["/files/"])
+    assert raw_fetch(upstream, f"/files/{APP}")[1]["location"] == f"http://127.0.0.1:9/files/{APP}"
+    assert raw_fetch(upstream, page)[0] == 200
+    assert upstream.stats()["gets"]["/mirror" + page] == 1
+
+
+@integration
+def test_length_modes(upstream: UpstreamProcess, repository: Repository) -> None:
+    true_body = repository.path(LIB2).read_bytes()
+    upstream.control(length_delta=-1)
+    headers = raw_fetch(upstream, f"/files/{LIB2}")[1]
+    assert headers["content-length"] == str(len(true_body) - 1)
+    upstream.control(length_delta=5)
+    _, headers, body = raw_fetch(upstream, f"/files/{LIB2}", timeout=0.5)
+    assert headers["content-length"] == str(len(true_body) + 5) and body == true_body
+    upstream.control(no_length=True)
+    _, headers, body = raw_fetch(upstream, f"/files/{LIB2}")
+    assert "content-length" not in headers and headers["transfer-encoding"] == "chunked"
+    assert body == true_body
+
+
+@integration
+def test_stall_after(upstream: UpstreamProcess, repository: Repository) -> None:
+    upstream.control(stall_after=0.5)
+    size = repository.path(BIG).stat().st_size
+    status, headers, body = raw_fetch(upstream, f"/files/{BIG}", timeout=1)
+    assert status == 200 and int(headers["content-length"]) == size
+    assert 0 < len(body) <= size // 2
+    status, headers, body = raw_fetch(upstream, "/simple/devpid-demo-lib/", timeout=1)
+    assert status == 200 and 0 < len(body) < int(headers["content-length"])
+
+
+@integration
+def test_open_connections(upstream: UpstreamProcess) -> None:
+    assert upstream.open_connections() == 0
+    connection = http.client.HTTPConnection("127.0.0.1", upstream.port, timeout=10)
+    connection.request("GET", "/simple/")
+    connection.getresponse().read()
+    assert upstream.open_connections() == 1  # kept alive
+    connection.close()
+    deadline = time.monotonic() + 10
+    while upstream.open_connections() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert upstream.open_connections() == 0
+
+
+@integration
+def test_page_shape_modes(upstream: UpstreamProcess) -> None:
+    url = upstream.simple_url + "devpid-demo-lib/"
+    upstream.control(page_format="html", content_type="text/plain")
+    response = fetch(url, Accept=JSON_TYPE)
+    assert response.headers["Content-Type"] == "text/plain"
+    assert response.body.startswith(b"<!DOCTYPE html>")
+    upstream.control(extra_links=1000, page_padding=10_000)
+    files = json.loads(fetch(url, Accept=JSON_TYPE).body)["files"]
+    assert len(files) == 1003 and files[-1]["filename"] == "devpid_demo_lib-0.0.999.tar.gz"
+    html = fetch(url)
+    parser = LinkParser()
+    parser.feed(html.body.decode())
+    assert len(parser.links) == 1003 and len(html.body) > 10_000

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -15,8 +17,9 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 
+from devpid import filestore
 from devpid.filestore import FileStore
 from devpid.mirror import CachedPage, IndexUnavailable, MirrorIndex, ProjectNotFound
 from devpid.simple import ProjectPage
@@ -211,6 +214,55 @@ def test_upstream_timeout_is_unavailable(tmp_path: Path) -> None:
     world.later(5.1)
     with pytest.raises(IndexUnavailable, match="timed out"):
         world.resolve(d)
+
+
+def test_a_page_that_stalls_mid_body_times_out_and_drops_its_connection(tmp_path: Path) -> None:
+    lost: list[Failure] = []
+
+    class Stalling(FakeIndex):
+        def render_GET(self, request: Request) -> int:
+            request.setHeader(b"content-type", b"application/vnd.pypi.simple.v1+json")
+            request.setHeader(b"content-length", b"1000")
+            request.write(b'{"files": [')
+            request.notifyFinish().addErrback(lost.append)
+            return NOT_DONE_YET  # type: ignore[no-any-return]
+
+    world = make_world(tmp_path, Stalling())
+    d = Deferred.fromCoroutine(world.mirror.project_page("demo"))
+    world.stub.flush()
+    world.later(5.1)
+    world.stub.flush()
+    with pytest.raises(IndexUnavailable, match="timed out"):
+        world.resolve(d)
+    assert lost, "the stalled upstream connection was left open"
+
+
+def test_a_page_that_cannot_be_saved_is_served_from_memory(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def disk_full(*args: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(FileStore, "write_page", disk_full)
+    assert filenames(world.get()) == ["demo-1.0.tar.gz"]
+    assert world.mirror.files.read_page("root/pypi", "demo") is None
+    assert filenames(world.get()) == ["demo-1.0.tar.gz"]  # fresh, from memory
+    assert len(world.index.requests) == 1
+
+
+def test_a_page_write_that_fails_leaves_no_partial_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = FileStore(tmp_path)
+    files.prepare()
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(filestore.json, "dump", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        files.write_page("root/pypi", "demo", {"name": "demo", "links": []})
+    assert [p for p in tmp_path.rglob("*") if p.is_file() and "+pages" in p.parts] == []
 
 
 def test_missing_projects_are_remembered_briefly(world: World) -> None:

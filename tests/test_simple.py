@@ -820,3 +820,11 @@ def test_html_like_bytes(body: bytes) -> None:
 def test_json_like_pages(files: list[dict[str, object]], versions: object, status: object) -> None:
     body = json.dumps({"files": files, "versions": versions, "project-status": status}).encode()
     _parses_or_page_parse_error(parse_project_json, body)
+
+
+def test_a_json_body_said_to_be_html_is_a_parse_error_not_an_empty_page() -> None:
+    body = b' {"meta": {"api-version": "1.1"}, "name": "demo", "files": []}'
+    with pytest.raises(PageParseError, match="JSON document where HTML"):
+        parse_project_page("demo", body, "text/html", "http://upstream.test/simple/demo/")
+    with pytest.raises(PageParseError):
+        parse_project_list(b'{"projects": []}', "text/html")

@@ -153,6 +153,24 @@ async def test_reacquiring_refreshes_the_ttl(subject: StoreUnderTest) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_full_disk_makes_the_embedded_store_unavailable_not_broken(
+    tmp_path: Path,
+) -> None:
+    store = EmbeddedStore(tmp_path / "state.sqlite", Clock())
+    await store.open()
+    try:
+        pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+        store.db.execute(f"PRAGMA max_page_count = {pages}")  # as full as a full disk
+        with pytest.raises(StoreUnavailable, match="full"):
+            await store.set_document("page:root/pypi:demo", {"etag": "x" * 100_000})
+        with pytest.raises(StoreUnavailable):
+            await store.increment({"requests": 1} | {f"c{i}": i for i in range(5000)})
+        assert await store.get_document("page:root/pypi:demo") is None  # reads still work
+    finally:
+        await store.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_redis_prefixes_isolate_deployments(redis_server: RedisServer) -> None:
     first, second = _redis_store(redis_server), _redis_store(redis_server)
     await first.open()

@@ -21,7 +21,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from devpid import filestore
+from devpid import filestore, tee
 from devpid.filestore import FileStore
 from devpid.identity import ProcessIdentity
 from devpid.peers import SharedDownloads
@@ -264,6 +264,95 @@ def test_no_hash_verifies_by_length_only(tmp_path: Path) -> None:
         s.response.send(chunk)
     s.response.end()
     assert s.download.verified
+
+
+def attach_refusable(setup: Setup, refused: list[tuple[int, str]]) -> FakeClient:
+    """A client whose error answers (status, reason) are recorded in ``refused``."""
+    client = FakeClient()
+    request: Any = client
+    setup.download.attach(request, lambda code, reason: refused.append((code, reason)))
+    return client
+
+
+def test_a_trickle_is_no_progress(tmp_path: Path) -> None:
+    """A byte a second keeps the connection busy, but less than MIN_PROGRESS bytes
+    within the idle timeout fails the download like silence does."""
+    s = start(tmp_path)
+    client = attach(s)
+    for _ in range(29):
+        s.response.send(b"a")
+        s.clock.advance(1)
+    assert s.download.state == "streaming"
+    s.clock.advance(1)
+    assert s.download.state == "failed"
+    assert "too slow: 29 bytes in 30s" in (s.download.error or "")
+    assert s.response.protocol.transport.stopped
+    assert client.aborted
+
+
+def test_a_client_sent_nothing_yet_gets_an_error_answer_not_a_cut(tmp_path: Path) -> None:
+    s = start(tmp_path)
+    refused: list[tuple[int, str]] = []
+    early = attach_refusable(s, refused)
+    waiting = attach_refusable(s, refused)
+    waiting.producer.pauseProducing()  # a slow client: nothing sent to it yet
+    s.response.send(CHUNKS[0])
+    s.response.send(CHUNKS[1])
+    s.response.end(Failure(ConnectionResetError("reset")))
+    assert early.aborted and len(early.received) == len(CHUNKS[0])  # it had bytes: cut off
+    assert not waiting.aborted and waiting.received == b""
+    assert refused == [(502, s.download.error)] and "broke off" in refused[0][1]
+    assert s.download.readers == set()
+
+
+@pytest.mark.parametrize("limit", ["file size", "free space"])
+def test_a_file_the_cache_cannot_hold_fails_before_its_first_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: str
+) -> None:
+    if limit == "file size":
+        monkeypatch.setattr(tee.resource, "getrlimit", lambda _: (1000, 1000))
+    else:
+        monkeypatch.setattr(tee.os, "statvfs", lambda _: os.statvfs_result((0,) * 4 + (1,) * 6))
+    s = start(tmp_path)
+    assert s.download.state == "failed" and s.download.error_status == 507
+    assert ("file size limit" if limit == "file size" else "not enough space") in (
+        s.download.error or ""
+    )
+    assert s.response.protocol.transport.stopped  # the body is not read
+    assert not s.files.partial_path(s.final).exists()
+    failures: list[Failure] = []
+    s.download.wait_for_headers().addErrback(failures.append)
+    assert isinstance(failures[0].value, DownloadFailed) and failures[0].value.status == 507
+
+
+def test_short_writes_are_completed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write = os.write
+    monkeypatch.setattr(tee.os, "write", lambda fd, data: write(fd, bytes(data[:300])))
+    s = start(tmp_path)
+    client = attach(s)
+    for chunk in CHUNKS:
+        s.response.send(chunk)
+    s.response.end()
+    assert s.download.verified and bytes(client.received) == BODY
+    assert s.final.read_bytes() == BODY
+
+
+def test_a_write_error_fails_the_download_with_507(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = start(tmp_path)
+    refused: list[tuple[int, str]] = []
+    attach_refusable(s, refused)
+
+    def too_large(fd: int, data: bytes) -> int:
+        raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+
+    monkeypatch.setattr(tee.os, "write", too_large)
+    s.response.send(CHUNKS[0])
+    assert s.download.state == "failed"
+    assert refused == [(507, "cannot write to the cache: File too large")]
+    assert s.response.protocol.transport.stopped
+    assert not s.files.partial_path(s.final).exists()
 
 
 class FileResource(Resource):

@@ -7,13 +7,17 @@ handing it to a thread would cost.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
+
+from devpid.store import StoreUnavailable
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -23,6 +27,16 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 CREATE TABLE IF NOT EXISTS locks (name TEXT PRIMARY KEY, owner TEXT NOT NULL,
                                   expires REAL NOT NULL);
 """
+
+
+@contextlib.contextmanager
+def _writing() -> Iterator[None]:
+    """A full disk (or an I/O error) makes a write fail as an absent Redis would:
+    ``StoreUnavailable``, which callers degrade around."""
+    try:
+        yield
+    except sqlite3.OperationalError as e:
+        raise StoreUnavailable(f"the embedded store cannot write: {e}") from None
 
 
 @attrs.define
@@ -62,31 +76,35 @@ class EmbeddedStore:
         return json.loads(row[0]) if row else None
 
     async def set_document(self, key: str, document: dict[str, Any]) -> None:
-        self.db.execute(
-            "INSERT OR REPLACE INTO documents (key, value) VALUES (?, ?)",
-            (key, json.dumps(document, separators=(",", ":"))),
-        )
+        with _writing():
+            self.db.execute(
+                "INSERT OR REPLACE INTO documents (key, value) VALUES (?, ?)",
+                (key, json.dumps(document, separators=(",", ":"))),
+            )
 
     async def delete_document(self, key: str) -> None:
-        self.db.execute("DELETE FROM documents WHERE key = ?", (key,))
+        with _writing():
+            self.db.execute("DELETE FROM documents WHERE key = ?", (key,))
 
     async def add_to_set(self, name: str, *members: str) -> None:
-        self.db.executemany(
-            "INSERT OR IGNORE INTO sets (name, member) VALUES (?, ?)",
-            [(name, m) for m in members],
-        )
+        with _writing():
+            self.db.executemany(
+                "INSERT OR IGNORE INTO sets (name, member) VALUES (?, ?)",
+                [(name, m) for m in members],
+            )
 
     async def remove_from_set(self, name: str, *members: str) -> None:
-        self.db.executemany(
-            "DELETE FROM sets WHERE name = ? AND member = ?", [(name, m) for m in members]
-        )
+        with _writing():
+            self.db.executemany(
+                "DELETE FROM sets WHERE name = ? AND member = ?", [(name, m) for m in members]
+            )
 
     async def set_members(self, name: str) -> set[str]:
         rows = self.db.execute("SELECT member FROM sets WHERE name = ?", (name,))
         return {row[0] for row in rows}
 
     async def increment(self, counters: dict[str, int]) -> None:
-        with self.db:
+        with _writing(), self.db:
             self.db.executemany(
                 "INSERT INTO counters (name, value) VALUES (?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
@@ -98,7 +116,7 @@ class EmbeddedStore:
 
     async def acquire_lock(self, name: str, owner: str, ttl: float) -> bool:
         now = self.clock.seconds()
-        with self.db:
+        with _writing(), self.db:
             row = self.db.execute(
                 "SELECT owner, expires FROM locks WHERE name = ?", (name,)
             ).fetchone()
@@ -111,7 +129,8 @@ class EmbeddedStore:
         return True
 
     async def release_lock(self, name: str, owner: str) -> None:
-        self.db.execute("DELETE FROM locks WHERE name = ? AND owner = ?", (name, owner))
+        with _writing():
+            self.db.execute("DELETE FROM locks WHERE name = ? AND owner = ?", (name, owner))
 
     async def lock_owner(self, name: str) -> str | None:
         row = self.db.execute(
