@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,31 @@ def _is_installer(request: Request) -> bool:
     return any(token in agent for token in INSTALLER_AGENTS) or b"vnd.pypi.simple" in accept
 
 
+#: One byte range (RFC 9110 14.1.2): ``first-last``, ``first-`` or ``-suffix``.
+_ONE_RANGE = re.compile(rb"bytes[ \t]*=[ \t]*([0-9]{0,18})-([0-9]{0,18})[ \t]*")
+
+
+def _single_range(header: bytes, size: int) -> bytes | None:
+    """The one valid range of a ``Range`` header as twisted.web's ``File`` should see it.
+
+    None when it is not exactly one well-formed range: the whole file is sent
+    then (RFC 9110 lets a server ignore Range), so several, overlapping or
+    malformed ranges can neither multiply the file nor reach ``File``'s
+    edge cases. A suffix longer than the file is the whole file.
+    """
+    match = _ONE_RANGE.fullmatch(header.strip())
+    if match is None:
+        return None
+    first, last = match.group(1), match.group(2)
+    if not first and not last:
+        return None
+    if first and last and int(last) < int(first):
+        return None
+    if not first and int(last) >= size:
+        return b"bytes=0-"
+    return b"bytes=" + first + b"-" + last
+
+
 def _matches(if_none_match: bytes | None, etag: bytes) -> bool:
     if not if_none_match:
         return False
@@ -113,7 +139,10 @@ class DevpidRoutes:
     def _links(self, request: Request, mirror: MirrorIndex) -> LinkRenderer:
         prefix = _header(request, b"x-outside-url")
         if prefix is not None:
-            parts = urlsplit(prefix.strip())
+            try:
+                parts = urlsplit(prefix.strip())
+            except ValueError:  # e.g. an unclosed IPv6 bracket
+                raise HTTPError(400, "X-Outside-URL must be an http(s) URL") from None
             if (
                 parts.scheme not in ("http", "https")
                 or not parts.netloc
@@ -343,6 +372,17 @@ class DevpidRoutes:
         if _matches(request.getHeader(b"if-none-match"), etag):
             request.setResponseCode(304)
             return b""
+        asked = request.getHeader(b"range")
+        if asked is not None:
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                raise HTTPError(404, f"{path.name} is no longer cached") from None
+            single = _single_range(asked, size)
+            if single is None:  # several ranges, or none that parses: the whole file
+                request.requestHeaders.removeHeader(b"range")
+            else:
+                request.requestHeaders.setRawHeaders(b"range", [single])
         if request.method == b"GET" and not request.getHeader(b"range"):
             return await self._send_whole_file(request, path)
         resource = File(str(path), defaultType="application/octet-stream")

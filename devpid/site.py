@@ -69,6 +69,18 @@ class TimedRequest(Request):
             super().handleContentChunk(data)
 
 
+def _routable_host(host: bytes) -> bool:
+    """Whether a Host header's name is one the router can take (a UTF-8, IDNA-able name)."""
+    try:
+        name = host.decode("utf-8").lower()
+        if name.startswith("[") and name.endswith("]"):  # an IPv6 literal
+            return True
+        name.encode("idna")
+    except UnicodeError:
+        return False
+    return True
+
+
 class RequestGuard(Resource):
     """Refuses what the routes should never see: over-long or non-UTF-8 URLs."""
 
@@ -93,6 +105,10 @@ class RequestGuard(Resource):
             problem = (508, b"508 Loop Detected: this devpid is its own upstream\n")
         elif len(request.uri) > self.max_url_length:
             problem = (414, b"414 URI Too Long: at most %d bytes\n" % self.max_url_length)
+        elif request.method != request.method.upper():
+            problem = (405, b"405 Method Not Allowed: methods are case-sensitive\n")
+        elif not _routable_host(request.getRequestHostname()):
+            problem = (400, b"400 Bad Request: the Host header is not a host name\n")
         else:
             try:
                 unquote_to_bytes(request.path).decode("utf-8")
