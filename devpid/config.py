@@ -24,7 +24,10 @@ class ConfigError(Exception):
 #: Every setting: name -> (default, one-line help). Command-line flags, the INI
 #: file's keys and ``Settings`` fields use these names (dashes for flags/keys).
 DEFAULTS: dict[str, tuple[Any, str]] = {
-    "listen": ("tcp:3141:interface=127.0.0.1", "a Twisted endpoint string to listen on"),
+    "listen": (
+        "tcp:3141:interface=127.0.0.1:backlog=1024",
+        "a Twisted endpoint string to listen on",
+    ),
     "serverdir": ("~/.devpid", "where pages, files and state are stored"),
     "upstream": (None, "the simple index to mirror (default: the index pip is configured to use)"),
     "cache-expiry": (1800.0, "seconds a cached project page counts as fresh"),

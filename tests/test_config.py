@@ -149,7 +149,7 @@ def test_options_errors_are_one_line_system_exits(argv: list[str], mentions: str
 def test_build_settings_defaults(tmp_path: Path) -> None:
     settings = build_settings({}, None, ENVIRON)
     assert settings == Settings(
-        listen="tcp:3141:interface=127.0.0.1",
+        listen="tcp:3141:interface=127.0.0.1:backlog=1024",
         serverdir=tmp_path / "home" / ".devpid",
         upstream="http://127.0.0.1:2/pip-env/simple/",
         cache_expiry=1800.0,

@@ -45,6 +45,21 @@ TABLES: dict[str, tuple[Column, ...]] = {
         Column("nginx static", "nginx static"),
         Column("via nginx/static", "via nginx", "nginx static"),
     ),
+    # load.py: many keep-alive connections, paced and not, with and without slowloris
+    "load": (
+        Column("paced", "paced"),
+        Column("paced+slowloris", "paced+slowloris"),
+        Column("slowloris/none", "paced+slowloris", "paced"),
+        Column("unpaced", "unpaced"),
+        Column("unpaced+slowloris", "unpaced+slowloris"),
+    ),
+    # load.py: the soak, a long mixed run; "run" holds totals and figures over the run
+    "soak": (
+        Column("start", "start"),
+        Column("peak", "peak"),
+        Column("end", "end"),
+        Column("run", "run"),
+    ),
 }
 
 

@@ -19,6 +19,7 @@ import hashlib
 import html
 import json
 import os
+import random
 import shutil
 from pathlib import Path
 
@@ -189,3 +190,25 @@ def build_cluster(root: Path, corpus: Path, big_size: int) -> ClusterFiles:
     cluster = _cluster_files(root, requirements[0], big_size)
     write_root_index(root)
     return cluster
+
+
+def write_small_blobs(root: Path, prefix: str, count: int, size: int, seed: int = 0) -> list[Blob]:
+    """``count`` projects ``<prefix>-<i>`` of one ``size``-byte file each, quickly.
+
+    For the soak's cold fetches, which need thousands of projects no cache has
+    seen: pseudo-random bytes from a seeded generator (any body would do, as long
+    as each differs), no root index rewrite (the caller does it once).
+    """
+    rng = random.Random(seed)
+    files_dir = root / "files"
+    files_dir.mkdir(parents=True, exist_ok=True)
+    blobs = []
+    for i in range(count):
+        project = f"{prefix}-{i}"
+        body = rng.randbytes(size)
+        filename = f"{project.replace('-', '_')}-1.0-py3-none-any.whl"
+        (files_dir / filename).write_bytes(body)
+        blob = Blob(project, filename, size, hashlib.sha256(body).hexdigest())
+        _write_project_pages(root, blob)
+        blobs.append(blob)
+    return blobs
