@@ -289,3 +289,27 @@ def test_pip_installs_flask_and_requests_through_nginx(tmp_path: Path, redis: Re
         assert (tmp_path / "pip" / "requests" / "__init__.py").is_file()
         gets = upstream.stats()["gets"]
         assert all(count == 1 for path, count in gets.items() if path.startswith("/files/"))
+
+
+@pytest.mark.parametrize("prefix", PREFIXES, ids=["root", "sub-path"])
+def test_no_directory_is_listed_through_nginx_or_by_devpid(demo: Deployment, prefix: str) -> None:
+    """Every directory of the cached file's path, and the serverdir's own: never a listing."""
+    url = file_url(demo, prefix, "devpid-demo-app", "devpid_demo_app-1.0-py3-none-any.whl")
+    assert http_get(url).status == 200  # cached now: its directories exist
+    path = url.removeprefix(demo.url(prefix))
+    parts = path.strip("/").split("/")
+    directories = ["/" + "/".join(parts[:n]) + "/" for n in range(1, len(parts))]
+    directories += ["/+files/", "/+pages/", "/+files/root/pypi/+f/", "/state.sqlite"]
+    bases = [demo.url(prefix), demo.workers[0].url]
+    for base in bases:
+        for directory in directories:
+            response = http_get(base + directory)
+            # /root/ and /root/pypi/ are devpi's user and index documents (JSON), the
+            # rest is not found: nothing lists what a directory holds.
+            assert response.status < 500, (base, directory, response.status)
+            if response.status == 200:
+                assert directory in ("/root/", "/root/pypi/"), (base, directory)
+                assert response.headers["content-type"] == "application/json"
+            body = response.body.lower()
+            assert b"index of" not in body and b".whl" not in body, (base, directory)
+            assert b"traceback" not in body
