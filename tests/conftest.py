@@ -13,6 +13,7 @@ import pytest
 
 from tests.fixtures.devpid_process import DevpidProcess
 from tests.fixtures.distbuilder import Repository, build_repository
+from tests.fixtures.redis_server import INSTALL_HINT, RedisServer, redis_server_path
 from tests.fixtures.upstream import UpstreamProcess
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
@@ -81,3 +82,15 @@ def uv_install(
     command = [uv, "pip", "install", "--no-cache", "--no-config", "--python", sys.executable]
     command += ["--index-url", index_url, "--target", str(target), *requirements]
     return subprocess.run(command, env=installer_env(), capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own on a free port (skips, saying how to get one)."""
+    if redis_server_path() is None:
+        pytest.skip(INSTALL_HINT)
+    server = RedisServer.start(tmp_path)
+    try:
+        yield server
+    finally:
+        server.stop()

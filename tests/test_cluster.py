@@ -22,7 +22,7 @@ import pytest
 from tests.conftest import BIG_FILE_SIZE
 from tests.fixtures.devpid_process import DevpidProcess
 from tests.fixtures.distbuilder import Repository
-from tests.fixtures.redis_server import INSTALL_HINT, RedisServer, redis_server_path
+from tests.fixtures.redis_server import RedisServer
 from tests.fixtures.upstream import UpstreamProcess
 from tests.test_streaming import BIG, file_path_of, raw_get
 
@@ -30,17 +30,6 @@ pytestmark = pytest.mark.integration
 
 LIB_WHEEL = "devpid_demo_lib-1.0-py3-none-any.whl"
 LOCK_TTL = "2"
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    if redis_server_path() is None:
-        pytest.skip(INSTALL_HINT)
-    server = RedisServer.start(tmp_path)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def start_pair(

@@ -39,7 +39,7 @@ import pytest
 
 from tests.fixtures.devpid_process import DevpidProcess, Response
 from tests.fixtures.distbuilder import Repository
-from tests.fixtures.redis_server import INSTALL_HINT, RedisServer, redis_server_path
+from tests.fixtures.redis_server import RedisServer
 from tests.fixtures.upstream import UnconnectablePort, UpstreamProcess
 from tests.test_streaming import BIG, JSON, cached, file_path_of, raw_get, wait_until
 
@@ -385,17 +385,6 @@ def test_redirects(tmp_path: Path, upstream: UpstreamProcess, demo_repository: R
 
 
 # -- the state store ---------------------------------------------------------------
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    if redis_server_path() is None:
-        pytest.skip(INSTALL_HINT)
-    server = RedisServer.start(tmp_path)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_redis_paused_under_load(

@@ -22,7 +22,7 @@ from devpid.store.redis import RedisStore
 from devpid.tap import makeService
 from devpid.tee import DownloadManager
 from tests.fixtures.devpid_process import DevpidProcess
-from tests.fixtures.redis_server import INSTALL_HINT, RedisServer, redis_server_path
+from tests.fixtures.redis_server import RedisServer
 from tests.fixtures.upstream import UpstreamProcess
 from tests.test_cluster import wait_for
 from tests.test_mirror import World, make_world
@@ -302,17 +302,6 @@ def test_a_real_process_reports_its_port_and_fails_its_check_without_a_serverdir
     assert json.loads(sick.body)["reasons"] == [
         f"cannot write to {devpid.serverdir / '+pages'}: it is missing or not writable"
     ]
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    if redis_server_path() is None:
-        pytest.skip(INSTALL_HINT)
-    server = RedisServer.start(tmp_path)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.mark.integration
