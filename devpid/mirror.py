@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -47,6 +48,11 @@ class ProjectNotFound(Exception):
 
 class IndexUnavailable(Exception):
     """Nothing is cached and the upstream failed; the message is one line."""
+
+
+#: Pages at least this large are parsed in a thread (a page of 200,000 links is
+#: seconds of parsing, during which the reactor would answer nobody).
+OFFLOAD_BYTES = 1_000_000
 
 
 @attrs.define(eq=False)
@@ -106,6 +112,8 @@ class MirrorIndex:
     missing_ttl: float = 60.0
     #: Project pages kept in memory (least recently used are dropped first).
     memory_pages: int = 2000
+    #: Runs a function in a thread (``deferToThread``); None parses on the reactor.
+    offload: Callable[[Callable[[], CachedPage]], Deferred[CachedPage]] | None = None
     _pages: OrderedDict[str, CachedPage] = attrs.field(factory=OrderedDict)
     _missing: dict[str, float] = attrs.field(factory=dict)
     _refreshes: Coalescer[CachedPage] = attrs.field(factory=Coalescer)
@@ -267,7 +275,7 @@ class MirrorIndex:
                 return await self._gone(project, entry)
             if response.status != 200:
                 raise UpstreamError(f"upstream answered {response.status} for {response.url}")
-            fresh = self._parse(project, response)
+            fresh = await self._parsed(project, response)
         except (UpstreamError, PageParseError) as e:
             return self._stale_or_fail(project, entry, str(e))
         if (
@@ -285,6 +293,12 @@ class MirrorIndex:
             return await self._confirmed(project, entry)
         await self._save(project, fresh)
         return fresh
+
+    async def _parsed(self, project: str, response: PageResponse) -> CachedPage:
+        """The page parsed; a large one in a thread, so the reactor keeps serving meanwhile."""
+        if self.offload is None or len(response.body) < OFFLOAD_BYTES:
+            return self._parse(project, response)
+        return await self.offload(lambda: self._parse(project, response))
 
     def _parse(self, project: str, response: PageResponse) -> CachedPage:
         content: ProjectPage | tuple[str, ...]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 import uuid
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
 import treq.client
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.threads import deferToThreadPool
 from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
@@ -111,11 +113,11 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
             ) from None
     except ConfigError as e:
         raise SystemExit(f"twistd devpid: error: {e}") from None
-    return build_service(settings, reactor, endpoint, handle_sigterm=reactor is global_reactor)
+    return build_service(settings, reactor, endpoint, real_reactor=reactor is global_reactor)
 
 
 def build_service(
-    settings: Settings, reactor: Any, endpoint: Any, handle_sigterm: bool = False
+    settings: Settings, reactor: Any, endpoint: Any, real_reactor: bool = False
 ) -> MultiService:
     stats = Stats()
     identity = ProcessIdentity()
@@ -155,6 +157,8 @@ def build_service(
         cache_expiry=settings.cache_expiry,
         offline=settings.offline,
     )
+    if real_reactor:  # not a test's memory reactor: it has a thread pool
+        mirror.offload = partial(deferToThreadPool, reactor, reactor.getThreadPool())
     poller = None
     if not settings.offline and settings.changelog_interval > 0:
         poller = ChangelogPoller(
@@ -199,7 +203,7 @@ def build_service(
         pool,
         reactor,
         shutdown_grace=settings.shutdown_grace,
-        handle_sigterm=handle_sigterm,
+        handle_sigterm=real_reactor,
         peers=peers,
     ).setServiceParent(top)
     if settings.redis is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,13 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from devpid import filestore
 from devpid.filestore import FileStore
-from devpid.mirror import CachedPage, IndexUnavailable, MirrorIndex, ProjectNotFound
+from devpid.mirror import (
+    OFFLOAD_BYTES,
+    CachedPage,
+    IndexUnavailable,
+    MirrorIndex,
+    ProjectNotFound,
+)
 from devpid.simple import ProjectPage
 from devpid.stats import Stats
 from devpid.store import StoreUnavailable
@@ -390,3 +396,30 @@ def test_pages_are_served_and_refetched_while_the_store_is_away(tmp_path: Path) 
     refreshed = world.resolve(Deferred.fromCoroutine(world.mirror.refresh("demo")))
     assert filenames(refreshed) == ["demo-1.0.tar.gz"]
     assert len(world.index.requests) == 3
+
+
+def test_a_large_page_is_parsed_through_offload_and_a_small_one_is_not(world: World) -> None:
+    """A large page is parsed off the reactor (in a thread in production); here the
+    test stands in for the thread and decides when the work runs."""
+    pending: list[tuple[Callable[[], Any], Deferred[Any]]] = []
+
+    def offload(work: Callable[[], Any]) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        pending.append((work, d))
+        return d
+
+    world.mirror.offload = offload
+    assert filenames(world.get()) == ["demo-1.0.tar.gz"]  # small: parsed at once
+    assert pending == []
+    many = [f"demo-{n}.0.tar.gz" for n in range(OFFLOAD_BYTES // 100)]
+    world.index.body = page_json(*many)
+    assert len(world.index.body) >= OFFLOAD_BYTES
+    world.index.etag = '"v2"'
+    world.later(1801)  # stale: the next request revalidates
+    d = Deferred.fromCoroutine(world.mirror.project_page("demo"))
+    world.stub.flush()
+    assert not d.called and len(pending) == 1  # parsing elsewhere; nothing answered yet
+    work, done = pending.pop()
+    done.callback(work())
+    page = world.resolve(d)
+    assert filenames(page) == many
