@@ -75,27 +75,54 @@ def lock_for_writing(fd: int) -> bool:
     return True
 
 
-def _remove_unless_written(path: str) -> bool:
-    """Remove a download's temporary file unless a process holds its ``flock``."""
-    fd = os.open(path, os.O_WRONLY)
+#: Opening a temporary file to test its ``flock``: never through a link, never blocking.
+_PROBE_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK
+
+
+def probe_partial(path: Path, remove: bool = False) -> bool | None:
+    """Whether a download's temporary file is being written (its ``flock`` is held).
+
+    With ``remove``, a file nobody writes is unlinked while the ``flock`` is
+    held here, and only if it is still the file that was locked (its writer
+    may have replaced it meanwhile): the rule of the start-up clean-up and of
+    ``devpid fsck --repair``. None when it was gone already.
+    """
+    try:
+        try:
+            fd = os.open(path, os.O_WRONLY | _PROBE_FLAGS)
+        except PermissionError:
+            if remove:
+                raise
+            # Not ours to write: flock works on a read-only descriptor on local file systems.
+            fd = os.open(path, os.O_RDONLY | _PROBE_FLAGS)
+    except FileNotFoundError:
+        return None
     try:
         if not lock_for_writing(fd):
-            return False
-        # Still the file that was locked? Its writer may have replaced it meanwhile.
-        held, named = os.fstat(fd), os.stat(path)
-        if (held.st_dev, held.st_ino) != (named.st_dev, named.st_ino):
-            return False
-        os.unlink(path)
-        return True
+            return True
+        if remove:
+            held, named = os.fstat(fd), os.lstat(path)
+            if (held.st_dev, held.st_ino) != (named.st_dev, named.st_ino):
+                return True  # replaced meanwhile: someone is at work there
+            os.unlink(path)
+        return False
     finally:
-        os.close(fd)
+        os.close(fd)  # releases the flock
+
+
+def page_partial_in_use(path: Path | str, mtime: float) -> bool:
+    """Whether a page's temporary file may still be written: its process runs and it is new.
+
+    Pages are written in one go, so an older one, or one whose process is gone
+    from this host, is a leftover.
+    """
+    owner = partial_owner(path)
+    pid = pid_of(owner) if owner else None
+    return pid is not None and pid_alive(pid) and time.time() - mtime <= PAGE_PARTIAL_AGE
 
 
 def _remove_page_leftover(path: str) -> bool:
-    owner = partial_owner(path)
-    pid = pid_of(owner) if owner else None
-    old = time.time() - os.stat(path).st_mtime > PAGE_PARTIAL_AGE
-    if pid is not None and pid_alive(pid) and not old:
+    if page_partial_in_use(path, os.stat(path).st_mtime):
         return False
     os.unlink(path)
     return True
@@ -136,7 +163,7 @@ class FileStore:
                     try:
                         if name.endswith(PARTIAL_SUFFIX):
                             leftover = (
-                                _remove_unless_written(path)
+                                probe_partial(Path(path), remove=True) is False
                                 if root == self.files_root
                                 else _remove_page_leftover(path)
                             )
@@ -222,17 +249,7 @@ class FileStore:
 
     def being_written(self, partial: Path) -> bool:
         """Whether a live process holds the ``flock`` of a temporary file."""
-        try:
-            fd = os.open(partial, os.O_WRONLY)
-        except FileNotFoundError:
-            return False
-        try:
-            if not lock_for_writing(fd):
-                return True
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return False
-        finally:
-            os.close(fd)
+        return probe_partial(partial) is True
 
     def relative(self, final: Path) -> str:
         """``final`` relative to the files root: how processes name a file to each other."""

@@ -26,7 +26,6 @@ import json
 import os
 import stat
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -36,15 +35,13 @@ from twisted.python import usage
 
 from devpid.config import DEFAULTS, ConfigError, read_ini
 from devpid.filestore import (
-    PAGE_PARTIAL_AGE,
     PARTIAL_SUFFIX,
     PROJECT_LIST,
     FileStore,
     UnsafePath,
-    lock_for_writing,
-    partial_owner,
+    page_partial_in_use,
+    probe_partial,
 )
-from devpid.identity import pid_alive, pid_of
 from devpid.simple import HEX, ProjectPage, project_of_filename
 
 PROGRAM = "devpid fsck"
@@ -264,36 +261,6 @@ def _walk(root: Path, parts: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, 
             yield (*parts, entry.name), entry
 
 
-def _probe_partial(path: Path, remove: bool) -> bool | None:
-    """Whether a download's temporary file is being written (its ``flock`` is held).
-
-    With ``remove``, a file nobody writes is unlinked while fsck holds its
-    ``flock``, and only if it is still the file that was locked: the rule of
-    devpid's start-up clean-up. None when it was gone already.
-    """
-    try:
-        try:
-            fd = os.open(path, os.O_WRONLY | _OPEN_FLAGS)
-        except PermissionError:
-            if remove:
-                raise
-            # Not ours to write: flock works on a read-only descriptor on local file systems.
-            fd = os.open(path, os.O_RDONLY | _OPEN_FLAGS)
-    except FileNotFoundError:
-        return None
-    try:
-        if not lock_for_writing(fd):
-            return True
-        if remove:
-            held, named = os.fstat(fd), os.lstat(path)
-            if (held.st_dev, held.st_ino) != (named.st_dev, named.st_ino):
-                return True  # replaced meanwhile: someone is at work there
-            os.unlink(path)
-        return False
-    finally:
-        os.close(fd)  # releases the flock
-
-
 def _remove_if_unchanged(path: Path, checked: tuple[int, int, int, int]) -> bool:
     """Unlink ``path`` if it is still the very file that was checked (gone counts as done)."""
     try:
@@ -351,8 +318,8 @@ class Checker:
 
     # -- files ---------------------------------------------------------------
 
-    def _check_files(self) -> None:
-        root = self._store.files_root
+    def _regular_files(self, root: Path) -> Iterator[tuple[tuple[str, ...], Path]]:
+        """``(parts, path)`` of every regular file under ``root``; the rest is reported."""
         if root.is_symlink():
             self._problem("warning", "unexpected", root, "a symbolic link: not followed")
             return
@@ -364,7 +331,12 @@ class Checker:
                 self._problem("warning", "unexpected", path, "a symbolic link: not followed")
             elif not entry.is_file(follow_symlinks=False):
                 self._problem("warning", "unexpected", path, "not a regular file")
-            elif parts[-1].endswith(PARTIAL_SUFFIX):
+            else:
+                yield parts, path
+
+    def _check_files(self) -> None:
+        for parts, path in self._regular_files(self._store.files_root):
+            if parts[-1].endswith(PARTIAL_SUFFIX):
                 self._check_download_partial(path)
             elif len(parts) == 6 and parts[2] == "+f":
                 user, name, _f, h3, h13, filename = parts
@@ -374,7 +346,7 @@ class Checker:
 
     def _check_download_partial(self, path: Path) -> None:
         try:
-            written = _probe_partial(path, remove=False)
+            written = probe_partial(path)
         except OSError as e:
             self._problem(
                 "warning", "unchecked", path, f"cannot tell whether it is written: {e.strerror}"
@@ -389,7 +361,7 @@ class Checker:
             "error", "leftover", path, "a temporary file no process is writing (a crash's)"
         )
         # Removed is removed, whoever did it; "written" again means someone adopted it.
-        self._repaired(problem, lambda: not _probe_partial(path, remove=True))
+        self._repaired(problem, lambda: not probe_partial(path, remove=True))
 
     def _check_committed(self, path: Path, index: str, h3: str, h13: str, filename: str) -> None:
         try:
@@ -501,19 +473,8 @@ class Checker:
     # -- pages ---------------------------------------------------------------
 
     def _check_pages(self) -> None:
-        root = self._store.pages_root
-        if root.is_symlink():
-            self._problem("warning", "unexpected", root, "a symbolic link: not followed")
-            return
-        for parts, entry in _walk(root):
-            path = root.joinpath(*parts)
-            if isinstance(entry, OSError):
-                self._problem("error", "unreadable", path, f"cannot list it: {entry.strerror}")
-            elif entry.is_symlink():
-                self._problem("warning", "unexpected", path, "a symbolic link: not followed")
-            elif not entry.is_file(follow_symlinks=False):
-                self._problem("warning", "unexpected", path, "not a regular file")
-            elif parts[-1].endswith(PARTIAL_SUFFIX):
+        for parts, path in self._regular_files(self._store.pages_root):
+            if parts[-1].endswith(PARTIAL_SUFFIX):
                 self._check_page_partial(path)
             elif len(parts) == 3 and parts[2].endswith(".json"):
                 self._check_page(path, f"{parts[0]}/{parts[1]}", parts[2][: -len(".json")])
@@ -522,13 +483,11 @@ class Checker:
 
     def _check_page_partial(self, path: Path) -> None:
         """A page's temporary file: written in one go, by a live process, a moment ago."""
-        owner = partial_owner(path)
-        pid = pid_of(owner) if owner else None
         try:
             status = os.lstat(path)
         except FileNotFoundError:
             return
-        if pid is not None and pid_alive(pid) and time.time() - status.st_mtime <= PAGE_PARTIAL_AGE:
+        if page_partial_in_use(path, status.st_mtime):
             self.report.counts.in_progress += 1
             return
         problem = self._problem(
