@@ -12,11 +12,8 @@ import hashlib
 import os
 import platform
 import re
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,12 +34,12 @@ from devpid_bench.loadrun import (
     Settings,
     Warm,
     connection_load,
-    say,
     soak,
 )
 from devpid_bench.paced import Target
 from devpid_bench.procinfo import ProcessSampler, rss_mb
 from devpid_bench.report import Results, format_table
+from devpid_bench.session import run_session, say
 from devpid_bench.soak import CachedFile, Verifier
 
 MiB = 2**20
@@ -351,39 +348,24 @@ def scan_log(child: procs.Child, results: Results) -> None:
         )
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)  # so the finally blocks stop every child
     results = Results()
-    workdir = Path(tempfile.mkdtemp(prefix="devpid-load-"))
-    say(f"work directory: {workdir}")
-    status = 0
-    try:
-        run(args, workdir, results)
-    except procs.BenchError as exc:
-        results.problems.append(f"stopped: {exc}")
-        status = 1
-    except KeyboardInterrupt:
-        results.problems.append("interrupted")
-        status = 130
-    finally:
-        print()
+
+    def report() -> None:
         print(context_line(results.meta))
         print(format_table(results))
         for line in results.details.get("goals", []):
             print(line)
-        if args.json:
-            results.write_json(args.json)
-            say(f"results written to {args.json}")
-        if args.keep:
-            say(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    return status
+
+    return run_session(
+        "devpid-load-",
+        lambda workdir: run(args, workdir, results),
+        results,
+        report,
+        args.json,
+        args.keep,
+    )
 
 
 if __name__ == "__main__":

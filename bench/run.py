@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import argparse
 import platform
-import shutil
-import signal
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # for devpid_bench
 from devpid_bench import cluster, devpi, measure, procs, repository, wrk
 from devpid_bench.http import http_get
 from devpid_bench.report import Results, format_table
+from devpid_bench.session import run_session, say
 
 MiB = 2**20
 RATE = 10_000_000  # bytes/s of the rate-limited upstream
@@ -83,10 +81,6 @@ def settings_for(quick: bool) -> measure.Settings:
         cluster_clients=50,
         cluster_connections=50,
     )
-
-
-def say(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def start_devpids(
@@ -258,36 +252,18 @@ def scan_log(child: procs.Child, results: Results) -> None:
     results.details[f"{child.name}_log_lines"] = len(lines)
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)  # so the finally blocks stop every child
     results = Results()
-    workdir = Path(tempfile.mkdtemp(prefix="devpid-bench-"))
-    say(f"work directory: {workdir}")
-    status = 0
-    try:
-        run(args, workdir, results)
-    except procs.BenchError as exc:
-        results.problems.append(f"benchmark stopped: {exc}")
-        status = 1
-    except KeyboardInterrupt:
-        results.problems.append("interrupted")
-        status = 130
-    finally:
-        print()
-        print(format_table(results))
-        if args.json:
-            results.write_json(args.json)
-            say(f"results written to {args.json}")
-        if args.keep:
-            say(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    return status
+    return run_session(
+        "devpid-bench-",
+        lambda workdir: run(args, workdir, results),
+        results,
+        lambda: print(format_table(results)),
+        args.json,
+        args.keep,
+        stopped="benchmark stopped",
+    )
 
 
 if __name__ == "__main__":

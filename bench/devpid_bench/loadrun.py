@@ -25,6 +25,7 @@ from devpid_bench.cluster import CpuMeter
 from devpid_bench.paced import PacedResult, Target, WrkRun
 from devpid_bench.procinfo import ProcessSampler, Sample, rss_mb
 from devpid_bench.report import Results
+from devpid_bench.session import say
 from devpid_bench.slowloris import SlowLoris
 from devpid_bench.soak import CachedFile, ColdFetcher, Verifier
 
@@ -73,10 +74,6 @@ class Settings:
     @property
     def cold_projects(self) -> int:
         return int(self.cold_rate * self.soak_seconds * 1.1) + 20
-
-
-def say(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 @attrs.frozen
