@@ -14,6 +14,7 @@ in front retries elsewhere), and every response from then on says
 
 from __future__ import annotations
 
+import functools
 import time
 import weakref
 from collections import Counter
@@ -69,6 +70,7 @@ class TimedRequest(Request):
             super().handleContentChunk(data)
 
 
+@functools.lru_cache(maxsize=256)  # on every request; a deployment sees few host names
 def _routable_host(host: bytes) -> bool:
     """Whether a Host header's name is one the router can take (a UTF-8, IDNA-able name)."""
     try:
