@@ -23,13 +23,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool
 
-from devpid.filestore import FileStore
-from devpid.peers import SharedDownloads
-from devpid.site import DevpidSite
-from devpid.stats import Stats
+from devpid.common.stats import Stats
+from devpid.files.store import FileStore
+from devpid.http.site import DevpidSite
+from devpid.mirror.tee.download import DownloadManager
+from devpid.mirror.tee.peers import SharedDownloads
+from devpid.mirror.upstream import describe_failure
 from devpid.store import StateStore, StoreUnavailable
-from devpid.tee import DownloadManager
-from devpid.upstream import describe_failure
 
 STATS_FLUSH_INTERVAL = 10.0
 

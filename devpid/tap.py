@@ -15,22 +15,22 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
+from devpid.common.identity import ProcessIdentity
+from devpid.common.stats import Stats
 from devpid.config import DEFAULTS, ConfigError, Settings, build_settings, read_ini
-from devpid.filestore import FileStore
-from devpid.identity import ProcessIdentity
-from devpid.metrics import Metrics
-from devpid.mirror import MirrorIndex
-from devpid.peers import SharedDownloads
-from devpid.poller import ChangelogPoller
-from devpid.routes import DevpidRoutes
+from devpid.files.store import FileStore
+from devpid.http.app import DevpidRoutes
+from devpid.http.site import DevpidSite, Limits
+from devpid.mirror.index import MirrorIndex
+from devpid.mirror.poller import ChangelogPoller
+from devpid.mirror.tee.download import DownloadManager
+from devpid.mirror.tee.peers import SharedDownloads
+from devpid.mirror.upstream import UpstreamClient
+from devpid.ops.metrics import Metrics
+from devpid.ops.status import StatusReport
 from devpid.service import CacheService, ListenerService
-from devpid.site import DevpidSite, Limits
-from devpid.stats import Stats
-from devpid.status import StatusReport
 from devpid.store import StateStore
 from devpid.store.embedded import EmbeddedStore
-from devpid.tee import DownloadManager
-from devpid.upstream import UpstreamClient
 
 MIRROR_INDEX = "root/pypi"
 

@@ -11,7 +11,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactor
 from twisted.python.failure import Failure
 
-from devpid.endpoints import ReusePortEndpoint
+from devpid.http.endpoints import ReusePortEndpoint
 
 
 def test_the_listen_option_knows_reuseport() -> None:

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from devpid import cli
-from devpid.filestore import FileStore
-from devpid.fsck import EXIT_CLEAN, EXIT_PROBLEMS, EXIT_USAGE, Checker, Report, check, main
-from devpid.simple import Link, ProjectPage
+from devpid.files.store import FileStore
+from devpid.ops.fsck import EXIT_CLEAN, EXIT_PROBLEMS, EXIT_USAGE, Checker, Report, check, main
+from devpid.simple.model import Link, ProjectPage
 from tests.conftest import BIG_FILE_SIZE
 from tests.fixtures.devpid_process import DevpidProcess, devpid_env
 from tests.fixtures.distbuilder import Repository

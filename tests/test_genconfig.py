@@ -14,8 +14,9 @@ from pathlib import Path
 import attrs
 import pytest
 
-from devpid import cli, genconfig
-from devpid.genconfig import Deployment, Options, deployment_from_options, render
+from devpid import cli
+from devpid.ops import genconfig
+from devpid.ops.genconfig import Deployment, Options, deployment_from_options, render
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ETC = REPO_ROOT / "etc"

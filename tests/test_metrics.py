@@ -15,9 +15,9 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
 
-from devpid.metrics import LATENCY_BUCKETS, Metrics, route_name
+from devpid.ops.metrics import LATENCY_BUCKETS, Metrics, route_name
+from devpid.ops.window import SlidingWindow
 from devpid.store.redis import RedisStore
-from devpid.window import SlidingWindow
 from tests.fixtures.devpid_process import DevpidProcess
 from tests.fixtures.distbuilder import Repository
 from tests.test_poller import make_poll_world

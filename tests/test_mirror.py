@@ -19,20 +19,20 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from devpid import filestore
-from devpid.filestore import FileStore
-from devpid.mirror import (
+from devpid.common.stats import Stats
+from devpid.files import store as filestore
+from devpid.files.store import FileStore
+from devpid.mirror.index import (
     OFFLOAD_BYTES,
     CachedPage,
     IndexUnavailable,
     MirrorIndex,
     ProjectNotFound,
 )
-from devpid.simple import ProjectPage
-from devpid.stats import Stats
+from devpid.mirror.upstream import UpstreamClient
+from devpid.simple.model import ProjectPage
 from devpid.store import StoreUnavailable
 from devpid.store.embedded import EmbeddedStore
-from devpid.upstream import UpstreamClient
 
 SHA = "a" * 64
 

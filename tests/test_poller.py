@@ -13,9 +13,9 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET, Request
 
-from devpid.identity import ProcessIdentity
-from devpid.poller import ChangelogPoller
-from devpid.upstream import ChangelogUnsupported, RateLimited, UpstreamClient, UpstreamError
+from devpid.common.identity import ProcessIdentity
+from devpid.mirror.poller import ChangelogPoller
+from devpid.mirror.upstream import ChangelogUnsupported, RateLimited, UpstreamClient, UpstreamError
 from tests.fixtures.devpid_process import DevpidProcess
 from tests.fixtures.upstream import UpstreamProcess
 from tests.test_mirror import FakeIndex, World, make_world

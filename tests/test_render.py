@@ -10,15 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from devpid.render import (
-    CONTENT_TYPES,
-    LinkRenderer,
-    NotAcceptable,
-    negotiate,
-    render_project_list,
-    render_project_page,
-)
-from devpid.simple import (
+from devpid.simple.model import (
     HTML_V1,
     JSON_V1,
     TEXT_HTML,
@@ -28,6 +20,14 @@ from devpid.simple import (
     parse_project_html,
     parse_project_json,
     parse_project_list,
+)
+from devpid.simple.render import (
+    CONTENT_TYPES,
+    LinkRenderer,
+    NotAcceptable,
+    negotiate,
+    render_project_list,
+    render_project_page,
 )
 
 #: What pip sends (pip/_internal/index/collector.py).

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from devpid.simple import (
+from devpid.simple.model import (
     FILENAME,
     HTML_V1,
     JSON_V1,

@@ -16,11 +16,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
+from devpid.mirror.tee.download import DownloadManager
+from devpid.ops.status import GIB, DiskUsage, StatusReport
 from devpid.service import ListenerService
-from devpid.status import GIB, DiskUsage, StatusReport
 from devpid.store.redis import RedisStore
 from devpid.tap import makeService
-from devpid.tee import DownloadManager
 from tests.fixtures.devpid_process import DevpidProcess
 from tests.fixtures.redis_server import RedisServer
 from tests.fixtures.upstream import UpstreamProcess

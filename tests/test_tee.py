@@ -21,15 +21,22 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from devpid import filestore, tee
-from devpid.filestore import FileStore
-from devpid.identity import ProcessIdentity
-from devpid.peers import SharedDownloads
-from devpid.stats import Stats
+from devpid.common.identity import ProcessIdentity
+from devpid.common.stats import Stats
+from devpid.files import store as filestore
+from devpid.files.store import FileStore
+from devpid.mirror.tee import download as tee
+from devpid.mirror.tee.download import (
+    FOLLOW_POLL,
+    Download,
+    DownloadFailed,
+    DownloadManager,
+    FileSpec,
+)
+from devpid.mirror.tee.peers import SharedDownloads
+from devpid.mirror.upstream import UpstreamClient, UpstreamHealth
 from devpid.store import StoreUnavailable
 from devpid.store.embedded import EmbeddedStore
-from devpid.tee import FOLLOW_POLL, Download, DownloadFailed, DownloadManager, FileSpec
-from devpid.upstream import UpstreamClient, UpstreamHealth
 
 CHUNKS = [b"a" * 1000, b"b" * 1000, b"c" * 500]
 BODY = b"".join(CHUNKS)

@@ -34,7 +34,7 @@ from typing import Any
 
 import attrs
 
-from devpid.genconfig import Deployment, render_nginx
+from devpid.ops.genconfig import Deployment, render_nginx
 from devpid_bench.http import PIP_ACCEPT, LoadResult, fetch, fetch_all, http_get
 from devpid_bench.measure import Bench, Mirror, _check, _each
 from devpid_bench.procs import (

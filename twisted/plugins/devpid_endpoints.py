@@ -1,5 +1,5 @@
 """The ``reuseport:`` endpoint for ``--listen`` (see devpid/endpoints.py)."""
 
-from devpid.endpoints import ReusePortParser
+from devpid.http.endpoints import ReusePortParser
 
 reuseport = ReusePortParser()

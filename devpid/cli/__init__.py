@@ -15,12 +15,12 @@ SUBCOMMANDS = ("gen-config", "fsck")
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["gen-config"]:
-        from devpid.genconfig import main as gen_config
+        from devpid.ops.genconfig import main as gen_config
 
         gen_config(args[1:])
         return
     if args[:1] == ["fsck"]:
-        from devpid.fsck import main as fsck
+        from devpid.ops.fsck import main as fsck
 
         raise SystemExit(fsck(args[1:]))
     from twisted.scripts.twistd import run

@@ -27,19 +27,19 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from devpid.coalesce import Coalescer
-from devpid.filestore import PROJECT_LIST, FileStore
-from devpid.render import LinkRenderer, render_project_list, render_project_page
-from devpid.simple import (
+from devpid.common.coalesce import Coalescer
+from devpid.common.stats import Stats
+from devpid.files.store import PROJECT_LIST, FileStore
+from devpid.mirror.upstream import PageResponse, UpstreamClient, UpstreamError
+from devpid.simple.model import (
     Link,
     PageParseError,
     ProjectPage,
     parse_project_list,
     parse_project_page,
 )
-from devpid.stats import Stats
+from devpid.simple.render import LinkRenderer, render_project_list, render_project_page
 from devpid.store import StateStore, StoreUnavailable
-from devpid.upstream import PageResponse, UpstreamClient, UpstreamError
 
 
 class ProjectNotFound(Exception):

@@ -34,7 +34,7 @@ import attrs
 from twisted.python import usage
 
 from devpid.config import DEFAULTS, ConfigError, read_ini
-from devpid.filestore import (
+from devpid.files.store import (
     PARTIAL_SUFFIX,
     PROJECT_LIST,
     FileStore,
@@ -42,7 +42,7 @@ from devpid.filestore import (
     page_partial_in_use,
     probe_partial,
 )
-from devpid.simple import HEX, ProjectPage, project_of_filename
+from devpid.simple.model import HEX, ProjectPage, project_of_filename
 
 PROGRAM = "devpid fsck"
 #: Exit statuses: nothing wrong is left; errors remain; bad usage or no serverdir.

@@ -28,8 +28,8 @@ from typing import Any, Literal
 import attrs
 from twisted.logger import Logger
 
-from devpid.filestore import FileStore
-from devpid.identity import ProcessIdentity
+from devpid.common.identity import ProcessIdentity
+from devpid.files.store import FileStore
 from devpid.store import StateStore, StoreUnavailable
 
 #: Default seconds a download lock lives without renewal (a dead owner's files wait this long).

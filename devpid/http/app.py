@@ -27,15 +27,15 @@ from twisted.web.server import Request
 from twisted.web.static import File
 from werkzeug.exceptions import HTTPException
 
-from devpid.filestore import FileStore, UnsafePath
-from devpid.metrics import Metrics
-from devpid.mirror import CachedPage, IndexUnavailable, MirrorIndex, ProjectNotFound
-from devpid.render import CONTENT_TYPES, LinkRenderer, NotAcceptable, negotiate
-from devpid.sender import FileSender
-from devpid.simple import Link, is_valid_project_name, project_of_filename
-from devpid.stats import Stats
-from devpid.status import StatusReport
-from devpid.tee import DownloadFailed, DownloadManager, FileSpec
+from devpid.common.stats import Stats
+from devpid.files.sender import FileSender
+from devpid.files.store import FileStore, UnsafePath
+from devpid.mirror.index import CachedPage, IndexUnavailable, MirrorIndex, ProjectNotFound
+from devpid.mirror.tee.download import DownloadFailed, DownloadManager, FileSpec
+from devpid.ops.metrics import Metrics
+from devpid.ops.status import StatusReport
+from devpid.simple.model import Link, is_valid_project_name, project_of_filename
+from devpid.simple.render import CONTENT_TYPES, LinkRenderer, NotAcceptable, negotiate
 
 #: Keeps pip's and uv's HTTP caches from re-asking more than once a minute,
 #: and lets them revalidate cheaply (ETag) after that.

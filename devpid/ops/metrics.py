@@ -26,8 +26,8 @@ from prometheus_client.metrics_core import (
 from twisted.internet.interfaces import IReactorTime
 
 from devpid import __version__
-from devpid.status import StatusReport
-from devpid.window import SlidingWindow
+from devpid.ops.status import StatusReport
+from devpid.ops.window import SlidingWindow
 
 #: The ``route`` label: a fixed set, never the path itself (unbounded cardinality).
 ROUTES = (

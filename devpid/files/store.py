@@ -26,8 +26,8 @@ from typing import Any
 import attrs
 from twisted.logger import Logger
 
-from devpid.identity import ProcessIdentity, pid_alive, pid_of
-from devpid.simple import FILENAME, HEX
+from devpid.common.identity import ProcessIdentity, pid_alive, pid_of
+from devpid.simple.model import FILENAME, HEX
 
 PARTIAL_SUFFIX = ".devpid-partial"
 #: Seconds after which a page's temporary file is a leftover whoever wrote it.

@@ -23,7 +23,7 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 
-from devpid.simple import HTML_V1, JSON_V1, TEXT_HTML
+from devpid.simple.model import HTML_V1, JSON_V1, TEXT_HTML
 
 #: Ask for JSON first: it is smaller and carries sizes and upload times.
 PAGE_ACCEPT = f"{JSON_V1}, {HTML_V1};q=0.2, {TEXT_HTML};q=0.1"

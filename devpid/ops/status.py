@@ -17,17 +17,17 @@ import attrs
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 
 from devpid import __version__
-from devpid.filestore import FileStore
-from devpid.stats import Stats
+from devpid.common.stats import Stats
+from devpid.files.store import FileStore
+from devpid.mirror.tee.download import DownloadManager
+from devpid.mirror.upstream import UpstreamHealth
 from devpid.store import StateStore
-from devpid.tee import DownloadManager
-from devpid.upstream import UpstreamHealth
 
 if TYPE_CHECKING:
-    from devpid.identity import ProcessIdentity
-    from devpid.metrics import RequestMetrics
-    from devpid.peers import SharedDownloads
-    from devpid.poller import ChangelogPoller
+    from devpid.common.identity import ProcessIdentity
+    from devpid.mirror.poller import ChangelogPoller
+    from devpid.mirror.tee.peers import SharedDownloads
+    from devpid.ops.metrics import RequestMetrics
 
 
 GIB = 1024**3

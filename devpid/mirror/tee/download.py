@@ -48,10 +48,10 @@ from twisted.web.iweb import IResponse
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from devpid.filestore import FileStore
-from devpid.peers import SharedDownloads
-from devpid.stats import Stats
-from devpid.upstream import UpstreamClient, UpstreamError, describe_failure
+from devpid.common.stats import Stats
+from devpid.files.store import FileStore
+from devpid.mirror.tee.peers import SharedDownloads
+from devpid.mirror.upstream import UpstreamClient, UpstreamError, describe_failure
 
 READ_CHUNK = 64 * 1024
 #: How often a follower looks at the owner's temporary file.

@@ -16,7 +16,7 @@ from packaging.utils import (
     parse_wheel_filename,
 )
 
-from devpid.simple import HTML_V1, JSON_V1, TEXT_HTML, Link, ProjectPage
+from devpid.simple.model import HTML_V1, JSON_V1, TEXT_HTML, Link, ProjectPage
 
 #: What devpid can answer with, and the Content-Type it sends for each.
 CONTENT_TYPES = {

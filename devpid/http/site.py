@@ -30,8 +30,8 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
-from devpid.metrics import RequestMetrics, route_name
-from devpid.stats import Stats
+from devpid.common.stats import Stats
+from devpid.ops.metrics import RequestMetrics, route_name
 
 #: Room for the method, the version and the spaces around the URL in a request line.
 REQUEST_LINE_SLACK = 64

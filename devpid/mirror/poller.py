@@ -26,11 +26,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from devpid.identity import ProcessIdentity
-from devpid.mirror import MirrorIndex
-from devpid.status import iso_time
-from devpid.store import StateStore, StoreUnavailable
-from devpid.upstream import (
+from devpid.common.identity import ProcessIdentity
+from devpid.mirror.index import MirrorIndex
+from devpid.mirror.upstream import (
     ChangelogEntry,
     ChangelogUnsupported,
     RateLimited,
@@ -38,6 +36,8 @@ from devpid.upstream import (
     UpstreamError,
     describe_failure,
 )
+from devpid.ops.status import iso_time
+from devpid.store import StateStore, StoreUnavailable
 
 #: A reply this long means devpid fell too far behind: mark everything instead.
 GAP_LIMIT = 50_000

@@ -1,0 +1,1 @@
+"""Helpers below every area: process identity, counters, coalescing, time formatting."""

@@ -1,0 +1,1 @@
+"""The serverdir's files: layout, safe paths, temporary files, atomic commit, sending committed files."""

@@ -1,0 +1,1 @@
+"""Mirror indexes: the upstream client, the mirror index (freshness, stale marks, offline), the changelog poller and the download tee."""

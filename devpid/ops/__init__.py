@@ -1,0 +1,1 @@
+"""Operations: /+status, /+metrics, gen-config and fsck."""
