@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fixtur
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for devpid_bench
 
 from devpid_bench import procinfo, procs, repository, wrk
-from devpid_bench.http import PIP_ACCEPT, fetch, file_urls, http_get
+from devpid_bench.http import PIP_ACCEPT, file_urls, http_get
 from devpid_bench.loadreport import context_line, goals, load_rows, soak_rows
 from devpid_bench.loadrun import (
     COLD_PREFIX,
@@ -37,16 +37,19 @@ from devpid_bench.loadrun import (
     soak,
 )
 from devpid_bench.paced import Target
-from devpid_bench.procinfo import ProcessSampler, rss_mb
+from devpid_bench.procinfo import ProcessSampler, kib_to_mb
 from devpid_bench.report import Results, format_table
-from devpid_bench.session import run_session, say
+from devpid_bench.session import (
+    add_common_options,
+    check_children,
+    run_session,
+    save_status,
+    say,
+)
 from devpid_bench.soak import CachedFile, Verifier
 
 MiB = 2**20
 MB = 1e6
-
-
-CORPUS = procs.REPO_ROOT.parent / "shared" / "corpus"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -88,16 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="devpid's listen backlog (--listen tcp:PORT:interface=127.0.0.1:backlog=N); "
         "default: devpid's own --listen default (Twisted's 50)",
     )
-    parser.add_argument("--json", type=Path, help="write the results as JSON to this file")
-    parser.add_argument(
-        "--corpus",
-        type=Path,
-        default=CORPUS,
-        help="real distributions to serve, used when present (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--keep", action="store_true", help="keep the temporary directory (logs, serverdir)"
-    )
+    add_common_options(parser)
     return parser.parse_args(argv)
 
 
@@ -123,38 +117,28 @@ def settings_for(args: argparse.Namespace) -> Settings:
     )
 
 
-def devpid_help() -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "twisted", "devpid", "--help"],
-        cwd=procs.REPO_ROOT,
-        env=procs.repo_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    return result.stdout + result.stderr
+_OPTION = re.compile(r"--([\w-]+)=?\s+(.*?)(?=\n\s*(?:-\w|--)|\n\n|\Z)", re.S)
 
 
-def idle_timeout_option(help_text: str) -> str | None:
-    """``--idle-timeout``'s help line (with its default) when devpid has it, else None."""
-    match = re.search(r"--idle-timeout=?\s+(.*?)(?=\n\s*(?:-\w|--)|\n\n|\Z)", help_text, re.S)
-    return " ".join(match.group(1).split()) if match else None
+def option_help(help_text: str) -> dict[str, str]:
+    """Every ``--option`` of devpid's help with its help text on one line."""
+    return {m.group(1): " ".join(m.group(2).split()) for m in _OPTION.finditer(help_text)}
 
 
-def option_defaults(help_text: str) -> dict[str, str]:
-    """Every ``--option=`` of devpid's help with its ``[default: ...]``, when it has one."""
+def option_defaults(options: dict[str, str]) -> dict[str, str]:
+    """The ``[default: ...]`` of each option that has one."""
     defaults = {}
-    for match in re.finditer(r"--([\w-]+)=\s+(.*?)(?=\n\s*(?:-\w|--)|\n\n|\Z)", help_text, re.S):
-        default = re.search(r"\[default:\s*([^\]]*)\]", " ".join(match.group(2).split()))
+    for name, text in options.items():
+        default = re.search(r"\[default:\s*([^\]]*)\]", text)
         if default:
-            defaults[match.group(1)] = default.group(1).strip()
+            defaults[name] = default.group(1).strip()
     return defaults
 
 
-def idle_timeout_seconds(option: str | None) -> float | None:
+def idle_timeout_seconds(defaults: dict[str, str]) -> float | None:
     """The default of ``--idle-timeout`` in seconds (None: no such option, or 0: never)."""
-    match = re.search(r"\[default: ([\d.]+)\]", option or "")
-    value = float(match.group(1)) if match else 0.0
+    match = re.fullmatch(r"[\d.]+", defaults.get("idle-timeout", ""))
+    value = float(match.group()) if match else 0.0
     return value or None
 
 
@@ -198,11 +182,9 @@ def warm_cache(server: procs.Server, root: Path, projects: Sequence[str], result
             expected = CachedFile(
                 file_url, upstream_file.stat().st_size, repository_sha256(upstream_file)
             )
-            got = fetch(file_url, timeout=120, want_hash=True)
-            if got.status != 200 or got.size != expected.size or got.sha256 != expected.sha256:
-                results.problems.append(
-                    f"warming: {filename}: status {got.status}, {got.size} bytes, {got.error}"
-                )
+            wrong = expected.check(timeout=120)
+            if wrong:
+                results.problems.append(f"warming: {filename}: {wrong}")
                 continue
             files.append(expected)
             file_targets.append(Target(urlsplit(file_url).path))
@@ -238,12 +220,10 @@ def run(args: argparse.Namespace, workdir: Path, results: Results) -> None:
         results.meta["wrk"] = subprocess.run(
             [wrk_path, "-v"], capture_output=True, text=True, timeout=10
         ).stdout.split("\n", 1)[0]
-        help_text = devpid_help()
-        if "--listen" not in help_text:
-            raise procs.BenchError(f"`twist devpid --help` failed:\n{help_text[-800:]}")
-        idle = idle_timeout_option(help_text)
+        options = option_help(procs.devpid_help())
+        idle = options.get("idle-timeout")
         results.meta["devpid_idle_timeout_option"] = idle or "absent"
-        defaults = option_defaults(help_text)
+        defaults = option_defaults(options)
         results.meta["devpid_option_defaults"] = defaults
         results.meta["devpid_limits"] = {
             k: v for k, v in defaults.items() if k.startswith("max-") or k == "idle-timeout"
@@ -264,11 +244,8 @@ def run(args: argparse.Namespace, workdir: Path, results: Results) -> None:
 
         upstream = procs.start_upstream(group, "upstream", root)
         port = procs.free_port()
-        listen = [] if args.backlog is None else ["--listen", f"tcp:{port}:interface=127.0.0.1"]
-        if listen:
-            listen[1] += f":backlog={args.backlog}"  # the last --listen wins
         server = procs.start_devpid(
-            group, "devpid", workdir / "serverdir", upstream, listen, port=port
+            group, "devpid", workdir / "serverdir", upstream, port=port, backlog=args.backlog
         )
         pid = server.child.pid
         wanted = s.connections + s.slowloris + 512
@@ -291,17 +268,16 @@ def run(args: argparse.Namespace, workdir: Path, results: Results) -> None:
         harness = Harness(
             s,
             group,
-            results,
             wrk_path,
             workdir,
             server,
             upstream,
             sampler,
             verifier,
-            idle_timeout_seconds(idle),
+            idle_timeout_seconds(defaults),
         )
         results.meta["devpid_idle"] = {
-            "rss_mb": rss_mb(sampler.sample()),
+            "rss_mb": kib_to_mb(sampler.sample().rss_kib),
             "fds": procinfo.fd_count(pid),
             "fd_kinds": procinfo.fd_kinds(pid),
         }
@@ -316,36 +292,15 @@ def run(args: argparse.Namespace, workdir: Path, results: Results) -> None:
         goals(results, s, load, soaked)
 
         results.details["samples"] = sampler.to_json()
-        try:
-            _, _, body = http_get(server.url + "+status", timeout=10)
-            results.details["devpid_status"] = body.decode(errors="replace")[:5000]
-        except OSError as exc:
-            results.problems.append(f"devpid /+status: {exc}")
-        for child in list(group.children):
-            if not child.alive():
-                results.problems.append(f"{child.name} exited early with {child.popen.returncode}")
-        scan_log(server.child, results)
+        save_status(server.url, results)
+        tracebacks = check_children(group, results)
+        results.details["devpid_log_tracebacks"] = tracebacks.get("devpid", 0)
     finally:
         if verifier is not None:
             verifier.stop()
         if sampler is not None:
             sampler.stop()
         group.close()
-
-
-def scan_log(child: procs.Child, results: Results) -> None:
-    """Count tracebacks and unhandled errors in devpid's log."""
-    if child.log_path is None:
-        return
-    lines = child.log_path.read_text(errors="replace").splitlines()
-    bad = [i for i, line in enumerate(lines) if "Traceback" in line or "Unhandled" in line]
-    results.details["devpid_log_lines"] = len(lines)
-    results.details["devpid_log_tracebacks"] = len(bad)
-    if bad:
-        first = "\n      ".join(lines[bad[0] : bad[0] + 12])
-        results.problems.append(
-            f"devpid log has {len(bad)} traceback/unhandled lines; first:\n      {first}"
-        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,14 +19,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fixtur
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for devpid_bench
 
 from devpid_bench import cluster, devpi, measure, procs, repository, wrk
-from devpid_bench.http import http_get
 from devpid_bench.report import Results, format_table
-from devpid_bench.session import run_session, say
+from devpid_bench.session import (
+    add_common_options,
+    check_children,
+    run_session,
+    save_status,
+    say,
+)
 
 MiB = 2**20
 RATE = 10_000_000  # bytes/s of the rate-limited upstream
 BIG_FILE = 16 * MiB
-CORPUS = procs.REPO_ROOT.parent / "shared" / "corpus"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,24 +52,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-wrk", action="store_true", help="use the pure-Python load generator, not wrk"
     )
-    parser.add_argument("--json", type=Path, help="write the results as JSON to this file")
     parser.add_argument(
         "--devpi-venv",
         type=Path,
         default=devpi.DEFAULT_VENV,
         help="venv for devpi-server and devpi-client, created when missing (default: %(default)s)",
     )
-    parser.add_argument(
-        "--corpus",
-        type=Path,
-        default=CORPUS,
-        help="real distributions for the pip run, used when present (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--keep",
-        action="store_true",
-        help="keep the temporary directory (logs, serverdirs) for a look after",
-    )
+    add_common_options(parser)
     return parser.parse_args(argv)
 
 
@@ -84,49 +77,33 @@ def settings_for(quick: bool) -> measure.Settings:
 
 
 def start_devpids(
-    group: procs.ProcessGroup,
-    workdir: Path,
-    fast_up: procs.Upstream,
-    slow_up: procs.Upstream,
-    fast: dict[str, measure.Mirror],
-    slow: dict[str, measure.Mirror],
-) -> None:
-    """One devpid per upstream, each with its own serverdir."""
-    why = procs.devpid_available()
-    if why:
-        raise procs.BenchError(why)
-    server = procs.start_devpid(group, "devpid", workdir / "devpid-serverdir", fast_up)
-    fast["devpid"] = measure.Mirror(server, "root/pypi", fast_up)
-    server = procs.start_devpid(group, "devpid-slow", workdir / "devpid-slow-serverdir", slow_up)
-    slow["devpid"] = measure.Mirror(server, "root/pypi", slow_up)
-    say(f"devpid: {fast['devpid'].server.url}, {server.url} (rate-limited upstream)")
+    group: procs.ProcessGroup, workdir: Path, fast_up: procs.Upstream, slow_up: procs.Upstream
+) -> tuple[measure.Mirror, measure.Mirror]:
+    """One devpid per upstream, each with its own serverdir: (fast, rate-limited)."""
+    procs.devpid_help()  # a BenchError saying why when devpid cannot start
+    fast = procs.start_devpid(group, "devpid", workdir / "devpid-serverdir", fast_up)
+    slow = procs.start_devpid(group, "devpid-slow", workdir / "devpid-slow-serverdir", slow_up)
+    say(f"devpid: {fast.url}, {slow.url} (rate-limited upstream)")
+    return measure.Mirror(fast), measure.Mirror(slow)
 
 
 def start_devpi(
-    args: argparse.Namespace,
+    venv: Path,
     group: procs.ProcessGroup,
     workdir: Path,
     fast_up: procs.Upstream,
     slow_up: procs.Upstream,
-    fast: dict[str, measure.Mirror],
-    slow: dict[str, measure.Mirror],
     results: Results,
-) -> None:
+) -> tuple[measure.Mirror, measure.Mirror]:
     """One devpi-server: root/pypi mirrors the fast upstream, root/slow the rate-limited one."""
     setup: list[str] = results.meta["devpi_setup"]
-    say(f"devpi venv: {args.devpi_venv}")
-    bin_dir = devpi.ensure_venv(args.devpi_venv, setup)
+    say(f"devpi venv: {venv}")
+    bin_dir = devpi.ensure_venv(venv, setup)
     results.meta["devpi_server_version"] = devpi.devpi_version(bin_dir)
-    server = devpi.start_devpi(
-        group,
-        bin_dir,
-        workdir,
-        {"root/pypi": fast_up.simple_url, "root/slow": slow_up.simple_url},
-        setup,
-    )
-    fast["devpi"] = measure.Mirror(server, "root/pypi", fast_up)
-    slow["devpi"] = measure.Mirror(server, "root/slow", slow_up)
+    mirrors = {"root/pypi": fast_up.simple_url, "root/slow": slow_up.simple_url}
+    server = devpi.start_devpi(group, bin_dir, workdir, mirrors, setup)
     say(f"devpi-server: {server.url} (root/pypi fast, root/slow rate-limited)")
+    return measure.Mirror(server), measure.Mirror(server, "root/slow")
 
 
 def run(args: argparse.Namespace, workdir: Path, results: Results) -> None:
@@ -169,16 +146,16 @@ def run(args: argparse.Namespace, workdir: Path, results: Results) -> None:
         slow: dict[str, measure.Mirror] = {}
         if not args.skip_devpid and not args.cluster_only:
             try:
-                start_devpids(group, workdir, fast_up, slow_up, fast, slow)
+                fast["devpid"], slow["devpid"] = start_devpids(group, workdir, fast_up, slow_up)
             except procs.BenchError as exc:
                 results.problems.append(f"devpid not measured: {exc}")
         if not args.skip_devpi and not args.cluster_only:
             try:
-                start_devpi(args, group, workdir, fast_up, slow_up, fast, slow, results)
+                fast["devpi"], slow["devpi"] = start_devpi(
+                    args.devpi_venv, group, workdir, fast_up, slow_up, results
+                )
             except procs.BenchError as exc:
                 results.problems.append(f"devpi-server not measured: {exc}")
-        for label in [label for label in fast if label not in slow]:
-            del fast[label]
         if not fast and not args.cluster_only:
             raise procs.BenchError("no server to measure")
 
@@ -217,39 +194,11 @@ def run(args: argparse.Namespace, workdir: Path, results: Results) -> None:
         for name, step in steps:
             say(name)
             step()
-        for label, mirror in fast.items():
-            if label == "devpid":
-                try:
-                    _, _, body = http_get(mirror.server.url + "+status", timeout=10)
-                    results.details["devpid_status"] = body.decode(errors="replace")[:5000]
-                except OSError as exc:
-                    results.problems.append(f"devpid /+status: {exc}")
-        for child in list(group.children):
-            if not child.alive():
-                results.problems.append(f"{child.name} exited early with {child.popen.returncode}")
-            if child.name.startswith("devpid"):
-                scan_log(child, results)
+        if "devpid" in fast:
+            save_status(fast["devpid"].server.url, results)
+        check_children(group, results)
     finally:
         group.close()
-
-
-def scan_log(child: procs.Child, results: Results) -> None:
-    """Note tracebacks and unhandled errors in a devpid log."""
-    if child.log_path is None:
-        return
-    text = child.log_path.read_text(errors="replace")
-    lines = text.splitlines()
-    bad = [
-        i
-        for i, line in enumerate(lines)
-        if "Traceback" in line or "Unhandled" in line or "CRITICAL" in line
-    ]
-    if bad:
-        first = "\n      ".join(lines[bad[0] : bad[0] + 12])
-        results.problems.append(
-            f"{child.name} log has {len(bad)} traceback/unhandled lines; first:\n      {first}"
-        )
-    results.details[f"{child.name}_log_lines"] = len(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,18 +1,24 @@
 """One frozen settings object, built from command-line options and an INI file.
 
 The default upstream is whatever index pip on this machine is configured to
-use, resolved when devpid starts; devpid itself never names an index host.
+use, resolved at the first start on a serverdir and remembered there
+(``upstream.json``): once the user points pip at devpid, as the README says,
+later starts keep mirroring the real index instead of finding devpid itself.
+devpid itself never names an index host.
 """
 
 from __future__ import annotations
 
 import configparser
+import json
 import math
 import os
+import secrets
+import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 
@@ -73,6 +79,46 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
 INI_SECTION = "devpid"
 #: The longest any seconds setting may be (a year): infinity would overflow the timers.
 MAX_SECONDS = 365 * 24 * 3600.0
+#: The serverdir's record of the upstream pip named at the first start.
+REMEMBERED_UPSTREAM = "upstream.json"
+
+
+@attrs.frozen
+class UpstreamOrigin:
+    """Where the upstream URL came from: said in the start-up log line and in errors."""
+
+    #: ``option``: the command line or the INI file; ``pip``: asked now (and to be
+    #: remembered); ``remembered``: read from the serverdir.
+    kind: Literal["option", "pip", "remembered"] = "option"
+    #: What named the URL: ``--upstream``, ``PIP_INDEX_URL``, ``pip's configuration``, ...
+    source: str = "--upstream"
+    #: The serverdir's ``upstream.json`` (kinds ``pip`` and ``remembered``).
+    path: Path | None = None
+    #: When it was remembered (kind ``remembered``), as written in the file.
+    at: str = ""
+
+    def describe(self) -> str:
+        """The parenthesis of the start-up line: one sentence saying why this upstream."""
+        if self.kind == "remembered":
+            when = f" on {self.at}" if self.at else ""
+            return (
+                f"remembered in {self.path} from {self.source} at first start{when}; "
+                f"to change it, give --upstream or delete that file"
+            )
+        if self.kind == "pip":
+            return (
+                f"from {self.source}; remembered in {self.path}, so later starts keep it "
+                "even once pip is configured to use devpid"
+            )
+        return f"from {self.source}"
+
+    def brief(self) -> str:
+        """A few words for the error that refuses an upstream that is devpid itself."""
+        if self.kind == "remembered":
+            return f"remembered in {self.path}"
+        if self.kind == "pip":
+            return "pip here is configured to use devpid"
+        return f"from {self.source}"
 
 
 @attrs.frozen
@@ -94,13 +140,36 @@ class Settings:
     max_body_size: int = 65536
     max_connections_per_client: int = 0
     idle_timeout: float = 75.0
+    upstream_origin: UpstreamOrigin = UpstreamOrigin()
+
+
+def shown_url(url: str) -> str:
+    """``url`` fit for a log line or an error: a password in it becomes ``***``."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    if not password:
+        return url
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
 
 
 def pip_index_url(environ: Mapping[str, str] | None = None) -> str:
     """The index pip would use here: its environment, its config files, else its default."""
+    return pip_index(environ)[0]
+
+
+def pip_index(environ: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """The index pip would use here, and what named it (for the start-up log line).
+
+    Only reads the environment and pip's configuration files: nothing is fetched.
+    """
     environ = os.environ if environ is None else environ
     if environ.get("PIP_INDEX_URL"):
-        return environ["PIP_INDEX_URL"]
+        return environ["PIP_INDEX_URL"], "PIP_INDEX_URL"
     try:
         from pip._internal.configuration import Configuration
         from pip._internal.models.index import PyPI
@@ -117,10 +186,73 @@ def pip_index_url(environ: Mapping[str, str] | None = None) -> str:
             except Exception:
                 continue
             if value:
-                return str(value).split()[0]
+                return str(value).split()[0], "pip's configuration"
     except Exception:
         pass
-    return str(PyPI.simple_url)
+    return str(PyPI.simple_url), "pip's default index"
+
+
+def read_remembered_upstream(serverdir: Path) -> tuple[str, UpstreamOrigin] | None:
+    """The upstream an earlier start remembered in ``serverdir``, or None if none did."""
+    path = serverdir / REMEMBERED_UPSTREAM
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise ConfigError(f"cannot read the remembered upstream {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        text = ""
+    try:
+        data = json.loads(text)
+        url, source, at = data["url"], data.get("from", "pip"), data.get("at", "")
+        if not all(isinstance(value, str) for value in (url, source, at)):
+            raise TypeError
+        _http_url("upstream", url)
+    except (ValueError, KeyError, TypeError, ConfigError):
+        raise ConfigError(
+            f"the remembered upstream {path} is damaged (delete it to ask pip again, "
+            "or give --upstream)"
+        ) from None
+    return url, UpstreamOrigin("remembered", source, path, at)
+
+
+def remember_upstream(settings: Settings, now: float | None = None) -> None:
+    """Write an upstream resolved from pip to the serverdir, for later starts.
+
+    Only an upstream from pip is written: an explicit ``--upstream`` is for its
+    run alone. Written to a temporary file, flushed to disk, then renamed, so a
+    crash leaves the old file or the new one, never half of one.
+    """
+    origin = settings.upstream_origin
+    if origin.kind != "pip" or origin.path is None:
+        return
+    path = origin.path
+    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if now is None else now))
+    record = {"url": settings.upstream, "from": origin.source, "at": at}
+    data = (json.dumps(record, indent=2) + "\n").encode("utf-8")
+    # A URL with a password in it is for devpid's user alone.
+    mode = 0o600 if urlsplit(settings.upstream).password else 0o644
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(3)}.tmp")
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        try:
+            os.fchmod(fd, mode)  # whatever the umask
+            rest = memoryview(data)
+            while rest:
+                rest = rest[os.write(fd, rest) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the rename, too, survives a power cut
+        finally:
+            os.close(directory)
+    except OSError as e:
+        temporary.unlink(missing_ok=True)
+        raise ConfigError(f"cannot remember the upstream in {path}: {e.strerror}") from None
 
 
 def _as_float(name: str, raw: Any, minimum: float) -> float:
@@ -232,8 +364,16 @@ def build_settings(
     if serverdir.exists() and not serverdir.is_dir():
         raise ConfigError(f"--serverdir {serverdir} exists and is not a directory")
     upstream = pick("upstream")
+    origin = UpstreamOrigin(
+        "option", "--upstream" if given.get("upstream") else "the --config file"
+    )
     if upstream is None:
-        upstream = pip_index_url(environ)
+        remembered = read_remembered_upstream(serverdir)
+        if remembered is not None:
+            upstream, origin = remembered
+        else:
+            upstream, source = pip_index(environ)
+            origin = UpstreamOrigin("pip", source, serverdir / REMEMBERED_UPSTREAM)
     upstream = _http_url("upstream", str(upstream).strip())
     if not upstream.endswith("/"):
         upstream += "/"
@@ -266,4 +406,5 @@ def build_settings(
             "max-connections-per-client", pick("max-connections-per-client"), 0
         ),
         idle_timeout=_as_float("idle-timeout", pick("idle-timeout"), 0),
+        upstream_origin=origin,
     )

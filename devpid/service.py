@@ -26,7 +26,7 @@ from twisted.web.client import HTTPConnectionPool
 from devpid.common.stats import Stats
 from devpid.files.store import FileStore
 from devpid.http.site import DevpidSite
-from devpid.mirror.tee.download import DownloadManager
+from devpid.mirror.tee import DownloadManager
 from devpid.mirror.tee.peers import SharedDownloads
 from devpid.mirror.upstream import describe_failure
 from devpid.store import StateStore, StoreUnavailable
@@ -62,11 +62,20 @@ class CacheService(Service):
     peers: SharedDownloads | None = None
     #: Whether SIGTERM stops this process with status 0 (the real reactor only).
     handle_sigterm: bool = False
+    #: The upstream (password masked) and why it is this one, for the start-up line.
+    upstream_url: str = ""
+    upstream_origin: str = ""
     _flusher: LoopingCall | None = None
     log = Logger()
 
     def startService(self) -> None:
         super().startService()
+        if self.upstream_url:
+            self.log.info(
+                "mirroring {upstream} ({origin})",
+                upstream=self.upstream_url,
+                origin=self.upstream_origin,
+            )
         self.files.prepare()
         started = Deferred.fromCoroutine(self._start())
         started.addErrback(self._cannot_start)

@@ -17,13 +17,22 @@ from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
 from devpid.common.identity import ProcessIdentity
 from devpid.common.stats import Stats
-from devpid.config import DEFAULTS, ConfigError, Settings, build_settings, read_ini
+from devpid.config import (
+    DEFAULTS,
+    ConfigError,
+    Settings,
+    build_settings,
+    read_ini,
+    remember_upstream,
+    shown_url,
+)
 from devpid.files.store import FileStore
 from devpid.http.app import DevpidRoutes
-from devpid.http.site import DevpidSite, Limits
+from devpid.http.limits import Limits
+from devpid.http.site import DevpidSite
 from devpid.mirror.index import MirrorIndex
 from devpid.mirror.poller import ChangelogPoller
-from devpid.mirror.tee.download import DownloadManager
+from devpid.mirror.tee import DownloadManager
 from devpid.mirror.tee.peers import SharedDownloads
 from devpid.mirror.upstream import UpstreamClient
 from devpid.ops.metrics import Metrics
@@ -102,8 +111,8 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
             raise ConfigError(f"--listen {settings.listen!r} is not usable: {e}") from None
         if _is_own_address(settings.upstream, settings.listen):
             raise ConfigError(
-                f"--upstream {settings.upstream} is devpid's own --listen address "
-                "(pip here is configured to use devpid); give the real index with --upstream"
+                f"--upstream {shown_url(settings.upstream)} is devpid's own --listen address "
+                f"({settings.upstream_origin.brief()}); give the real index with --upstream"
             )
         try:
             settings.serverdir.mkdir(parents=True, exist_ok=True)
@@ -111,6 +120,8 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
             raise ConfigError(
                 f"cannot create --serverdir {settings.serverdir}: {e.strerror}"
             ) from None
+        # Only a file write: a start that fails has still sent nothing upstream.
+        remember_upstream(settings)
     except ConfigError as e:
         raise SystemExit(f"twistd devpid: error: {e}") from None
     return build_service(settings, reactor, endpoint, real_reactor=reactor is global_reactor)
@@ -180,7 +191,7 @@ def build_service(
     metrics = Metrics(status, reactor)
     status.requests = metrics.requests
     routes = DevpidRoutes(
-        {MIRROR_INDEX: mirror}, downloads, files, stats, status, settings.outside_url
+        {MIRROR_INDEX: mirror}, downloads, files, stats, status, settings.outside_url, metrics
     )
     limits = Limits(
         max_header_size=settings.max_header_size,
@@ -192,7 +203,6 @@ def build_service(
     site = DevpidSite(routes.resource(), stats, via=via.encode(), limits=limits, reactor=reactor)
     site.noisy = False
     site.requests = metrics.requests
-    routes.metrics = metrics
 
     top = MultiService()
     CacheService(
@@ -205,6 +215,8 @@ def build_service(
         shutdown_grace=settings.shutdown_grace,
         handle_sigterm=real_reactor,
         peers=peers,
+        upstream_url=shown_url(settings.upstream),
+        upstream_origin=settings.upstream_origin.describe(),
     ).setServiceParent(top)
     if settings.redis is not None:
         from devpid.store.redis import RedisStore, RedisSubscriber

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import subprocess
 import sys
@@ -13,7 +15,16 @@ import pytest
 from twisted.application.service import MultiService
 from twisted.internet.testing import MemoryReactor
 
-from devpid.config import DEFAULTS, ConfigError, Settings, build_settings, pip_index_url, read_ini
+from devpid.config import (
+    DEFAULTS,
+    ConfigError,
+    Settings,
+    UpstreamOrigin,
+    build_settings,
+    pip_index_url,
+    read_ini,
+    remember_upstream,
+)
 from devpid.tap import Options, makeService, settings_from_options
 
 REPO = Path(__file__).resolve().parents[1]
@@ -156,6 +167,9 @@ def test_build_settings_defaults(tmp_path: Path) -> None:
         upstream_timeout=10.0,
         offline=False,
         outside_url=None,
+        upstream_origin=UpstreamOrigin(
+            "pip", "PIP_INDEX_URL", tmp_path / "home" / ".devpid" / "upstream.json"
+        ),
     )
 
 
@@ -183,6 +197,7 @@ def test_build_settings_precedence_command_line_over_ini_over_defaults(tmp_path:
         upstream_timeout=10.0,  # default
         offline=True,  # INI
         outside_url=None,  # default
+        upstream_origin=UpstreamOrigin("option", "the --config file"),
     )
 
 
@@ -376,6 +391,167 @@ def test_given_environment_beats_pip_conf(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("PIP_CONFIG_FILE", str(conf))
     environ: Mapping[str, str] = {"PIP_INDEX_URL": "http://localhost:7/simple/"}
     assert pip_index_url(environ) == "http://localhost:7/simple/"
+
+
+# -- the remembered upstream --------------------------------------------------
+
+LISTEN = "tcp:3141:interface=127.0.0.1"
+#: What README.md tells the user to write in pip.conf: devpid itself.
+DEVPID_ITSELF = "http://localhost:3141/root/pypi/+simple/"
+REAL_INDEX = "http://127.0.0.1:8080/simple/"
+
+
+def point_pip_at(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("pip")
+    conf = tmp_path / "pip.conf"
+    conf.write_text(f"[global]\nindex-url = {url}\n")
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(conf))
+
+
+def start(tmp_path: Path, *extra: str) -> tuple[Any, MemoryReactor]:
+    """makeService as ``twistd devpid`` runs it: its CacheService, and the reactor."""
+    options = Options()
+    options.parseOptions(["--serverdir", str(tmp_path / "server"), "--listen", LISTEN, *extra])
+    reactor = MemoryReactor()
+    cache = next(iter(makeService(options, reactor)))
+    assert type(cache).__name__ == "CacheService"
+    return cache, reactor
+
+
+def remembered(tmp_path: Path) -> dict[str, Any]:
+    record: dict[str, Any] = json.loads((tmp_path / "server" / "upstream.json").read_text())
+    return record
+
+
+def test_first_start_remembers_the_index_pip_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    point_pip_at(REAL_INDEX, tmp_path, monkeypatch)
+    cache, reactor = start(tmp_path)
+    path = tmp_path / "server" / "upstream.json"
+    assert remembered(tmp_path) == {
+        "url": REAL_INDEX,
+        "from": "pip's configuration",
+        "at": remembered(tmp_path)["at"],
+    }
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in path.parent.iterdir()] == ["upstream.json"]  # no temporary left
+    assert cache.upstream_url == REAL_INDEX
+    assert cache.upstream_origin.startswith(f"from pip's configuration; remembered in {path}")
+    # Resolving and remembering read and write files; nothing is fetched.
+    assert reactor.tcpClients == []
+
+
+def test_a_later_start_uses_the_remembered_index_once_pip_points_at_devpid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    point_pip_at(REAL_INDEX, tmp_path, monkeypatch)
+    start(tmp_path)
+    first = remembered(tmp_path)
+    point_pip_at(DEVPID_ITSELF, tmp_path, monkeypatch)  # as README.md says to
+    cache, reactor = start(tmp_path)
+    path = tmp_path / "server" / "upstream.json"
+    assert cache.upstream_url == REAL_INDEX
+    assert cache.upstream_origin.startswith(
+        f"remembered in {path} from pip's configuration at first start on {first['at']}"
+    )
+    assert remembered(tmp_path) == first  # read, not written again
+    assert reactor.tcpClients == []
+
+
+def test_an_explicit_upstream_wins_and_is_not_remembered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    point_pip_at(REAL_INDEX, tmp_path, monkeypatch)
+    cache, _ = start(tmp_path, "--upstream", UPSTREAM)
+    assert (cache.upstream_url, cache.upstream_origin) == (UPSTREAM, "from --upstream")
+    assert not (tmp_path / "server" / "upstream.json").exists()
+    start(tmp_path)
+    first = remembered(tmp_path)
+    cache, _ = start(tmp_path, "--upstream", UPSTREAM)
+    assert cache.upstream_url == UPSTREAM
+    assert remembered(tmp_path) == first
+    # Nor does an upstream from the INI file.
+    ini = write_ini(tmp_path / "devpid.ini", f"[devpid]\nupstream = {UPSTREAM}\n")
+    cache, _ = start(tmp_path, "--config", ini)
+    assert (cache.upstream_url, cache.upstream_origin) == (UPSTREAM, "from the --config file")
+    assert remembered(tmp_path) == first
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"{not json", b"[]", b'{"from": "pip"}', b'{"url": "ftp://x/"}', b'{"url": 3}', b"\xff"],
+)
+def test_a_damaged_remembered_upstream_is_a_one_line_error_naming_the_file(
+    tmp_path: Path, content: bytes
+) -> None:
+    path = tmp_path / "server" / "upstream.json"
+    path.parent.mkdir()
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as caught:
+        build_settings({"serverdir": str(tmp_path / "server")}, None, ENVIRON)
+    assert str(path) in one_line(caught.value)
+    with pytest.raises(SystemExit) as exited:
+        start(tmp_path)
+    message = one_line(exited.value.code)
+    assert message.startswith("twistd devpid: error:") and str(path) in message
+    # An explicit --upstream does not need it, so it does not read it.
+    cache, _ = start(tmp_path, "--upstream", UPSTREAM)
+    assert cache.upstream_url == UPSTREAM
+    assert path.read_bytes() == content
+
+
+def test_pip_pointing_at_devpid_at_first_start_is_refused_and_not_remembered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    point_pip_at(DEVPID_ITSELF, tmp_path, monkeypatch)
+    with pytest.raises(SystemExit) as exited:
+        start(tmp_path)
+    message = one_line(exited.value.code)
+    assert "own --listen address (pip here is configured to use devpid)" in message
+    assert not (tmp_path / "server" / "upstream.json").exists()
+
+
+def test_a_remembered_upstream_that_is_devpid_itself_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "server" / "upstream.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"url": DEVPID_ITSELF, "from": "pip's configuration"}))
+    with pytest.raises(SystemExit) as exited:
+        start(tmp_path)
+    message = one_line(exited.value.code)
+    assert f"own --listen address (remembered in {path})" in message
+
+
+def test_a_password_in_the_upstream_is_masked_and_kept_private(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "http://me:s3cret@127.0.0.1:8080/simple/"
+    point_pip_at(secret, tmp_path, monkeypatch)
+    cache, _ = start(tmp_path)
+    assert cache.upstream_url == "http://me:***@127.0.0.1:8080/simple/"
+    assert remembered(tmp_path)["url"] == secret
+    assert (tmp_path / "server" / "upstream.json").stat().st_mode & 0o777 == 0o600
+    cache, _ = start(tmp_path)
+    assert "s3cret" not in cache.upstream_url + cache.upstream_origin
+    with pytest.raises(SystemExit) as exited:
+        start(tmp_path, "--upstream", "http://u:pw0rd@localhost:3141/root/pypi/+simple/")
+    assert "pw0rd" not in one_line(exited.value.code)
+
+
+def test_remembering_leaves_no_temporary_file_when_it_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = build_settings({"serverdir": str(tmp_path / "server")}, None, ENVIRON)
+    (tmp_path / "server").mkdir()
+
+    def disk_full(*args: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(ConfigError) as caught:
+        remember_upstream(settings)
+    assert "upstream.json" in one_line(caught.value)
+    assert list((tmp_path / "server").iterdir()) == []
 
 
 # -- settings_from_options and makeService ------------------------------------

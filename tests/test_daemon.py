@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -202,3 +203,74 @@ def test_a_state_store_that_cannot_open_exits_one_with_one_line(
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("devpid: cannot start the cache: ")
+
+
+def test_pip_pointed_at_devpid_after_the_first_start_keeps_the_real_upstream(
+    tmp_path: Path, upstream: UpstreamProcess
+) -> None:
+    """README.md's order: start devpid, then point pip at it. The upstream pip named
+    at the first start is remembered in the serverdir, so devpid, restarted under the
+    same pip configuration, still mirrors the real index instead of refusing."""
+    port = free_port()
+    own = f"http://localhost:{port}/root/pypi/+simple/"
+    serverdir = tmp_path / "sd"
+    remembered = serverdir / "upstream.json"
+    pip_conf = tmp_path / "pip.conf"
+    env = {key: value for key, value in devpid_env().items() if not key.startswith("PIP_")}
+    env["PIP_CONFIG_FILE"] = str(pip_conf)
+    args = ["--listen", f"tcp:{port}:interface=127.0.0.1", "--serverdir", str(serverdir)]
+
+    def run(name: str) -> tuple[subprocess.Popen[bytes], str]:
+        log = tmp_path / f"{name}.log"
+        process = subprocess.Popen(
+            [*twistd_command(), "-n", "--pidfile=", "--logfile", str(log), "devpid", *args],
+            cwd=tmp_path,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 30
+        while "devpid listening" not in (text := log.read_text() if log.exists() else ""):
+            assert process.poll() is None, (process.stderr.read() if process.stderr else b"", text)
+            assert time.monotonic() < deadline, text
+            time.sleep(0.05)
+        return process, text
+
+    def stop(process: subprocess.Popen[bytes]) -> None:
+        process.terminate()
+        assert process.wait(30) == 0
+        if process.stderr is not None:
+            process.stderr.close()
+
+    # pip already names devpid at the very first start: refused, nothing remembered.
+    pip_conf.write_text(f"[global]\nindex-url = {own}\n")
+    result = subprocess.run(
+        [*twistd_command(), "-n", "--pidfile=", "devpid", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1 and "own --listen address" in lines[0]
+    assert not remembered.exists()
+
+    pip_conf.write_text(f"[global]\nindex-url = {upstream.simple_url}\n")
+    first, log = run("first")
+    try:
+        assert f"mirroring {upstream.simple_url} (from pip's configuration; remembered in " in log
+        assert http_get(f"{own}devpid-demo-lib/").status == 200
+    finally:
+        stop(first)
+    assert json.loads(remembered.read_text())["url"] == upstream.simple_url
+
+    pip_conf.write_text(f"[global]\nindex-url = {own}\n")  # as README.md says
+    second, log = run("second")
+    try:
+        assert f"mirroring {upstream.simple_url} (remembered in {remembered} from pip's" in log
+        assert http_get(f"{own}devpid-demo-app/").status == 200
+        assert upstream.stats()["gets"].get("/simple/devpid-demo-app/") == 1
+    finally:
+        stop(second)

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from devpid import cli
+from devpid.cli.fsck import main
 from devpid.files.store import FileStore
-from devpid.ops.fsck import EXIT_CLEAN, EXIT_PROBLEMS, EXIT_USAGE, Checker, Report, check, main
+from devpid.ops.fsck import EXIT_CLEAN, EXIT_PROBLEMS, EXIT_USAGE, Checker, Report, check
 from devpid.simple.model import Link, ProjectPage
 from tests.conftest import BIG_FILE_SIZE
 from tests.fixtures.devpid_process import DevpidProcess, devpid_env

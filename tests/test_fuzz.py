@@ -42,7 +42,7 @@ from packaging.utils import canonicalize_name
 from twisted.logger import ILogObserver, globalLogPublisher
 from zope.interface import provider
 
-from devpid.ops.metrics import route_name
+from devpid.ops.requests import route_name
 from tests.fixtures.app import MemoryDevpid, RawAnswer, parse_response, populate
 from tests.fixtures.devpid_process import DevpidProcess
 

@@ -15,8 +15,9 @@ import attrs
 import pytest
 
 from devpid import cli
-from devpid.ops import genconfig
-from devpid.ops.genconfig import Deployment, Options, deployment_from_options, render
+from devpid.cli import gen_config as genconfig
+from devpid.cli.gen_config import Options, deployment_from_options
+from devpid.ops.genconfig import Deployment, render
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ETC = REPO_ROOT / "etc"

@@ -23,7 +23,8 @@ from twisted.logger import LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
 from devpid.config import DEFAULTS
-from devpid.http.site import LINGER_SECONDS, DevpidSite, Limits
+from devpid.http.limits import LINGER_SECONDS, Limits
+from devpid.http.site import DevpidSite
 from devpid.service import ListenerService
 from devpid.tap import makeService
 from tests.fixtures.devpid_process import DevpidProcess

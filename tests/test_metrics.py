@@ -15,7 +15,8 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
 
-from devpid.ops.metrics import LATENCY_BUCKETS, Metrics, route_name
+from devpid.ops.metrics import Metrics
+from devpid.ops.requests import LATENCY_BUCKETS, route_name
 from devpid.ops.window import SlidingWindow
 from devpid.store.redis import RedisStore
 from tests.fixtures.devpid_process import DevpidProcess

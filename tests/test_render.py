@@ -10,17 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from devpid.simple.model import (
-    HTML_V1,
-    JSON_V1,
-    TEXT_HTML,
-    Link,
-    ProjectPage,
-    ProjectStatus,
-    parse_project_html,
-    parse_project_json,
-    parse_project_list,
-)
+from devpid.simple.model import HTML_V1, JSON_V1, TEXT_HTML, Link, ProjectPage, ProjectStatus
+from devpid.simple.parse import parse_project_html, parse_project_json, parse_project_list
 from devpid.simple.render import (
     CONTENT_TYPES,
     LinkRenderer,

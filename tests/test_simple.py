@@ -16,15 +16,17 @@ from devpid.simple.model import (
     HTML_V1,
     JSON_V1,
     Link,
-    PageParseError,
     ProjectPage,
     ProjectStatus,
     is_valid_project_name,
+    project_of_filename,
+)
+from devpid.simple.parse import (
+    PageParseError,
     parse_project_html,
     parse_project_json,
     parse_project_list,
     parse_project_page,
-    project_of_filename,
 )
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"

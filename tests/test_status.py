@@ -16,8 +16,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
-from devpid.mirror.tee.download import DownloadManager
-from devpid.ops.status import GIB, DiskUsage, StatusReport
+from devpid.mirror.tee import DownloadManager
+from devpid.ops.health import GIB, DiskUsage
+from devpid.ops.status import StatusReport
 from devpid.service import ListenerService
 from devpid.store.redis import RedisStore
 from devpid.tap import makeService

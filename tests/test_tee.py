@@ -25,15 +25,10 @@ from devpid.common.identity import ProcessIdentity
 from devpid.common.stats import Stats
 from devpid.files import store as filestore
 from devpid.files.store import FileStore
+from devpid.mirror.tee import Download, DownloadFailed, DownloadManager, FileSpec
 from devpid.mirror.tee import download as tee
-from devpid.mirror.tee.download import (
-    FOLLOW_POLL,
-    Download,
-    DownloadFailed,
-    DownloadManager,
-    FileSpec,
-)
 from devpid.mirror.tee.peers import SharedDownloads
+from devpid.mirror.tee.shared import FOLLOW_POLL
 from devpid.mirror.upstream import UpstreamClient, UpstreamHealth
 from devpid.store import StoreUnavailable
 from devpid.store.embedded import EmbeddedStore

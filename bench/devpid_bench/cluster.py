@@ -25,24 +25,31 @@ worker would only take CPU from the devpid processes (and wrk).
 from __future__ import annotations
 
 import os
-import resource
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import attrs
 
 from devpid.ops.genconfig import Deployment, render_nginx
-from devpid_bench.http import PIP_ACCEPT, LoadResult, fetch, fetch_all, http_get
-from devpid_bench.measure import Bench, Mirror, _check, _each
+from devpid_bench.cpu import OTHERS_LIMIT, CpuMeter, children
+from devpid_bench.http import PIP_ACCEPT, fetch
+from devpid_bench.measure import (
+    Bench,
+    Mirror,
+    check,
+    concurrent_cold,
+    each,
+    note_page_errors,
+    warm_page,
+)
 from devpid_bench.procs import (
     BenchError,
     ProcessGroup,
     Server,
     Upstream,
-    devpid_available,
+    devpid_help,
     free_port,
     start_devpid,
     wait_for_http,
@@ -54,7 +61,6 @@ from tests.fixtures.ports import free_consecutive_ports
 NGINX = "/usr/sbin/nginx"
 NGINX_WORKERS = 1
 TABLE = "cluster"
-OTHERS = 15.0  # % of a core used by other processes during a load run: flag the run
 
 #: The top level around the http-level file ``devpid gen-config`` writes, as an
 #: installation's nginx.conf would include it. Access logging is off for every
@@ -149,7 +155,7 @@ def start_nginx(group: ProcessGroup, workdir: Path, name: str, include: str) -> 
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
     wait_for_http(child, url, timeout=30, any_status=True)
-    return Server(label=name, child=child, url=url)
+    return Server(child=child, url=url)
 
 
 def devpid_front(serverdir: Path, first_port: int, workers: int) -> str:
@@ -168,9 +174,7 @@ def devpid_front(serverdir: Path, first_port: int, workers: int) -> str:
 
 
 def start_cluster(group: ProcessGroup, workdir: Path, upstream: Upstream) -> Cluster:
-    why = devpid_available()
-    if why:
-        raise BenchError(why)
+    devpid_help()  # a BenchError saying why when devpid cannot start
     redis = start_redis(group, workdir)
     serverdir = workdir / "cluster-serverdir"
     first = free_consecutive_ports(2)  # gen-config's workers listen on consecutive ports
@@ -197,18 +201,17 @@ def start_cluster(group: ProcessGroup, workdir: Path, upstream: Upstream) -> Clu
             serverdir,
             upstream,
             ["--redis", redis],
-            label=f"devpid-port-{n}",
             shared_port=port,
         )
         for n in (1, 2)
     ]
-    a, b = (Mirror(s, "root/pypi", upstream) for s in servers)
+    a, b = (Mirror(s) for s in servers)
     return Cluster(
         processes=(a, b),
-        one=Mirror(one, "root/pypi", upstream),
-        two=Mirror(two, "root/pypi", upstream),
+        one=Mirror(one),
+        two=Mirror(two),
         static=static,
-        shared_port=Mirror(on_one_port[0], "root/pypi", upstream),
+        shared_port=Mirror(on_one_port[0]),
         shared_port_pids=(on_one_port[0].child.pid, on_one_port[1].child.pid),
     )
 
@@ -222,100 +225,6 @@ def versions() -> dict[str, str]:
         except OSError as exc:
             found[name] = str(exc)
     return found
-
-
-# --- CPU used while a load runs ---------------------------------------------------------
-
-
-def _cpu_ticks(pid: int) -> int:
-    """utime + stime of ``pid`` in clock ticks (0 when it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return 0
-    return int(fields[11]) + int(fields[12])
-
-
-def _machine_ticks() -> tuple[int, int]:
-    """(busy, total) clock ticks of all CPUs, from the first line of /proc/stat."""
-    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return sum(fields) - idle, sum(fields)
-
-
-def _all_ticks() -> dict[int, int]:
-    """utime + stime of every process, by pid."""
-    return {
-        int(p.name): _cpu_ticks(int(p.name)) for p in Path("/proc").iterdir() if p.name.isdigit()
-    }
-
-
-def _command(pid: int) -> str:
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-    except OSError:
-        return "?"
-    return f"{pid} {argv.decode(errors='replace').strip()[:70]}"
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
-@attrs.define
-class CpuMeter:
-    """CPU used between ``__enter__`` and ``__exit__``, in % of one core.
-
-    ``percent`` gets an entry for each name of ``pids`` (sum over its processes),
-    "bench" (this script and the children it waited for: wrk), "machine" (busy
-    share of all CPUs, in % of all of them) and "others": the machine's busy
-    CPU that none of those account for, i.e. something else running; ``busiest``
-    names the other processes that used the most.
-    """
-
-    pids: dict[str, list[int]]  # name -> the processes counted under it (disjoint)
-    percent: dict[str, float] = attrs.field(factory=dict)
-    busiest: list[tuple[str, float]] = attrs.field(factory=list)
-    _start: dict[str, float] = attrs.field(factory=dict)
-    _everyone: dict[int, int] = attrs.field(factory=dict)
-    _machine: tuple[int, int] = (0, 0)
-    _started: float = 0.0
-
-    def _seconds(self) -> dict[str, float]:
-        tick = os.sysconf("SC_CLK_TCK")
-        own = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
-        seconds = {name: sum(map(_cpu_ticks, pids)) / tick for name, pids in self.pids.items()}
-        seconds["bench"] = sum(u.ru_utime + u.ru_stime for u in own)
-        return seconds
-
-    def __enter__(self) -> CpuMeter:
-        self._start = self._seconds()
-        self._everyone = _all_ticks()
-        self._machine = _machine_ticks()
-        self._started = time.monotonic()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        elapsed = time.monotonic() - self._started
-        for name, seconds in self._seconds().items():
-            self.percent[name] = 100 * (seconds - self._start[name]) / elapsed
-        busy, total = _machine_ticks()
-        machine = 100 * (busy - self._machine[0]) / max(1, total - self._machine[1])
-        accounted = sum(self.percent.values())
-        self.percent["machine"] = machine
-        self.percent["others"] = max(0.0, machine * (os.cpu_count() or 1) - accounted)
-        ours = {os.getpid(), *(pid for pids in self.pids.values() for pid in pids)}
-        tick = os.sysconf("SC_CLK_TCK")
-        used = {
-            pid: 100 * (ticks - self._everyone.get(pid, 0)) / tick / elapsed
-            for pid, ticks in _all_ticks().items()
-            if pid not in ours
-        }
-        top = sorted(used.items(), key=lambda item: -item[1])[:3]
-        self.busiest = [(_command(pid), share) for pid, share in top if share >= 1]
 
 
 # --- the measurements -----------------------------------------------------------------------
@@ -341,15 +250,8 @@ def measure_cluster(bench: Bench, group: ProcessGroup, files: ClusterFiles) -> N
 def cached_page(bench: Bench, cluster: Cluster, project: str) -> None:
     connections = bench.settings.cluster_connections
     for label, mirror in {**cluster.fronts, "process 2": cluster.processes[1]}.items():
-        for _ in range(10):  # the first GET fills the shared cache; later ones reach both
-            try:
-                status, _, _ = http_get(mirror.page_url(project), 60, {"Accept": PIP_ACCEPT})
-            except OSError as exc:
-                bench.results.problems.append(f"cluster {label}: warming {project} page: {exc}")
-                break
-            if status != 200:
-                bench.results.problems.append(f"cluster {label}: page {project} answered {status}")
-                break
+        # the first GET fills the shared cache; later ones reach both processes
+        warm_page(bench.results, f"cluster {label}", mirror.page_url(project), project, 10)
     rows = bench.results
     rps = rows.row("cluster_page_rps", f"cached page, {connections} conn", "req/s", True, TABLE)
     p99 = rows.row("cluster_page_p99", f"cached page p99, {connections} conn", "ms", False, TABLE)
@@ -362,7 +264,7 @@ def cached_page(bench: Bench, cluster: Cluster, project: str) -> None:
 
     def run(column: str) -> float:
         pids = {f"devpid-{n}": [pid] for n, pid in enumerate(cluster.devpid_pids(column), 1)}
-        pids["nginx"] = [p for n in nginx_pids for p in _children(n)]
+        pids["nginx"] = [p for n in nginx_pids for p in children(n)]
         with CpuMeter(pids) as meter:
             load = bench.load(cluster.fronts[column].page_url(project), connections, PIP_ACCEPT)
         details[column] = {
@@ -370,8 +272,8 @@ def cached_page(bench: Bench, cluster: Cluster, project: str) -> None:
             "cpu_percent": meter.percent,
             "busiest_others": meter.busiest,
         }
-        _complain(bench, column, load)
-        if meter.percent["others"] > OTHERS:
+        note_page_errors(bench.results, f"cluster {column}", load)
+        if meter.percent["others"] > OTHERS_LIMIT:
             bench.results.problems.append(
                 f"cluster {column}: other processes used {meter.percent['others']:.0f}% of a core "
                 "during the load: its req/s are low and the 2/1 ratio unreliable; busiest: "
@@ -385,7 +287,7 @@ def cached_page(bench: Bench, cluster: Cluster, project: str) -> None:
         machine.values[column] = meter.percent["machine"]
         return load.requests_per_second
 
-    _each(rps, list(cluster.fronts), run)
+    each(rps, list(cluster.fronts), run)
     tool = next(iter(details.values()))["load"]["tool"] if details else "?"
     rps.note = (
         f"{tool}, {bench.settings.load_seconds:.0f}s, {project}; goal 2/1 >= 1.7x; "
@@ -404,15 +306,6 @@ def cached_page(bench: Bench, cluster: Cluster, project: str) -> None:
     )
 
 
-def _complain(bench: Bench, column: str, load: LoadResult) -> None:
-    if load.errors:
-        bench.results.problems.append(
-            f"cluster {column}: {load.errors} errors in {load.requests} page requests"
-        )
-    if load.requests == 0:
-        raise RuntimeError("no request completed")
-
-
 def cold_herd(bench: Bench, cluster: Cluster, files: ClusterFiles) -> None:
     clients = bench.settings.cluster_clients
     row = bench.results.row(
@@ -424,39 +317,17 @@ def cold_herd(bench: Bench, cluster: Cluster, files: ClusterFiles) -> None:
         "1 proc": (files.one, cluster.processes[:1]),
         "2 procs": (files.two, cluster.processes),
     }
-    upstream = bench.slow_upstream
 
     def run(column: str) -> float:
         blob, mirrors = cases[column]
         urls = [m.file_url(blob.project, blob.filename) for m in mirrors]
-        before = upstream.process.stats()
-        started = time.monotonic()
-        fetches = fetch_all([urls[i % len(urls)] for i in range(clients)], timeout=300)
-        elapsed = time.monotonic() - started
-        time.sleep(1.0)  # let a process's own background download show in the counts
-        after = upstream.process.stats()
-        path = f"/files/{blob.filename}"
-        gets, ranged = (
-            after.get(k, {}).get(path, 0) - before.get(k, {}).get(path, 0)
-            for k in ("gets", "ranges")
-        )
-        bad = [f for f in fetches if f.error or f.status != 200 or f.size != blob.size]
-        details[column] = {
-            "seconds": elapsed,
-            "ok": clients - len(bad),
-            "ranged_gets": ranged,
-            "failures": [attrs.asdict(f) for f in bad][:5],
-        }
-        if bad:
-            bench.results.problems.append(
-                f"cluster {column}: {len(bad)} of {clients} concurrent cold GETs failed or were "
-                f"short (first: status {bad[0].status}, {bad[0].size} bytes, {bad[0].error})"
-            )
+        who = f"cluster {column}"
+        gets, details[column] = concurrent_cold(bench, who, blob, urls, clients)
         for url in urls:  # each process now serves the whole file, hash and all
-            _check(bench.results, f"cluster {column} {url}", fetch(url, 120, want_hash=True), blob)
+            check(bench.results, f"cluster {column} {url}", fetch(url, 120, want_hash=True), blob)
         return float(gets)
 
-    _each(row, list(cases), run)
+    each(row, list(cases), run)
     size = files.two.size / 2**20
     row.note = (
         f"{size:.0f} MiB via the rate-limited upstream; 2 procs: half the clients each; goal 1"
@@ -487,7 +358,7 @@ def cached_file_via_nginx(bench: Bench, cluster: Cluster, blob: Blob) -> None:
     }
 
     def run(column: str) -> float:
-        _check(bench.results, f"front {column}", fetch(urls[column], 120, want_hash=True), blob)
+        check(bench.results, f"front {column}", fetch(urls[column], 120, want_hash=True), blob)
         load = bench.load(urls[column], connections, None)
         details[column] = attrs.asdict(load)
         if load.errors:
@@ -496,6 +367,6 @@ def cached_file_via_nginx(bench: Bench, cluster: Cluster, blob: Blob) -> None:
             raise RuntimeError("no byte received")
         return load.megabytes_per_second
 
-    _each(row, list(urls), run)
+    each(row, list(urls), run)
     tool = details[next(iter(details))]["tool"] if details else "?"
     row.note = f"{tool}, {bench.settings.load_seconds:.0f}s; goal via nginx/static >= 0.95x"

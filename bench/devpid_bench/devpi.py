@@ -1,6 +1,6 @@
 """devpi-server in a throwaway venv, its root/pypi mirror pointed at the local upstream.
 
-The setup, as the commands it runs (also printed with ``--verbose``)::
+The setup, as the commands it runs (each also saved in the JSON's ``devpi_setup``)::
 
     python -m venv VENV && VENV/bin/pip install devpi-server devpi-client   # once, then reused
     VENV/bin/devpi-init --serverdir DIR --no-root-pypi
@@ -90,7 +90,7 @@ def start_devpi(
                 f"mirror_url={mirror_url}",
             ],
         )
-    return Server(label="devpi", child=child, url=url)
+    return Server(child=child, url=url)
 
 
 def _run(log: list[str], argv: Sequence[str], timeout: float = 120) -> None:

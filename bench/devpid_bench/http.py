@@ -21,7 +21,6 @@ PIP_ACCEPT = (
     "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1, "
     "text/html; q=0.01"
 )
-JSON_ACCEPT = "application/vnd.pypi.simple.v1+json"
 READ_SIZE = 1 << 20
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 
@@ -84,6 +83,16 @@ class Fetch:
     sha256: str | None
     error: str | None = None
 
+    def wrong(self, size: int, sha256: str) -> str | None:
+        """What makes this not a good fetch of a file of ``size`` bytes and ``sha256``."""
+        if self.error or self.status != 200:
+            return f"status {self.status}, {self.error or 'no error text'}"
+        if self.size != size:
+            return f"{self.size} bytes, expected {size}"
+        if self.sha256 != sha256:
+            return "sha256 differs from the upstream's"
+        return None
+
 
 def fetch(url: str, timeout: float = 60.0, want_hash: bool = False) -> Fetch:
     """GET ``url`` to the end, timing the first header and body bytes; never raises."""
@@ -92,6 +101,7 @@ def fetch(url: str, timeout: float = 60.0, want_hash: bool = False) -> Fetch:
     ttfb_headers = ttfb = 0.0
     size = 0
     status = 0
+    error = None
     conn, path = _connect(url, timeout)
     try:
         conn.request("GET", path)
@@ -109,31 +119,20 @@ def fetch(url: str, timeout: float = 60.0, want_hash: bool = False) -> Fetch:
             size += n
             if digest is not None:
                 digest.update(view[:n])
-        return Fetch(
-            status=status,
-            size=size,
-            ttfb_headers=ttfb_headers,
-            ttfb=ttfb,
-            total=time.perf_counter() - start,
-            sha256=digest.hexdigest() if digest is not None else None,
-        )
     except (OSError, http.client.HTTPException) as exc:
-        return Fetch(
-            status=status,
-            size=size,
-            ttfb_headers=ttfb_headers,
-            ttfb=ttfb,
-            total=time.perf_counter() - start,
-            sha256=None,
-            error=f"{type(exc).__name__}: {exc}",
-        )
+        error = f"{type(exc).__name__}: {exc}"
     finally:
+        total = time.perf_counter() - start
         conn.close()
-
-
-def fetch_concurrently(url: str, clients: int, timeout: float) -> list[Fetch]:
-    """``clients`` threads GET ``url`` at the same moment (a barrier) and read it all."""
-    return fetch_all([url] * clients, timeout)
+    return Fetch(
+        status=status,
+        size=size,
+        ttfb_headers=ttfb_headers,
+        ttfb=ttfb,
+        total=total,
+        sha256=digest.hexdigest() if digest is not None and error is None else None,
+        error=error,
+    )
 
 
 def fetch_all(urls: Sequence[str], timeout: float) -> list[Fetch]:

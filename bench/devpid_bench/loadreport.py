@@ -2,88 +2,88 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from devpid_bench.loadrun import MB, P99_GOAL_MS, UPSTREAM_POOL, Phase, Settings
+from devpid_bench.paced import PacedResult
+from devpid_bench.procinfo import kib_to_mb
 from devpid_bench.report import Results
 
 ACCESS_NOTE = "from parsed request to answer sent, devpid's access log"
 
 
+def _values(
+    results: Results,
+    table: str,
+    key: str,
+    label: str,
+    unit: str,
+    better: bool | None,
+    note: str = "",
+) -> dict[str, float | None]:
+    """A new row of ``table`` (its key prefixed with the table's name): its values to fill."""
+    new = results.row(f"{table}_{key}", label, unit, better, table=table)
+    new.note = note
+    return new.values
+
+
 def load_rows(
     results: Results, s: Settings, phases: dict[str, Phase], details: dict[str, Any]
 ) -> None:
-    def row(key: str, label: str, unit: str, better: bool | None, note: str = "") -> Any:
-        new = results.row(f"load_{key}", label, unit, better, table="load")
-        new.note = note
-        return new.values
+    def row(
+        key: str,
+        label: str,
+        unit: str,
+        better: bool | None,
+        value: Callable[[Phase], float | None],
+        note: str = "",
+    ) -> None:
+        values = _values(results, "load", key, label, unit, better, note)
+        for name, phase in phases.items():
+            values[name] = value(phase)
 
-    each = s.rate / s.connections
-    offered = row(
-        "offered",
-        "offered load",
-        "req/s",
-        None,
-        f"{s.connections} conn, {each:g} req/s each, exponential gaps; unpaced: closed loop",
-    )
-    answered = row(
-        "answered",
-        "answered",
-        "req/s",
-        True,
-        f"runs of {s.load_seconds:g} s (paced), {s.unpaced_seconds:g} s (unpaced)",
-    )
-    page_p50 = row("page_p50", "cached page p50", "ms", False)
+    def pages(phase: Phase) -> PacedResult:
+        return phase.wrk["pages"]
+
+    def files(phase: Phase) -> PacedResult:
+        return phase.wrk["files"]
+
+    offered = f"{s.connections} conn, {s.rate / s.connections:g} req/s each, exponential gaps"
     goal = f"goal <= {P99_GOAL_MS:.0f} ms (paced)"
-    page_p99 = row("page_p99", "cached page p99", "ms", False, goal)
-    page_max = row("page_max", "cached page max", "ms", False)
-    file_p99 = row("file_p99", "cached file p99", "ms", False, goal)
-    file_max = row("file_max", "cached file max", "ms", False)
-    errors = row("errors", "errors", "count", False, "wrk (connect/read/write/timeout/status)")
-    checks = row("checks", "content checks, meanwhile", "count", None, "status, length, sha256")
-    fds = row("fds", "devpid open fds, peak", "count", None)
-    server_page = row("server_page_p99", "devpid-side page p99", "ms", False, ACCESS_NOTE)
-    server_file = row("server_file_p99", "devpid-side file p99", "ms", False, ACCESS_NOTE)
-    cpu = row("cpu", "devpid CPU", "% core", None)
-    others = row(
-        "others",
-        "CPU of others + kernel",
-        "% core",
-        None,
-        "busy CPU not used by devpid, upstream, wrk, this script",
-    )
-    wait = row(
-        "wait", "devpid waiting for a CPU", "% time", False, "runnable, not running (schedstat)"
-    )
-    wait_ms = row("wait_ms", "  per wake-up, mean", "ms", False)
-    overflows = row(
-        "overflows",
-        "listen queue overflows",
-        "count",
-        False,
-        "connects dropped for a full accept queue, whole machine (/proc/net/netstat)",
-    )
-    rss = row("rss", "devpid RSS, peak", "MB", False)
+    # a table, one row a line:
+    # fmt: off
+    row("offered", "offered load", "req/s", None, lambda p: s.rate if pages(p).paced else None,
+        f"{offered}; unpaced: closed loop")
+    row("answered", "answered", "req/s", True,
+        lambda p: pages(p).requests_per_second + files(p).requests_per_second,
+        f"runs of {s.load_seconds:g} s (paced), {s.unpaced_seconds:g} s (unpaced)")
+    row("page_p50", "cached page p50", "ms", False, lambda p: pages(p).p50_ms)
+    row("page_p99", "cached page p99", "ms", False, lambda p: pages(p).p99_ms, goal)
+    row("page_max", "cached page max", "ms", False, lambda p: pages(p).max_ms)
+    row("file_p99", "cached file p99", "ms", False, lambda p: files(p).p99_ms, goal)
+    row("file_max", "cached file max", "ms", False, lambda p: files(p).max_ms)
+    row("errors", "errors", "count", False, lambda p: p.errors,
+        "wrk (connect/read/write/timeout/status)")
+    row("checks", "content checks, meanwhile", "count", None, lambda p: p.verifier_checks,
+        "status, length, sha256")
+    row("fds", "devpid open fds, peak", "count", None, lambda p: p.peak("fds"))
+    row("server_page_p99", "devpid-side page p99", "ms", False,
+        lambda p: p.server.get("page", {}).get("p99_ms"), ACCESS_NOTE)
+    row("server_file_p99", "devpid-side file p99", "ms", False,
+        lambda p: p.server.get("file", {}).get("p99_ms"), ACCESS_NOTE)
+    row("cpu", "devpid CPU", "% core", None, lambda p: p.cpu.get("devpid"))
+    row("others", "CPU of others + kernel", "% core", None, lambda p: p.cpu.get("others"),
+        "busy CPU not used by devpid, upstream, wrk, this script")
+    row("wait", "devpid waiting for a CPU", "% time", False, lambda p: p.cpu.get("devpid_wait"),
+        "runnable, not running (schedstat)")
+    row("wait_ms", "  per wake-up, mean", "ms", False, lambda p: p.cpu.get("devpid_wait_ms"))
+    row("overflows", "listen queue overflows", "count", False, lambda p: p.listen_overflows,
+        "connects dropped for a full accept queue, whole machine (/proc/net/netstat)")
+    row("rss", "devpid RSS, peak", "MB", False, lambda p: p.peak("rss"))
+    # fmt: on
     for name, phase in phases.items():
-        pages, files = phase.wrk["pages"], phase.wrk["files"]
-        offered[name] = s.rate if pages.paced else None
-        answered[name] = pages.requests_per_second + files.requests_per_second
-        page_p50[name] = pages.p50_ms
-        page_p99[name] = pages.p99_ms
-        page_max[name] = pages.max_ms
-        file_p99[name] = files.p99_ms
-        file_max[name] = files.max_ms
-        errors[name] = phase.errors
-        checks[name] = phase.verifier_checks
-        fds[name] = phase.peak("fds")
-        server_page[name] = phase.server.get("page", {}).get("p99_ms")
-        server_file[name] = phase.server.get("file", {}).get("p99_ms")
-        cpu[name] = phase.cpu.get("devpid")
-        others[name] = phase.cpu.get("others")
-        wait[name] = phase.cpu.get("devpid_wait")
-        wait_ms[name] = phase.cpu.get("devpid_wait_ms")
-        rss[name] = phase.peak("rss")
-        overflows[name] = phase.listen_overflows
         if phase.others:
             results.problems.append(
                 f"{name}: other processes were busy (top 3: {'; '.join(phase.others)}): "
@@ -99,7 +99,8 @@ def load_rows(
             note += f"timeout; closed by devpid: {closed}"
         else:
             note = f"of {during['opened']}; not kept until an idle timeout"
-        still = row("slowloris_open", "slowloris still open after the runs", "count", None, note)
+        label = "slowloris still open after the runs"
+        still = _values(results, "load", "slowloris_open", label, "count", None, note)
         still["unpaced+slowloris"] = during["still_open"]
 
 
@@ -156,11 +157,7 @@ def context_line(meta: dict[str, Any]) -> str:
 
 def soak_rows(results: Results, soaked: dict[str, Any]) -> None:
     """The ``soak`` table from what ``loadrun.soak`` returned."""
-
-    def row(key: str, label: str, unit: str, better: bool | None, note: str = "") -> Any:
-        new = results.row(f"soak_{key}", label, unit, better, table="soak")
-        new.note = note
-        return new.values
+    row = partial(_values, results, "soak")
 
     start, end = soaked["start"], soaked["end"]
     pages, files, cold = soaked["wrk"]["pages"], soaked["wrk"]["files"], soaked["cold"]
@@ -173,9 +170,9 @@ def soak_rows(results: Results, soaked: dict[str, Any]) -> None:
         "run: growth over the second half (median of last 10% - of 40-50%)",
     )
     rss.update(
-        start=_mb(start["rss_kib"]),
+        start=kib_to_mb(start["rss_kib"]),
         peak=soaked["rss_peak_mb"],
-        end=_mb(end["rss_kib"]),
+        end=kib_to_mb(end["rss_kib"]),
         run=soaked["rss_second_half_growth_mb"],
     )
     fds = row(
@@ -217,7 +214,3 @@ def soak_rows(results: Results, soaked: dict[str, Any]) -> None:
         results.problems.append(
             f"soak: other processes were busy (top 3: {'; '.join(soaked['others'])})"
         )
-
-
-def _mb(kib: int | None) -> float | None:
-    return None if kib is None else kib * 1024 / MB

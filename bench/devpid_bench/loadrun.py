@@ -21,10 +21,9 @@ import attrs
 
 from devpid_bench import paced, procinfo, procs, repository
 from devpid_bench.accesslog import LogWindow
-from devpid_bench.cluster import CpuMeter
+from devpid_bench.cpu import OTHERS_LIMIT, CpuMeter, schedstat
 from devpid_bench.paced import PacedResult, Target, WrkRun
-from devpid_bench.procinfo import ProcessSampler, Sample, rss_mb
-from devpid_bench.report import Results
+from devpid_bench.procinfo import ProcessSampler, Sample, kib_to_mb
 from devpid_bench.session import say
 from devpid_bench.slowloris import SlowLoris
 from devpid_bench.soak import CachedFile, ColdFetcher, Verifier
@@ -39,9 +38,6 @@ UPSTREAM_POOL = 16
 PAGE_SHARE, FILE_SHARE, COLD_SHARE = 0.80, 0.15, 0.05
 
 COLD_PREFIX = "load-cold"
-
-#: Other processes using more than this (% of a core) make a run's latencies suspect.
-OTHERS_LIMIT = 15.0
 
 
 @attrs.frozen
@@ -108,7 +104,7 @@ class Phase:
     def peak(self, what: str) -> float | None:
         values = [
             v
-            for v in (s.fds if what == "fds" else rss_mb(s) for s in self.samples)
+            for v in (s.fds if what == "fds" else kib_to_mb(s.rss_kib) for s in self.samples)
             if v is not None
         ]
         return max(values) if values else None
@@ -126,7 +122,6 @@ class Meters:
 class Harness:
     settings: Settings
     group: procs.ProcessGroup
-    results: Results
     wrk: str
     workdir: Path
     server: procs.Server
@@ -155,13 +150,13 @@ class Harness:
         self.sampler.phase = self.verifier.phase = name
         self.sampler.sample()
         cpu = CpuMeter(pids={"devpid": [self.pid], "upstream": [self.upstream.child.pid]})
-        before = procinfo.schedstat(self.pid)
+        before = schedstat(self.pid)
         overflows = procinfo.listen_overflows()
         meters = Meters(cpu)
         started = time.monotonic()
         with cpu:
             yield meters
-        after = procinfo.schedstat(self.pid)
+        after = schedstat(self.pid)
         overflows_after = procinfo.listen_overflows()
         if overflows is not None and overflows_after is not None:
             meters.listen_overflows = overflows_after - overflows
@@ -359,7 +354,7 @@ def soak(h: Harness, warm: Warm, cold: Sequence[repository.Blob]) -> dict[str, A
         start=attrs.asdict(start),
         end=attrs.asdict(end),
     )
-    rss_values = [v for v in map(rss_mb, samples) if v is not None]
+    rss_values = [v for v in (kib_to_mb(s.rss_kib) for s in samples) if v is not None]
     fd_values = [s.fds for s in samples if s.fds is not None]
     details["rss_second_half_growth_mb"] = second_half_growth(rss_values)
     errors = pages.error_count + files.error_count + cold_summary["errors"] + len(failures)

@@ -19,13 +19,13 @@ from typing import Any
 
 import attrs
 
-from devpid_bench import rss
+from devpid_bench import procinfo
 from devpid_bench.http import (
     PIP_ACCEPT,
     Fetch,
     LoadResult,
     fetch,
-    fetch_concurrently,
+    fetch_all,
     file_urls,
     http_get,
     python_load,
@@ -43,12 +43,7 @@ class Mirror:
     """One server's mirror index of one upstream."""
 
     server: Server
-    index: str
-    upstream: Upstream
-
-    @property
-    def label(self) -> str:
-        return self.server.label
+    index: str = "root/pypi"
 
     @property
     def simple_url(self) -> str:
@@ -101,7 +96,7 @@ class Bench:
         return python_load(url, connections, self.settings.load_seconds, headers)
 
 
-def _each(row: Row, labels: Sequence[str], measure: Callable[[str], float | None]) -> None:
+def each(row: Row, labels: Sequence[str], measure: Callable[[str], float | None]) -> None:
     """Fill ``row`` for each label, recording an exception as that label's error."""
     for label in labels:
         try:
@@ -111,7 +106,8 @@ def _each(row: Row, labels: Sequence[str], measure: Callable[[str], float | None
             row.errors[label] = f"{type(exc).__name__}: {exc}"[:500]
 
 
-def _check(results: Results, what: str, got: Fetch, blob: Blob | None) -> None:
+def check(results: Results, what: str, got: Fetch, blob: Blob | None) -> None:
+    """Raise when ``got`` failed; note a wrong length or sha256 of ``blob`` as a problem."""
     if got.error or got.status != 200:
         raise RuntimeError(f"{what}: status {got.status}, {got.error or 'no error text'}")
     if blob is not None and got.size != blob.size:
@@ -120,21 +116,74 @@ def _check(results: Results, what: str, got: Fetch, blob: Blob | None) -> None:
         results.problems.append(f"{what}: sha256 {got.sha256} differs from the upstream file")
 
 
+def failed_fetches(
+    results: Results, who: str, what: str, fetches: Sequence[Fetch], blob: Blob
+) -> list[Fetch]:
+    """The fetches of ``blob`` that failed or came short, noted as one problem of ``who``."""
+    bad = [f for f in fetches if f.error or f.status != 200 or f.size != blob.size]
+    if bad:
+        results.problems.append(
+            f"{who}: {len(bad)} of {len(fetches)} {what} failed or were short "
+            f"(first: status {bad[0].status}, {bad[0].size} bytes, {bad[0].error})"
+        )
+    return bad
+
+
+def note_page_errors(results: Results, who: str, load: LoadResult, where: str = "") -> None:
+    """Note the errors of a page load run as a problem of ``who``; raise when none succeeded."""
+    if load.errors:
+        results.problems.append(
+            f"{who}: {load.errors} errors in {load.requests} page requests{where}"
+        )
+    if load.requests == 0:
+        raise RuntimeError("no request completed")
+
+
+def concurrent_cold(
+    bench: Bench, who: str, blob: Blob, urls: Sequence[str], clients: int
+) -> tuple[int, dict[str, Any]]:
+    """``clients`` GET ``blob`` at the same moment (in turn from ``urls``) through the
+    rate-limited upstream: how many GETs of it the upstream served, and what they saw."""
+    upstream = bench.slow_upstream
+    path = f"/files/{blob.filename}"
+    before = upstream.process.stats()
+    started = time.monotonic()
+    fetches = fetch_all([urls[i % len(urls)] for i in range(clients)], timeout=300)
+    elapsed = time.monotonic() - started
+    time.sleep(1.0)  # let a server's own background download show in the counts
+    after = upstream.process.stats()
+    gets, ranged = (
+        after.get(k, {}).get(path, 0) - before.get(k, {}).get(path, 0) for k in ("gets", "ranges")
+    )
+    bad = failed_fetches(bench.results, who, "concurrent cold GETs", fetches, blob)
+    return gets, {
+        "seconds": elapsed,
+        "ok": clients - len(bad),
+        "ranged_gets": ranged,
+        "failures": [attrs.asdict(f) for f in bad][:5],
+    }
+
+
+def warm_page(results: Results, who: str, url: str, project: str, times: int) -> None:
+    """GET a page ``times`` times (the first fills the cache); note the first failure."""
+    for _ in range(times):
+        try:
+            status, _, _ = http_get(url, 60, {"Accept": PIP_ACCEPT})
+        except OSError as exc:
+            results.problems.append(f"{who}: warming {project} page: {exc}")
+            return
+        if status != 200:
+            results.problems.append(f"{who}: page {project} answered {status}")
+            return
+
+
 # --- cached project page ------------------------------------------------------------
 
 
 def cached_page(bench: Bench, project: str) -> None:
     labels = list(bench.fast)
-    for label, mirror in bench.fast.items():
-        for _ in range(5):  # the first GET fills the cache, the rest settle it
-            try:
-                status, _, _ = http_get(mirror.page_url(project), 60, {"Accept": PIP_ACCEPT})
-            except OSError as exc:
-                bench.results.problems.append(f"{label}: warming {project} page: {exc}")
-                break
-            if status != 200:
-                bench.results.problems.append(f"{label}: page {project} answered {status}")
-                break
+    for label, mirror in bench.fast.items():  # the first GET fills the cache, the rest settle it
+        warm_page(bench.results, label, mirror.page_url(project), project, 5)
     details: dict[str, Any] = {}
     bench.results.details["cached_page"] = details
     for connections in (1, 50):
@@ -149,15 +198,10 @@ def cached_page(bench: Bench, project: str) -> None:
         def run(label: str, c: int = connections, loads: dict[str, LoadResult] = loads) -> float:
             load = bench.load(bench.fast[label].page_url(project), c, PIP_ACCEPT)
             loads[label] = load
-            if load.errors:
-                bench.results.problems.append(
-                    f"{label}: {load.errors} errors in {load.requests} page requests at {c} conn"
-                )
-            if load.requests == 0:
-                raise RuntimeError("no request completed")
+            note_page_errors(bench.results, label, load, f" at {c} conn")
             return load.requests_per_second
 
-        _each(rps, labels, run)
+        each(rps, labels, run)
         for label in labels:
             if label in loads:
                 p99.values[label] = loads[label].p99_ms
@@ -183,7 +227,7 @@ def cached_file(bench: Bench, blob: Blob) -> None:
         if label == "upstream":
             return bench.fast_upstream.file_url(blob.filename)
         url = bench.fast[label].file_url(blob.project, blob.filename)
-        _check(
+        check(
             bench.results,
             f"{label} warming {blob.filename}",
             fetch(url, timeout=120, want_hash=True),
@@ -200,7 +244,7 @@ def cached_file(bench: Bench, blob: Blob) -> None:
             raise RuntimeError("no byte received")
         return load.megabytes_per_second
 
-    _each(row, [*bench.fast, "upstream"], run)
+    each(row, [*bench.fast, "upstream"], run)
     tool = details[next(iter(details))]["tool"] if details else "?"
     row.note = f"{tool}, {bench.settings.load_seconds:.0f}s; upstream = the fixture serving it"
 
@@ -227,11 +271,11 @@ def cold_file(bench: Bench, blobs: Sequence[Blob], rate: int) -> None:
             else:
                 url = bench.slow[label].file_url(blob.project, blob.filename)
             got = fetch(url, timeout=120, want_hash=True)
-            _check(bench.results, f"{label} cold {blob.filename}", got, blob)
+            check(bench.results, f"{label} cold {blob.filename}", got, blob)
             runs.append(attrs.asdict(got))
         return float(statistics.median(r["ttfb"] for r in runs)) * 1000
 
-    _each(ttfb, [*bench.slow, "upstream"], run)
+    each(ttfb, [*bench.slow, "upstream"], run)
     for label, runs in seen.items():
         if label not in ttfb.errors:
             total.values[label] = statistics.median(r["total"] for r in runs)
@@ -255,28 +299,11 @@ def herd(bench: Bench, blob: Blob) -> None:
     bench.results.details["herd"] = details
 
     def run(label: str) -> float:
-        mirror = bench.slow[label]
-        url = mirror.file_url(blob.project, blob.filename)
-        before = bench.slow_upstream.gets(blob.filename)
-        started = time.monotonic()
-        fetches = fetch_concurrently(url, clients, timeout=300)
-        elapsed = time.monotonic() - started
-        time.sleep(1.0)  # let a server's own background download show in the counts
-        after = bench.slow_upstream.gets(blob.filename)
-        bad = [f for f in fetches if f.error or f.status != 200 or f.size != blob.size]
-        details[label] = {
-            "seconds": elapsed,
-            "ok": clients - len(bad),
-            "failures": [attrs.asdict(f) for f in bad][:5],
-        }
-        if bad:
-            bench.results.problems.append(
-                f"{label}: {len(bad)} of {clients} concurrent cold GETs failed or were short "
-                f"(first: status {bad[0].status}, {bad[0].size} bytes, {bad[0].error})"
-            )
-        return float(after - before)
+        url = bench.slow[label].file_url(blob.project, blob.filename)
+        gets, details[label] = concurrent_cold(bench, label, blob, [url], clients)
+        return float(gets)
 
-    _each(row, list(bench.slow), run)
+    each(row, list(bench.slow), run)
     row.note = f"{blob.size / 2**20:.0f} MiB file via the rate-limited upstream; 1 is ideal"
 
 
@@ -332,7 +359,7 @@ def pip_install(bench: Bench, requirements: Sequence[str]) -> None:
         details[label] = {"index_url": index_url, "warm_up": warm, "runs": times}
         return statistics.median(times)
 
-    _each(row, [*bench.fast, "upstream"], run)
+    each(row, [*bench.fast, "upstream"], run)
     row.note = f"median of {bench.settings.pip_runs} after 1 warm-up; --target, --no-cache-dir"
 
 
@@ -351,33 +378,29 @@ def peak_rss(bench: Bench, blob: Blob) -> None:
         mirror = bench.fast[label]
         pid = mirror.server.child.pid
         url = mirror.file_url(blob.project, blob.filename)
-        baseline = rss.status_kib(pid, "VmRSS") or 0
-        reset = rss.reset_peak(pid)
+        baseline = procinfo.status_kib(pid, "VmRSS") or 0
+        reset = procinfo.reset_peak(pid)
         before = bench.fast_upstream.gets(blob.filename)
         started = time.monotonic()
-        with rss.RssSampler(pid) as sampler:
-            fetches = fetch_concurrently(url, clients, timeout=timeout)
+        with procinfo.ProcessSampler(pid, interval=0.05) as sampler:
+            fetches = fetch_all([url] * clients, timeout=timeout)
         elapsed = time.monotonic() - started
-        hwm = rss.status_kib(pid, "VmHWM") if reset else None
-        peak_kib = max(sampler.peak_kib, hwm or 0)
-        bad = [f for f in fetches if f.error or f.status != 200 or f.size != blob.size]
+        hwm = procinfo.status_kib(pid, "VmHWM") if reset else None
+        sampled_kib = sampler.peak_rss_kib()
+        peak_kib = max(sampled_kib, hwm or 0)
+        bad = failed_fetches(bench.results, label, f"clients of {blob.filename}", fetches, blob)
         details[label] = {
             "baseline_rss_mb": baseline * 1024 / MB,
-            "sampled_peak_mb": sampler.peak_kib * 1024 / MB,
+            "sampled_peak_mb": sampled_kib * 1024 / MB,
             "vmhwm_mb": None if hwm is None else hwm * 1024 / MB,
             "seconds": elapsed,
             "aggregate_mb_per_s": sum(f.size for f in fetches) / elapsed / MB,
             "upstream_gets": bench.fast_upstream.gets(blob.filename) - before,
             "ok": clients - len(bad),
         }
-        if bad:
-            bench.results.problems.append(
-                f"{label}: {len(bad)} of {clients} clients of {blob.filename} failed or were "
-                f"short (first: status {bad[0].status}, {bad[0].size} bytes, {bad[0].error})"
-            )
         return peak_kib * 1024 / MB
 
-    _each(row, list(bench.fast), run)
+    each(row, list(bench.fast), run)
     row.note = "VmHWM reset before; " + ", ".join(
         f"{k} base {v['baseline_rss_mb']:.0f} MB, {v['aggregate_mb_per_s']:.0f} MB/s out"
         for k, v in details.items()

@@ -25,8 +25,8 @@ from pathlib import Path
 import attrs
 
 from devpid_bench.procs import BenchError, Child, ProcessGroup
+from devpid_bench.wrk import DONE_HOOK, totals
 
-MARKER = "BENCH_PACED_RESULT "
 TIMEOUT_SECONDS = 30
 
 
@@ -70,17 +70,6 @@ request = function()
   return requests[#requests]
 end
 @DELAY_FUNCTION@
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    '%s{"requests": %d, "bytes": %d, "duration_us": %d, "connect": %d, "read": %d, '
-    .. '"write": %d, "timeout": %d, "status": %d, "p50_us": %d, "p90_us": %d, '
-    .. '"p99_us": %d, "p999_us": %d, "max_us": %d, "mean_us": %f}\\n',
-    @MARKER@, summary.requests, summary.bytes, summary.duration,
-    e.connect, e.read, e.write, e.timeout, e.status,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99),
-    latency:percentile(99.9), latency.max, latency.mean))
-end
 """
 
 # The first ``first_calls`` delays are each connection's first request (wrk calls
@@ -128,10 +117,9 @@ def write_script(
         .replace("@FIRST_CALLS@", str(int(connections)))
         .replace("@DELAY@", repr(float(mean_delay_ms or 0)))
         .replace("@SEED@", str(seed))
-        .replace("@MARKER@", json.dumps(MARKER))
         .replace("@TARGETS@", "{" + rows + "}")  # last: paths are never scanned for markers
     )
-    path.write_text(text)
+    path.write_text(text + DONE_HOOK)
     return path
 
 
@@ -212,11 +200,8 @@ def run_together(
 
 def _parse(run: WrkRun, child: Child) -> PacedResult:
     text = child.log_path.read_text(errors="replace") if child.log_path else ""
-    for line in text.splitlines():
-        if line.startswith(MARKER):
-            totals = json.loads(line[len(MARKER) :])
-            break
-    else:
+    found = totals(text)
+    if found is None:
         raise BenchError(
             f"{run.name} printed no result (exit {child.popen.returncode}):\n{text[-1500:]}"
         )
@@ -224,14 +209,14 @@ def _parse(run: WrkRun, child: Child) -> PacedResult:
         name=run.name,
         connections=run.connections,
         paced=run.paced,
-        duration=max(0.001, totals["duration_us"] / 1e6 - run.warmup),
-        requests=totals["requests"],
-        bytes=totals["bytes"],
-        p50_ms=totals["p50_us"] / 1000,
-        p90_ms=totals["p90_us"] / 1000,
-        p99_ms=totals["p99_us"] / 1000,
-        p999_ms=totals["p999_us"] / 1000,
-        max_ms=totals["max_us"] / 1000,
-        mean_ms=totals["mean_us"] / 1000,
-        errors={k: int(totals[k]) for k in ("connect", "read", "write", "timeout", "status")},
+        duration=max(0.001, found["duration_us"] / 1e6 - run.warmup),
+        requests=found["requests"],
+        bytes=found["bytes"],
+        p50_ms=found["p50_us"] / 1000,
+        p90_ms=found["p90_us"] / 1000,
+        p99_ms=found["p99_us"] / 1000,
+        p999_ms=found["p999_us"] / 1000,
+        max_ms=found["max_us"] / 1000,
+        mean_ms=found["mean_us"] / 1000,
+        errors={k: int(found[k]) for k in ("connect", "read", "write", "timeout", "status")},
     )

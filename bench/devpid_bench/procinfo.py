@@ -1,4 +1,4 @@
-"""Open files, their limit, and a sampler of RSS and open files of a process, from /proc."""
+"""What /proc says about a process: open files and their limit, RSS and its peak, a sampler."""
 
 from __future__ import annotations
 
@@ -14,9 +14,27 @@ from typing import Any
 
 import attrs
 
-from devpid_bench.rss import status_kib
-
 MB = 1e6
+
+
+def status_kib(pid: int, field: str) -> int | None:
+    """``VmRSS`` or ``VmHWM`` (KiB) of ``pid``, or None when gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def reset_peak(pid: int) -> bool:
+    """Reset ``VmHWM`` to the current RSS (Linux: write 5 to clear_refs); True if it worked."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
 
 
 def fd_count(pid: int) -> int | None:
@@ -132,6 +150,12 @@ class ProcessSampler:
         if self._thread is not None:
             self._thread.join(5)
 
+    def __enter__(self) -> ProcessSampler:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def sample(self) -> Sample:
         """Take one sample now (also recorded)."""
         taken = Sample(
@@ -153,35 +177,17 @@ class ProcessSampler:
             self.sample()
             self._stop.wait(self.interval)
 
+    def peak_rss_kib(self) -> int:
+        with self._lock:
+            return max((s.rss_kib for s in self.samples if s.rss_kib is not None), default=0)
+
     def to_json(self) -> list[dict[str, Any]]:
         with self._lock:
             return [attrs.asdict(s) for s in self.samples]
 
 
-def rss_mb(sample: Sample) -> float | None:
-    return None if sample.rss_kib is None else sample.rss_kib * 1024 / MB
-
-
-@attrs.frozen
-class SchedStat:
-    """From /proc/PID/schedstat: time on a CPU, time runnable but waiting for one, slices."""
-
-    run_ns: int
-    wait_ns: int
-    slices: int
-
-    def __sub__(self, other: SchedStat) -> SchedStat:
-        return SchedStat(
-            self.run_ns - other.run_ns, self.wait_ns - other.wait_ns, self.slices - other.slices
-        )
-
-
-def schedstat(pid: int) -> SchedStat | None:
-    try:
-        run_ns, wait_ns, slices = Path(f"/proc/{pid}/schedstat").read_text().split()[:3]
-    except (OSError, ValueError):
-        return None
-    return SchedStat(int(run_ns), int(wait_ns), int(slices))
+def kib_to_mb(kib: int | None) -> float | None:
+    return None if kib is None else kib * 1024 / MB
 
 
 def listen_overflows() -> int | None:

@@ -222,7 +222,6 @@ def start_upstream(procs: ProcessGroup, name: str, root: Path) -> Upstream:
 class Server:
     """A running index server (devpid or devpi-server) and where its mirrors live."""
 
-    label: str
     child: Child
     url: str  # "http://127.0.0.1:PORT/"
 
@@ -239,15 +238,18 @@ def start_devpid(
     serverdir: Path,
     upstream: Upstream,
     extra_args: Sequence[str] = (),
-    label: str = "devpid",
     shared_port: int | None = None,
     port: int | None = None,
+    backlog: int | None = None,
 ) -> Server:
     """``twist devpid`` on a free loopback port, or on ``shared_port`` with ``reuseport:``
     (several processes on one port); ``extra_args`` go after devpid's own."""
     serverdir.mkdir(parents=True, exist_ok=True)
     port = shared_port or port or free_port()
     kind = "reuseport" if shared_port else "tcp"
+    listen = f"{kind}:{port}:interface=127.0.0.1"
+    if backlog is not None:
+        listen += f":backlog={backlog}"
     child = procs.start(
         name,
         [
@@ -258,7 +260,7 @@ def start_devpid(
             "text",
             "devpid",
             "--listen",
-            f"{kind}:{port}:interface=127.0.0.1",
+            listen,
             "--serverdir",
             str(serverdir),
             "--upstream",
@@ -270,22 +272,23 @@ def start_devpid(
     )
     url = f"http://127.0.0.1:{port}/"
     wait_for_http(child, url + "+status", timeout=60.0)
-    return Server(label=label, child=child, url=url)
+    return Server(child=child, url=url)
 
 
-def devpid_available() -> str | None:
-    """None when ``twistd devpid`` is runnable, else why not."""
+def devpid_help() -> str:
+    """The output of ``python -m twisted devpid --help``; a BenchError when devpid cannot run."""
     try:
         result = subprocess.run(
             [sys.executable, "-m", "twisted", "devpid", "--help"],
             cwd=REPO_ROOT,
             env=repo_env(),
             capture_output=True,
+            text=True,
             timeout=60,
         )
-    except subprocess.TimeoutExpired:
-        return "`python -m twisted devpid --help` did not finish in 60s"
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError("`python -m twisted devpid --help` did not finish in 60s") from exc
+    text = result.stdout + result.stderr
     if result.returncode != 0:
-        text = (result.stdout + result.stderr).decode(errors="replace").strip()
-        return "`python -m twisted devpid --help` failed: " + text[-500:]
-    return None
+        raise BenchError("`python -m twisted devpid --help` failed: " + text.strip()[-500:])
+    return text

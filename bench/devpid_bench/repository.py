@@ -25,7 +25,12 @@ from pathlib import Path
 
 import attrs
 
+from devpid_bench.procs import REPO_ROOT
+
 CHUNK = 1 << 20
+
+#: Real distributions (for ``pip install flask requests``), next to the repository.
+DEFAULT_CORPUS = REPO_ROOT.parent / "shared" / "corpus"
 
 
 @attrs.frozen

@@ -29,7 +29,6 @@ class ColdResult:
     project: str
     lag: float  # seconds between when the fetch was due and when a worker began it
     page_seconds: float
-    file_ttfb: float
     file_seconds: float
     error: str | None  # None: page 200, file 200 with the right length and sha256
 
@@ -97,19 +96,14 @@ class ColdFetcher:
             urls = file_urls(page_url, timeout=self.timeout)
         except Exception as exc:  # any failure is a counted error, never a dead worker
             elapsed = time.monotonic() - started
-            return ColdResult(blob.project, lag, elapsed, 0.0, 0.0, f"page: {exc}"[:300])
+            return ColdResult(blob.project, lag, elapsed, 0.0, f"page: {exc}"[:300])
         page_seconds = time.monotonic() - started
         if blob.filename not in urls:
-            return ColdResult(blob.project, lag, page_seconds, 0.0, 0.0, "file not on its page")
+            return ColdResult(blob.project, lag, page_seconds, 0.0, "file not on its page")
         got = fetch(urls[blob.filename], timeout=self.timeout, want_hash=True)
-        error = None
-        if got.error or got.status != 200:
-            error = f"file: status {got.status}, {got.error or 'no error text'}"
-        elif got.size != blob.size:
-            error = f"file: {got.size} bytes, expected {blob.size}"
-        elif got.sha256 != blob.sha256:
-            error = "file: sha256 differs from the upstream's"
-        return ColdResult(blob.project, lag, page_seconds, got.ttfb, got.total, error)
+        wrong = got.wrong(blob.size, blob.sha256)
+        error = None if wrong is None else f"file: {wrong}"
+        return ColdResult(blob.project, lag, page_seconds, got.total, error)
 
     def summary(self) -> dict[str, Any]:
         with self._lock:
@@ -135,6 +129,10 @@ class CachedFile:
     url: str
     size: int
     sha256: str
+
+    def check(self, timeout: float) -> str | None:
+        """Fetch it whole: what is wrong with what came, or None."""
+        return fetch(self.url, timeout=timeout, want_hash=True).wrong(self.size, self.sha256)
 
 
 @attrs.define
@@ -182,12 +180,8 @@ class Verifier:
 
     @staticmethod
     def _file(cached: CachedFile) -> str | None:
-        got = fetch(cached.url, timeout=30, want_hash=True)
-        if got.error or got.status != 200:
-            return f"{cached.url}: status {got.status}, {got.error}"
-        if got.size != cached.size or got.sha256 != cached.sha256:
-            return f"{cached.url}: {got.size} bytes (expected {cached.size}) or sha256 differs"
-        return None
+        wrong = cached.check(timeout=30)
+        return None if wrong is None else f"{cached.url}: {wrong}"
 
     def tally(self, phase: str) -> tuple[int, list[str]]:
         with self._lock:

@@ -8,23 +8,36 @@ import shutil
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from devpid_bench.http import LoadResult
 
 MARKER = "BENCH_WRK_RESULT "
 
-# wrk calls done() once, after the run, with the merged statistics of all threads.
-DONE_SCRIPT = """
+#: wrk calls done() once, after the run, with the merged statistics of all threads;
+#: every script this package gives wrk ends with it.
+DONE_HOOK = """
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
-    '%s{"requests": %d, "bytes": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, '
-    .. '"errors": %d, "status_errors": %d}\\n',
-    "MARKER", summary.requests, summary.bytes, summary.duration,
-    latency:percentile(50), latency:percentile(99),
-    e.connect + e.read + e.write + e.timeout, e.status))
+    '%s{"requests": %d, "bytes": %d, "duration_us": %d, "connect": %d, "read": %d, '
+    .. '"write": %d, "timeout": %d, "status": %d, "p50_us": %d, "p90_us": %d, '
+    .. '"p99_us": %d, "p999_us": %d, "max_us": %d, "mean_us": %f}\\n',
+    @MARKER@, summary.requests, summary.bytes, summary.duration,
+    e.connect, e.read, e.write, e.timeout, e.status,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency:percentile(99.9), latency.max, latency.mean))
 end
-"""
+""".replace("@MARKER@", json.dumps(MARKER))
+
+
+def totals(output: str) -> dict[str, Any] | None:
+    """What the done() hook printed in ``output``, or None when it printed nothing."""
+    for line in output.splitlines():
+        if line.startswith(MARKER):
+            found: dict[str, Any] = json.loads(line[len(MARKER) :])
+            return found
+    return None
 
 
 def ensure_wrk(notes: list[str]) -> str | None:
@@ -47,7 +60,7 @@ def ensure_wrk(notes: list[str]) -> str | None:
 
 def write_script(directory: Path) -> Path:
     path = directory / "bench_done.lua"
-    path.write_text(DONE_SCRIPT.replace('"MARKER"', json.dumps(MARKER)))
+    path.write_text(DONE_HOOK)
     return path
 
 
@@ -74,11 +87,8 @@ def run_wrk(
         argv += ["-H", f"{name}: {value}"]
     argv.append(url)
     result = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 90)
-    for line in result.stdout.splitlines():
-        if line.startswith(MARKER):
-            totals = json.loads(line[len(MARKER) :])
-            break
-    else:
+    found = totals(result.stdout)
+    if found is None:
         raise RuntimeError(
             f"wrk printed no result (exit {result.returncode}):\n"
             f"{result.stdout[-1000:]}{result.stderr[-1000:]}"
@@ -86,10 +96,10 @@ def run_wrk(
     return LoadResult(
         tool="wrk",
         connections=connections,
-        duration=totals["duration_us"] / 1e6,
-        requests=totals["requests"],
-        bytes=totals["bytes"],
-        p50_ms=totals["p50_us"] / 1000,
-        p99_ms=totals["p99_us"] / 1000,
-        errors=totals["errors"] + totals["status_errors"],
+        duration=found["duration_us"] / 1e6,
+        requests=found["requests"],
+        bytes=found["bytes"],
+        p50_ms=found["p50_us"] / 1000,
+        p99_ms=found["p99_us"] / 1000,
+        errors=sum(found[k] for k in ("connect", "read", "write", "timeout", "status")),
     )

@@ -1,8 +1,8 @@
 """The ``devpid`` console command.
 
 ``devpid [options]`` runs ``twistd --nodaemon --pidfile= devpid [options]``;
-``devpid gen-config [options]`` writes configuration files (see devpid.genconfig);
-``devpid fsck [options]`` verifies the cached files (see devpid.fsck).
+``devpid gen-config [options]`` writes configuration files (see devpid.cli.gen_config);
+``devpid fsck [options]`` verifies the cached files (see devpid.cli.fsck).
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ SUBCOMMANDS = ("gen-config", "fsck")
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["gen-config"]:
-        from devpid.ops.genconfig import main as gen_config
+        from devpid.cli.gen_config import main as gen_config
 
         gen_config(args[1:])
         return
     if args[:1] == ["fsck"]:
-        from devpid.ops.fsck import main as fsck
+        from devpid.cli.fsck import main as fsck
 
         raise SystemExit(fsck(args[1:]))
     from twisted.scripts.twistd import run

@@ -1,1 +1,4 @@
-"""The serverdir's files: layout, safe paths, temporary files, atomic commit, sending committed files."""
+"""The serverdir's files.
+
+Layout, safe paths, temporary files, atomic commit, sending committed files.
+"""

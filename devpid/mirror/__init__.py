@@ -1,1 +1,5 @@
-"""Mirror indexes: the upstream client, the mirror index (freshness, stale marks, offline), the changelog poller and the download tee."""
+"""Mirror indexes.
+
+The upstream client, the mirror index (freshness, stale marks, offline), the changelog
+poller and the download tee.
+"""

@@ -26,6 +26,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from devpid.common.clock import iso_time
 from devpid.common.identity import ProcessIdentity
 from devpid.mirror.index import MirrorIndex
 from devpid.mirror.upstream import (
@@ -36,7 +37,6 @@ from devpid.mirror.upstream import (
     UpstreamError,
     describe_failure,
 )
-from devpid.ops.status import iso_time
 from devpid.store import StateStore, StoreUnavailable
 
 #: A reply this long means devpid fell too far behind: mark everything instead.

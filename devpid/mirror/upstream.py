@@ -3,6 +3,11 @@
 Pages are fetched whole (with a size cap) and conditionally (ETag); files are
 opened unbuffered so the tee can stream them as they arrive. The changelog is
 asked for over the upstream's XML-RPC endpoint (``/pypi`` at its origin).
+
+``--upstream-timeout`` bounds connecting and the wait for response headers,
+then every stretch of a body: a page (or XML-RPC answer) fails when that long
+brings less than ``MIN_PROGRESS`` bytes, never because a steady transfer takes
+longer in all.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from urllib.parse import urljoin
 import attrs
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.error import ConnectingCancelledError
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -29,6 +34,9 @@ from devpid.simple.model import HTML_V1, JSON_V1, TEXT_HTML
 PAGE_ACCEPT = f"{JSON_V1}, {HTML_V1};q=0.2, {TEXT_HTML};q=0.1"
 #: Pages larger than this are refused rather than held in memory.
 MAX_PAGE_BYTES = 64 * 1024 * 1024
+#: Fewer body bytes than this within the timeout is no progress: an upstream that
+#: drips a byte at a time is cut off like a silent one; pages and files alike.
+MIN_PROGRESS = 1024
 #: Seconds to wait after a 429 that gives no (usable) Retry-After header.
 DEFAULT_RETRY_AFTER = 60.0
 USER_AGENT = "devpid/0.1 (twisted; treq)"
@@ -40,6 +48,10 @@ class UpstreamError(Exception):
 
 class PageTooLarge(UpstreamError):
     pass
+
+
+class UpstreamStalled(UpstreamError):
+    """A body brought less than ``MIN_PROGRESS`` bytes within the timeout."""
 
 
 class RateLimited(UpstreamError):
@@ -105,27 +117,62 @@ def describe_failure(failure: Failure | BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-class _BoundedBody(Protocol):
-    """Collects a response body, refusing one larger than ``limit``."""
+class _PageBody(Protocol):
+    """Collects a response body, refusing one larger than ``limit`` or one that stalls.
 
-    def __init__(self, finished: Deferred[bytes], limit: int) -> None:
+    Each ``timeout`` seconds must bring ``MIN_PROGRESS`` bytes (or the end of the
+    body): otherwise the connection is dropped, as a stalled upstream must not
+    keep it open, and the body fails.
+    """
+
+    def __init__(
+        self, finished: Deferred[bytes], limit: int, clock: IReactorTime, timeout: float
+    ) -> None:
         self.finished = finished
         self.limit = limit
+        self.timeout = timeout
         self.parts: list[bytes] = []
         self.size = 0
+        #: ``size`` when the current window of ``timeout`` seconds began.
+        self.window_start = 0
+        self.idle_timer: IDelayedCall | None = clock.callLater(timeout, self._idle)
 
     def dataReceived(self, data: bytes) -> None:
         if self.finished.called:
             return
         self.size += len(data)
         if self.size > self.limit:
-            self.finished.errback(PageTooLarge(f"page larger than {self.limit} bytes"))
-            assert self.transport is not None
-            self.transport.stopProducing()  # type: ignore[attr-defined]
+            self.fail(PageTooLarge(f"page larger than {self.limit} bytes"))
             return
         self.parts.append(data)
+        if self.size - self.window_start >= MIN_PROGRESS and self.idle_timer is not None:
+            self.window_start = self.size
+            self.idle_timer.reset(self.timeout)
+
+    def _idle(self) -> None:
+        self.idle_timer = None
+        got = self.size - self.window_start
+        if got:
+            reason = f"timed out: the upstream sent only {got} bytes in {self.timeout:g}s"
+        else:
+            reason = f"timed out: the upstream sent nothing for {self.timeout:g}s"
+        self.fail(UpstreamStalled(reason))
+
+    def fail(self, error: Exception) -> None:
+        """Give up on the body: stop the timer, drop the connection, fail ``finished``."""
+        self.stop_timer()
+        if not self.finished.called:
+            self.finished.errback(error)  # first: dropping may end the body at once
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
+    def stop_timer(self) -> None:
+        if self.idle_timer is not None and self.idle_timer.active():
+            self.idle_timer.cancel()
+        self.idle_timer = None
 
     def connectionLost(self, reason: Failure = ResponseDone()) -> None:  # type: ignore[assignment]
+        self.stop_timer()
         if self.finished.called:
             return
         if reason.check(ResponseDone, PotentialDataLoss):
@@ -134,7 +181,10 @@ class _BoundedBody(Protocol):
             self.finished.errback(reason)
 
 
-def read_body(response: IResponse, limit: int = MAX_PAGE_BYTES) -> Deferred[bytes]:
+def read_body(
+    response: IResponse, clock: IReactorTime, timeout: float, limit: int = MAX_PAGE_BYTES
+) -> Deferred[bytes]:
+    """The whole body of ``response``, within ``limit`` bytes and the progress rule."""
     if (
         response.length is not None
         and isinstance(response.length, int)
@@ -142,15 +192,17 @@ def read_body(response: IResponse, limit: int = MAX_PAGE_BYTES) -> Deferred[byte
     ):
         response.deliverBody(Protocol())  # drain nothing; the connection is dropped
         raise PageTooLarge(f"page of {response.length} bytes is larger than {limit}")
-    body: _BoundedBody
+    body: _PageBody
 
     def cancel(_: Deferred[bytes]) -> None:
-        # A timeout: drop the connection too, or a stalled upstream keeps it open.
+        # Given up on from outside: drop the connection too, or a stalled
+        # upstream keeps it open.
+        body.stop_timer()
         if body.transport is not None:
             body.transport.stopProducing()  # type: ignore[attr-defined]
 
     finished: Deferred[bytes] = Deferred(cancel)
-    body = _BoundedBody(finished, limit)
+    body = _PageBody(finished, limit, clock, timeout)
     response.deliverBody(body)
     return finished
 
@@ -199,10 +251,8 @@ class UpstreamClient:
         if etag:
             headers["If-None-Match"] = [etag]
         started = self.clock.seconds()
-        d = Deferred.fromCoroutine(self._get_page(url, headers))
-        d.addTimeout(self.timeout, self.clock)
         try:
-            page = await d
+            page = await self._get_page(url, headers)
         except Exception as e:
             reason = f"GET {url}: {describe_failure(e)}"
             self.health.failed(reason)
@@ -229,9 +279,9 @@ class UpstreamClient:
         return page
 
     async def _get_page(self, url: str, headers: dict[str, list[str]]) -> PageResponse:
-        response = await self.http.get(url, headers=headers, unbuffered=True)
+        response = await self._answer(self.http.get(url, headers=headers, unbuffered=True))
         if response.code == 200:
-            body = await read_body(response)
+            body = await read_body(response, self.clock, self.timeout)
         else:
             body = b""
             response.deliverBody(Protocol())
@@ -246,16 +296,21 @@ class UpstreamClient:
             else url,
         )
 
+    async def _answer(self, request: Deferred[IResponse]) -> IResponse:
+        """The response to ``request`` once its headers are in, within the timeout
+        (which covers connecting); the caller then reads the body at its own pace."""
+        request.addTimeout(self.timeout, self.clock)
+        response: IResponse = await request
+        return response
+
     async def open_file(self, url: str, offset: int = 0) -> IResponse:
         """Start a file GET (from ``offset`` on, with a Range request); the caller
         streams the body with ``deliverBody``."""
         headers = {"User-Agent": [USER_AGENT], "Via": [self.via]}
         if offset:
             headers["Range"] = [f"bytes={offset}-"]
-        d = self.http.get(url, headers=headers, unbuffered=True)
-        d.addTimeout(self.timeout, self.clock)
         try:
-            response: IResponse = await d
+            response = await self._answer(self.http.get(url, headers=headers, unbuffered=True))
         except Exception as e:
             reason = f"GET {url}: {describe_failure(e)}"
             self.health.failed(reason)
@@ -299,10 +354,8 @@ class UpstreamClient:
             "User-Agent": [USER_AGENT],
             "Via": [self.via],
         }
-        d = Deferred.fromCoroutine(self._post(url, body, headers))
-        d.addTimeout(self.timeout, self.clock)
         try:
-            code, content_type, retry_after, answer = await d
+            code, content_type, retry_after, answer = await self._post(url, body, headers)
         except Exception as e:
             reason = f"POST {url} {method}: {describe_failure(e)}"
             self.health.failed(reason)
@@ -334,8 +387,10 @@ class UpstreamClient:
     async def _post(
         self, url: str, body: bytes, headers: dict[str, list[str]]
     ) -> tuple[int, str, float, bytes]:
-        response = await self.http.post(url, data=body, headers=headers, unbuffered=True)
-        answer = await read_body(response)
+        response = await self._answer(
+            self.http.post(url, data=body, headers=headers, unbuffered=True)
+        )
+        answer = await read_body(response, self.clock, self.timeout)
         return (
             response.code,
             _header(response, "Content-Type") or "",

@@ -1,15 +1,14 @@
-"""``/+metrics``: Prometheus exposition of this process, read at scrape time.
+"""``/+metrics``: Prometheus exposition of this process, rendered from one ``Snapshot``.
 
-The site records each request here (``RequestMetrics.observe``, a few dict
-updates, no locks); everything else is read from the objects that keep it
-(counters, upstream health, downloads, poller, store) when Prometheus scrapes.
+The site records each request in ``RequestMetrics`` (devpid.ops.requests);
+everything else is read from the objects that keep it (counters, upstream
+health, downloads, poller, store) into a snapshot when Prometheus scrapes.
 Each app has its own ``CollectorRegistry``, never prometheus-client's global one.
 Metric names and labels are documented in docs/api.md.
 """
 
 from __future__ import annotations
 
-import bisect
 from collections import Counter
 from collections.abc import Iterator
 
@@ -25,96 +24,10 @@ from prometheus_client.metrics_core import (
 )
 from twisted.internet.interfaces import IReactorTime
 
-from devpid import __version__
-from devpid.ops.status import StatusReport
-from devpid.ops.window import SlidingWindow
+from devpid.ops.requests import RequestMetrics
+from devpid.ops.snapshot import Snapshot, Sources
 
-#: The ``route`` label: a fixed set, never the path itself (unbounded cardinality).
-ROUTES = (
-    "project_list",
-    "project_page",
-    "refresh",
-    "file",
-    "index",
-    "status",
-    "metrics",
-    "other",
-)
-#: Requests of monitors, left out of ``/+status``'s ``last_minute`` so that
-#: health checks do not water down the latency of real traffic.
-MONITORING_ROUTES = frozenset({"status", "metrics"})
-#: Upper bounds (seconds) of the latency histogram buckets.
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 STORE_STATES = ("embedded", "connecting", "up", "down", "closed")
-
-
-def route_name(path: bytes) -> str:
-    """Which route a request path (as sent, percent-encoded) is for, as in devpid/routes.py."""
-    if path in (b"/+status", b"/+status/"):
-        return "status"
-    if path in (b"/+metrics", b"/+metrics/"):
-        return "metrics"
-    parts = path.split(b"/")  # ["", user, index, ...]
-    if len(parts) < 3 or parts[0] or not parts[1] or not parts[2]:
-        return "other"
-    rest = parts[3:]
-    if rest in ([], [b""]):
-        return "index"
-    if rest[0] == b"+simple":
-        if rest[1:] in ([], [b""]):
-            return "project_list"
-        if rest[1] and rest[2:] in ([], [b""]):
-            return "project_page"
-        if rest[1] and rest[2:] == [b"refresh"]:
-            return "refresh"
-    elif rest[0] == b"+f" and len(rest) == 4 and all(rest[1:]):
-        return "file"
-    return "other"
-
-
-@attrs.define
-class _Latency:
-    """One route's latency histogram: a count per bucket (not cumulative) and the sum."""
-
-    counts: list[int] = attrs.field(factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
-    total: float = 0.0
-
-    def observe(self, seconds: float) -> None:
-        # A bucket counts durations <= its bound (Prometheus's "le").
-        self.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        self.total += seconds
-
-    def cumulative(self) -> list[tuple[str, float]]:
-        buckets: list[tuple[str, float]] = []
-        running = 0
-        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), self.counts, strict=True):
-            running += count
-            buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), running))
-        return buckets
-
-
-@attrs.define
-class RequestMetrics:
-    """Requests as the site's access log sees them: by route and status, with latency."""
-
-    window: SlidingWindow
-    requests: Counter[tuple[str, int]] = attrs.field(factory=Counter)
-    sent: Counter[str] = attrs.field(factory=Counter)
-    latency: dict[str, _Latency] = attrs.field(factory=dict)
-
-    @classmethod
-    def with_clock(cls, clock: IReactorTime) -> RequestMetrics:
-        return cls(SlidingWindow(clock))
-
-    def observe(self, route: str, code: int, seconds: float, sent: int) -> None:
-        self.requests[route, code] += 1
-        self.sent[route] += sent
-        latency = self.latency.get(route)
-        if latency is None:
-            latency = self.latency[route] = _Latency()
-        latency.observe(seconds)
-        if route not in MONITORING_ROUTES:
-            self.window.record(seconds)
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
@@ -127,23 +40,26 @@ def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily
 
 @attrs.define(eq=False)  # the registry keys collectors by identity
 class DevpidCollector:
-    """Builds every ``devpid_*`` family from the live objects at scrape time."""
+    """Builds every ``devpid_*`` family from one snapshot taken at scrape time."""
 
-    status: StatusReport
+    sources: Sources
     requests: RequestMetrics
 
     def describe(self) -> list[Metric]:
         return []  # names are not checked for clashes: this is the registry's only collector
 
     def collect(self) -> Iterator[Metric]:
+        snapshot = self.sources.snapshot()
         yield from self._http()
-        yield from self._cache()
-        yield from self._upstream()
-        yield from self._downloads()
-        yield from self._store()
-        yield from self._poller()
-        yield from self._health()
-        yield InfoMetricFamily("devpid_build", "devpid's version", value={"version": __version__})
+        yield from self._cache(snapshot)
+        yield from self._upstream(snapshot)
+        yield from self._downloads(snapshot)
+        yield from self._store(snapshot)
+        yield from self._poller(snapshot)
+        yield from self._health(snapshot)
+        yield InfoMetricFamily(
+            "devpid_build", "devpid's version", value={"version": snapshot.version}
+        )
 
     def _http(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
@@ -169,9 +85,9 @@ class DevpidCollector:
             latency.add_metric([route], histogram.cumulative(), histogram.total)
         yield latency
 
-    def _cache(self) -> Iterator[Metric]:
+    def _cache(self, snapshot: Snapshot) -> Iterator[Metric]:
         # This process's own increments: summing over processes then gives the total.
-        own = self.status.stats.flushed + self.status.stats.pending
+        own = snapshot.own
         hits = CounterMetricFamily(
             "devpid_cache_hits", "requests answered from the cache", labels=["kind"]
         )
@@ -188,13 +104,13 @@ class DevpidCollector:
             "file downloads that failed (upstream error, hash or size mismatch)",
             own["download_failures"],
         )
-        counts = self.status.files.counts
+        counts = snapshot.cache
         yield _gauge("devpid_cache_projects", "project pages in the serverdir", counts.pages)
         yield _gauge("devpid_cache_files", "files in the serverdir", counts.files)
         yield _gauge("devpid_cache_bytes", "size of the files in the serverdir", counts.bytes)
 
-    def _upstream(self) -> Iterator[Metric]:
-        health = self.status.upstream_health
+    def _upstream(self, snapshot: Snapshot) -> Iterator[Metric]:
+        health = snapshot.upstream
         yield _counter(
             "devpid_upstream_fetches", "upstream requests that got an answer", health.fetches
         )
@@ -216,11 +132,10 @@ class DevpidCollector:
                 health.last_error_at,
             )
 
-    def _downloads(self) -> Iterator[Metric]:
+    def _downloads(self, snapshot: Snapshot) -> Iterator[Metric]:
         roles: Counter[str] = Counter()
         clients = 0
-        for download in list(self.status.downloads.running.values()):
-            progress = download.progress()
+        for progress in snapshot.downloads:
             roles[progress["role"]] += 1
             clients += progress["clients"]
         in_flight = GaugeMetricFamily(
@@ -230,7 +145,7 @@ class DevpidCollector:
             in_flight.add_metric([role], roles[role])
         yield in_flight
         yield _gauge("devpid_download_clients", "clients attached to running downloads", clients)
-        peers = self.status.peers
+        peers = snapshot.peers
         if peers is not None:
             yield _counter(
                 "devpid_shared_takeovers",
@@ -248,8 +163,8 @@ class DevpidCollector:
                 peers.lost_locks,
             )
 
-    def _store(self) -> Iterator[Metric]:
-        state = self.status.store.health().get("state")
+    def _store(self, snapshot: Snapshot) -> Iterator[Metric]:
+        state = snapshot.store_health.get("state")
         states = GaugeMetricFamily(
             "devpid_store_state",
             "the state store's state (1 for the current one)",
@@ -264,10 +179,10 @@ class DevpidCollector:
             1 if state in ("embedded", "up") else 0,
         )
 
-    def _poller(self) -> Iterator[Metric]:
-        if self.status.poller is None:
+    def _poller(self, snapshot: Snapshot) -> Iterator[Metric]:
+        poller = snapshot.poller
+        if poller is None:
             return
-        poller = self.status.poller.status()
         yield _gauge(
             "devpid_poller_is_leader", "1 if this process polls", 1 if poller["is_leader"] else 0
         )
@@ -294,9 +209,9 @@ class DevpidCollector:
             poller["marked_stale"],
         )
 
-    def _health(self) -> Iterator[Metric]:
-        disk = self.status.disk()
-        health = self.status.health(disk)
+    def _health(self, snapshot: Snapshot) -> Iterator[Metric]:
+        disk = snapshot.disk
+        health = snapshot.health
         yield _gauge(
             "devpid_healthy",
             "1 if this process can serve (see /+status)",
@@ -320,14 +235,14 @@ class DevpidCollector:
 class Metrics:
     """This app's registry: ``devpid_*`` from the live objects, ``devpid_process_*``."""
 
-    status: StatusReport
+    sources: Sources
     clock: IReactorTime
     requests: RequestMetrics = attrs.field(init=False)
     registry: CollectorRegistry = attrs.field(init=False, factory=CollectorRegistry)
 
     def __attrs_post_init__(self) -> None:
         self.requests = RequestMetrics.with_clock(self.clock)
-        self.registry.register(DevpidCollector(self.status, self.requests))
+        self.registry.register(DevpidCollector(self.sources, self.requests))
         ProcessCollector(namespace="devpid", registry=self.registry)
 
     def render(self, accept: str | None = None) -> tuple[bytes, str]:

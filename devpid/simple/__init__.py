@@ -1,1 +1,4 @@
-"""The simple API (PEP 503/691): the page model, parsing upstream pages, content negotiation and rendering."""
+"""The simple API (PEP 503/691).
+
+The page model, parsing upstream pages, content negotiation and rendering.
+"""

@@ -4,9 +4,9 @@ Processes that share a serverdir and a state store agree on who downloads a
 file with a lock named after the file's path (``download:<path>``), taken with
 a TTL and renewed while the download runs. The owner announces its temporary
 file in a document of the same name; the others stream that file as it grows
-(``tee.Download`` in its follower role), and take the lock over when the owner
-dies and the TTL runs out, adopting the temporary file and resuming the
-upstream transfer with a Range request.
+(a ``Download`` in its follower role, see ``shared``), and take the lock over
+when the owner dies and the TTL runs out, adopting the temporary file and
+resuming the upstream transfer with a Range request.
 
 Correctness never depends on the lock, only the number of upstream GETs does.
 The process writing a temporary file holds an exclusive ``flock`` on it for as

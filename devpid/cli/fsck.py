@@ -1,0 +1,75 @@
+"""``devpid fsck``: its options, and the report printed as lines or JSON.
+
+The checks are devpid.ops.fsck; this module reads the command line, finds the
+serverdir as devpid would (``--serverdir``, else the config's, else the
+default) and turns the report into output and an exit status.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from twisted.python import usage
+
+from devpid.config import DEFAULTS, ConfigError, read_ini
+from devpid.ops.fsck import EXIT_USAGE, PROGRAM, check
+
+
+class Options(usage.Options):
+    synopsis = "Usage: devpid fsck [--serverdir DIR | --config FILE] [--repair] [--json]"
+    longdesc = (
+        "Verify every cached file against the sha256 and length its cached page "
+        "recorded; report leftover temporary files, unreadable pages, orphans and "
+        "unexpected files. Safe while devpid runs. Exit status: 0 when nothing is wrong "
+        "(or everything wrong was repaired), 1 when errors remain, 2 for bad usage."
+    )
+    optParameters = [
+        ["serverdir", None, None, "the serverdir to check [default: the config's, or ~/.devpid]"],
+        ["config", "c", None, "read the serverdir from this INI file, as devpid does"],
+    ]
+    optFlags = [
+        ["repair", None, "remove bad files and leftovers, so that they are fetched again"],
+        ["json", None, "print one JSON document instead of lines"],
+    ]
+
+    def parseArgs(self, *args: str) -> None:
+        if args:
+            raise usage.UsageError(f"unexpected argument {args[0]!r}")
+
+
+def serverdir_from(options: usage.Options) -> Path:
+    raw = options["serverdir"]
+    if raw is None and options["config"] is not None:
+        raw = read_ini(options["config"]).get("serverdir")
+    if raw is None:
+        raw = DEFAULTS["serverdir"][0]
+    serverdir = Path(os.path.expanduser(str(raw))).absolute()
+    if not serverdir.is_dir():
+        raise ConfigError(f"no serverdir at {serverdir}")
+    return serverdir
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run ``devpid fsck``; the exit status."""
+    options = Options()
+    try:
+        options.parseOptions(list(argv))
+        serverdir = serverdir_from(options)
+    except usage.UsageError as e:
+        print(f"{PROGRAM}: error: {e} (see: {PROGRAM} --help)", file=sys.stderr)
+        return EXIT_USAGE
+    except ConfigError as e:
+        print(f"{PROGRAM}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    report = check(serverdir, repair=bool(options["repair"]))
+    if options["json"]:
+        print(json.dumps(report.to_json(), indent=1))
+    else:
+        for problem in report.problems:
+            print(problem.line())
+        print(report.summary())
+    return report.exit_status

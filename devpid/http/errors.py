@@ -1,0 +1,65 @@
+"""Every error answer of the routes: one plain-text line, never a traceback.
+
+A route raises ``HTTPError(code, reason)``; routing itself raises werkzeug's
+``NotFound`` and ``MethodNotAllowed``; anything else is a bug, logged here.
+``ErrorAnswers`` turns all three into ``<code> <phrase>: <reason>`` on the one
+Klein app, so every route area answers errors alike.
+"""
+
+from __future__ import annotations
+
+from klein import Klein
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http
+from twisted.web.server import Request
+from werkzeug.exceptions import HTTPException
+
+
+class HTTPError(Exception):
+    """An answer other than 200, with a one-line reason for the body."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def plain_error(request: Request, code: int, reason: str) -> bytes:
+    """Set ``code`` on ``request`` and return its one-line body: ``404 Not Found: no index a/b``."""
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    request.setHeader(b"cache-control", b"no-store")
+    phrase = http.RESPONSES.get(code, b"Error").decode()
+    line = " ".join(f"{code} {phrase}: {reason}".split())
+    return line.encode("utf-8", errors="replace") + b"\n"
+
+
+class ErrorAnswers:
+    """The Klein error handlers, tried in the order ``register`` adds them."""
+
+    log = Logger()
+
+    def register(self, app: Klein) -> None:
+        app.handle_errors(HTTPError)(self.http_error)  # type: ignore[arg-type]
+        app.handle_errors(HTTPException)(self.werkzeug_error)  # type: ignore[arg-type]
+        app.handle_errors(Exception)(self.unexpected_error)  # type: ignore[arg-type]
+
+    def http_error(self, request: Request, failure: Failure) -> bytes:
+        error = failure.value
+        assert isinstance(error, HTTPError)
+        return plain_error(request, error.code, error.reason)
+
+    def werkzeug_error(self, request: Request, failure: Failure) -> bytes:
+        error = failure.value
+        assert isinstance(error, HTTPException)
+        code = error.code or 500
+        if 300 <= code < 400:
+            # Werkzeug's slash redirects; devpid's own redirects are explicit.
+            return plain_error(request, 404, "not found")
+        reason = {404: "not found", 405: "method not allowed"}.get(code, error.name.lower())
+        return plain_error(request, code, reason)
+
+    def unexpected_error(self, request: Request, failure: Failure) -> bytes:
+        self.log.failure("unexpected error handling {uri}", failure, uri=request.uri)
+        return plain_error(request, 500, "internal error (logged on the server)")

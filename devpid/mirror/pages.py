@@ -1,0 +1,155 @@
+"""The pages of a mirror index: kept in memory, in the serverdir and in the store.
+
+A page's content is a file in the serverdir (it survives restarts and is
+shared by the processes); what revalidating it needs (ETag, serial, when it
+was fetched) is a document in the store; the most recently used pages are
+also kept in memory, parsed, with their rendered forms. This module reads and
+writes those three; when a page is fresh enough is ``devpid.mirror.index``'s
+business.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.logger import Logger
+
+from devpid.files.store import PROJECT_LIST, FileStore
+from devpid.simple.model import Link, ProjectPage
+from devpid.simple.render import LinkRenderer, render_project_list, render_project_page
+from devpid.store import StateStore, StoreUnavailable
+
+
+@attrs.define(eq=False)
+class CachedPage:
+    """A project page (or the project list) with what is needed to revalidate it."""
+
+    content: ProjectPage | tuple[str, ...]
+    etag: str | None
+    serial: int | None
+    fetched_at: float
+    #: Until when a failed revalidation lets the stale page be served without retrying.
+    retry_at: float = 0.0
+    _renders: dict[tuple[str, LinkRenderer], tuple[bytes, bytes]] = attrs.field(factory=dict)
+
+    def is_fresh(self, now: float, expiry: float, stale_mark: bool = False) -> bool:
+        """Young enough and not marked stale, or in the back-off after a failed refresh."""
+        young = now - self.fetched_at < expiry and not stale_mark
+        return young or now < self.retry_at
+
+    def render(
+        self,
+        media_type: str,
+        urls: LinkRenderer,
+        select: Callable[[Link], Link | None] | None = None,
+    ) -> tuple[bytes, bytes]:
+        """The page as ``media_type`` with ``urls``, and its ETag; both computed once."""
+        key = (media_type, urls)
+        rendered = self._renders.get(key)
+        if rendered is None:
+            if isinstance(self.content, ProjectPage):
+                body = render_project_page(self.content, media_type, urls, select)
+            else:
+                body = render_project_list(self.content, media_type, urls)
+            etag = b'"' + hashlib.blake2b(body, digest_size=12).hexdigest().encode() + b'"'
+            if len(self._renders) > 8:  # a few media types x outside URLs at most
+                self._renders.clear()
+            rendered = self._renders[key] = (body, etag)
+        return rendered
+
+    def meta(self) -> dict[str, Any]:
+        return {"etag": self.etag, "serial": self.serial, "fetched_at": self.fetched_at}
+
+
+@attrs.define
+class PageCache:
+    """One index's pages: the least recently used leave memory first, the serverdir keeps all."""
+
+    index: str
+    files: FileStore
+    store: StateStore
+    #: Project pages kept in memory.
+    memory_pages: int
+    _memory: OrderedDict[str, CachedPage] = attrs.field(factory=OrderedDict)
+    log = Logger()
+
+    def _document_key(self, project: str) -> str:
+        return f"page:{self.index}:{project}"
+
+    async def get(self, project: str) -> CachedPage | None:
+        """The cached page, fresh or not, from memory or the serverdir."""
+        entry = self._memory.get(project)
+        if entry is not None:
+            self._memory.move_to_end(project)
+            return entry
+        data = self.files.read_page(self.index, project)
+        if data is None:
+            return None
+        try:
+            meta = await self.store.get_document(self._document_key(project)) or {}
+        except StoreUnavailable:
+            meta = {}  # no ETag or age known: it revalidates (or is served stale)
+        try:
+            content: ProjectPage | tuple[str, ...]
+            if project == PROJECT_LIST:
+                content = tuple(data["names"])
+            else:
+                content = ProjectPage.from_json(data)
+        except (KeyError, TypeError, ValueError):
+            self.log.warn("ignoring a damaged cached page for {project}", project=project)
+            return None
+        entry = CachedPage(
+            content, meta.get("etag"), meta.get("serial"), float(meta.get("fetched_at", 0.0))
+        )
+        self._remember(project, entry)
+        return entry
+
+    def _remember(self, project: str, entry: CachedPage) -> None:
+        self._memory[project] = entry
+        self._memory.move_to_end(project)
+        while len(self._memory) > self.memory_pages:
+            self._memory.popitem(last=False)
+
+    def put(self, project: str, entry: CachedPage) -> None:
+        """Keep a newly fetched page in the serverdir and in memory."""
+        if isinstance(entry.content, ProjectPage):
+            data = entry.content.to_json()
+        else:
+            data = {"names": list(entry.content)}
+        try:
+            self.files.write_page(self.index, project, data)
+        except OSError as e:  # a full disk, say: the page is good, serve it from memory
+            self.log.warn(
+                "cannot save the page of {project}: {error}; serving it from memory",
+                project=project,
+                error=e.strerror or str(e),
+            )
+        self._remember(project, entry)
+
+    async def put_meta(self, project: str, entry: CachedPage) -> None:
+        """Record in the store when ``project`` was fetched or confirmed, and its ETag.
+
+        Raises ``StoreUnavailable``: the caller decides what else then goes unsaid.
+        """
+        await self.store.set_document(self._document_key(project), entry.meta())
+
+    async def delete(self, project: str) -> None:
+        """Drop the page everywhere: the upstream no longer has the project."""
+        self._memory.pop(project, None)
+        self.files.delete_page(self.index, project)
+        # without the page file, the document is never read
+        with contextlib.suppress(StoreUnavailable):
+            await self.store.delete_document(self._document_key(project))
+
+    def forget(self, project: str) -> None:
+        """Drop the page from memory only; another process wrote a newer one."""
+        self._memory.pop(project, None)
+
+    def forget_all(self) -> None:
+        """Drop every page from memory; they are read again from the serverdir and store."""
+        self._memory.clear()

@@ -1,0 +1,59 @@
+"""``devpid fsck``: verify every cached file against what its page recorded.
+
+What is checked (see docs/operations.md#checking-the-cache-devpid-fsck):
+
+- a committed file listed by its project's cached page: its length against
+  the page's size, and its content against the page's sha256 (when the page
+  has none, against another hash the page gives; else by length only, else
+  not at all);
+- a ``.metadata`` file: its content against the link's core-metadata sha256;
+- a file no cached page lists (an orphan, a warning): whether its sha256
+  starts with the ``<h3><h13>`` of its path, which holds for every file the
+  upstream gave a sha256 for;
+- temporary files nobody writes any more, unexpected files, unreadable pages.
+
+It reads the serverdir only, never the state store, so it runs beside live
+devpid processes. ``--repair`` removes what it found bad, by the same rules
+as devpid's own clean-up: a download's temporary file only while holding its
+``flock``, any file only if it is still the one that was checked.
+
+One job a module:
+
+- ``report``: what was found (``Problem``, ``Counts``, ``Report``), as lines or JSON
+- ``pages``: a cached page read as fsck needs it: what it records of each file
+- ``disk``: walking the trees without following links; removing only the file checked
+- ``checker``: one run over a serverdir, the checks of files and pages, and repair
+
+The command line (``Options``, ``main``) is devpid.cli.fsck.
+"""
+
+from pathlib import Path
+
+from devpid.ops.fsck.checker import Checker
+from devpid.ops.fsck.report import (
+    EXIT_CLEAN,
+    EXIT_PROBLEMS,
+    EXIT_USAGE,
+    PROGRAM,
+    Counts,
+    Problem,
+    Report,
+)
+
+
+def check(serverdir: Path, repair: bool = False) -> Report:
+    """Check (and with ``repair``, repair) one serverdir."""
+    return Checker(serverdir, repair).check()
+
+
+__all__ = [
+    "EXIT_CLEAN",
+    "EXIT_PROBLEMS",
+    "EXIT_USAGE",
+    "PROGRAM",
+    "Checker",
+    "Counts",
+    "Problem",
+    "Report",
+    "check",
+]

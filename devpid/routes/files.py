@@ -1,0 +1,172 @@
+"""A distribution file or its metadata: from the cache, or joining its download.
+
+A cached file is sent whole by ``FileSender`` or, for a single Range and for
+HEAD, by twisted.web's ``File``. A file not cached yet is looked up on its
+project's page (it must be there under this hash), then streamed to the client
+from the shared download of the tee while that download fills the cache.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import attrs
+from klein import Klein
+from twisted.web import http
+from twisted.web.server import Request
+from twisted.web.static import File
+
+from devpid.common.stats import Stats
+from devpid.files.sender import FileSender
+from devpid.files.store import FileStore, UnsafePath
+from devpid.http.errors import HTTPError, plain_error
+from devpid.http.request import etag_matches, until_finished
+from devpid.mirror.index import IndexUnavailable, MirrorIndex, ProjectNotFound
+from devpid.mirror.tee import DownloadFailed, DownloadManager, FileSpec
+from devpid.routes import mirror_named
+from devpid.simple.model import project_of_filename
+
+FILE_CACHE_CONTROL = b"max-age=31536000, immutable"
+
+#: One byte range (RFC 9110 14.1.2): ``first-last``, ``first-`` or ``-suffix``.
+_ONE_RANGE = re.compile(rb"bytes[ \t]*=[ \t]*([0-9]{0,18})-([0-9]{0,18})[ \t]*")
+
+
+def _single_range(header: bytes, size: int) -> bytes | None:
+    """The one valid range of a ``Range`` header as twisted.web's ``File`` should see it.
+
+    None when it is not exactly one well-formed range: the whole file is sent
+    then (RFC 9110 lets a server ignore Range), so several, overlapping or
+    malformed ranges can neither multiply the file nor reach ``File``'s
+    edge cases. A suffix longer than the file is the whole file.
+    """
+    match = _ONE_RANGE.fullmatch(header.strip())
+    if match is None:
+        return None
+    first, last = match.group(1), match.group(2)
+    if not first and not last:
+        return None
+    if first and last and int(last) < int(first):
+        return None
+    if not first and int(last) >= size:
+        return b"bytes=0-"
+    return b"bytes=" + first + b"-" + last
+
+
+@attrs.define
+class FileRoutes:
+    indexes: dict[str, MirrorIndex]
+    downloads: DownloadManager
+    files: FileStore
+    stats: Stats
+
+    def register(self, app: Klein) -> None:
+        app.route("/<user>/<index>/+f/<h3>/<h13>/<filename>", methods=["GET", "HEAD"])(self.file)
+
+    async def file(
+        self, request: Request, user: str, index: str, h3: str, h13: str, filename: str
+    ) -> Any:
+        mirror = mirror_named(self.indexes, user, index)
+        try:
+            path = self.files.file_path(mirror.name, h3, h13, filename)
+        except UnsafePath as e:
+            raise HTTPError(400, str(e)) from None
+        if path.is_file():
+            self.stats.incr("file_hits")
+            return await self._cached_file(request, path, h3 + h13)
+        is_metadata = filename.endswith(".metadata")
+        dist_filename = filename.removesuffix(".metadata")
+        project = project_of_filename(dist_filename)
+        if project is None:
+            raise HTTPError(404, f"{filename} is not a distribution file name")
+        try:
+            link = await mirror.link_for(project, dist_filename, h3 + h13)
+        except ProjectNotFound as e:
+            raise HTTPError(404, str(e)) from None
+        except IndexUnavailable as e:
+            raise HTTPError(502, str(e)) from None
+        if link is None or (is_metadata and link.core_metadata is False):
+            raise HTTPError(404, f"{filename} is not on the index under this hash")
+        if mirror.offline:
+            raise HTTPError(404, f"{filename} is not cached and devpid is offline")
+        if request.method == b"HEAD":
+            request.setHeader(b"content-type", b"application/octet-stream")
+            if link.size is not None and not is_metadata:
+                request.setHeader(b"content-length", b"%d" % link.size)
+            return b""
+        spec = FileSpec(
+            url=link.url + ".metadata" if is_metadata else link.url,
+            final_path=path,
+            sha256=link.metadata_sha256 if is_metadata else link.sha256,
+            size=None if is_metadata else link.size,
+        )
+        self.stats.incr("file_misses")
+        download, _started = self.downloads.download_for(spec)
+        try:
+            await download.wait_for_headers()
+        except DownloadFailed as e:
+            raise HTTPError(e.status, str(e)) from None
+        if download.verified:
+            return await self._cached_file(request, path, h3 + h13)
+        request.setHeader(b"content-type", b"application/octet-stream")
+        request.setHeader(b"x-accel-buffering", b"no")
+        if download.total is not None:
+            request.setHeader(b"content-length", str(download.total).encode())
+        request.setHeader(b"cache-control", FILE_CACHE_CONTROL)
+        request.setHeader(b"etag", f'"{h3}{h13}"'.encode())
+        finished = until_finished(request)
+        download.attach(request, lambda code, reason: self._refuse(request, code, reason))
+        await finished
+        return None
+
+    def _refuse(self, request: Request, code: int, reason: str) -> None:
+        """A download failed before its first byte reached this client: a one-line error."""
+        for name in (b"etag", b"x-accel-buffering", b"content-length"):
+            request.responseHeaders.removeHeader(name)
+        body = plain_error(request, code, reason)
+        request.setHeader(b"content-length", b"%d" % len(body))
+        request.write(body)
+        request.finish()
+
+    async def _cached_file(self, request: Request, path: Path, hash_prefix: str) -> Any:
+        etag = f'"{hash_prefix}"'.encode()
+        request.setHeader(b"etag", etag)
+        request.setHeader(b"cache-control", FILE_CACHE_CONTROL)
+        if etag_matches(request.getHeader(b"if-none-match"), etag):
+            request.setResponseCode(304)
+            return b""
+        asked = request.getHeader(b"range")
+        if asked is not None:
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                raise HTTPError(404, f"{path.name} is no longer cached") from None
+            single = _single_range(asked, size)
+            if single is None:  # several ranges, or none that parses: the whole file
+                request.requestHeaders.removeHeader(b"range")
+            else:
+                request.requestHeaders.setRawHeaders(b"range", [single])
+        if request.method == b"GET" and not request.getHeader(b"range"):
+            return await self._send_whole_file(request, path)
+        resource = File(str(path), defaultType="application/octet-stream")
+        # Files are served byte for byte: no Content-Encoding for .tar.gz.
+        resource.type = "application/octet-stream"
+        resource.encoding = None
+        return resource
+
+    async def _send_whole_file(self, request: Request, path: Path) -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise HTTPError(404, f"{path.name} is no longer cached") from None
+        size = os.fstat(fd).st_size
+        request.setHeader(b"content-type", b"application/octet-stream")
+        request.setHeader(b"content-length", b"%d" % size)
+        request.setHeader(b"accept-ranges", b"bytes")
+        request.setHeader(b"last-modified", http.datetimeToString(os.fstat(fd).st_mtime))
+        finished = until_finished(request)
+        FileSender(request, fd, size).start()
+        await finished

@@ -1,0 +1,159 @@
+"""An index's simple pages: its JSON, the project list, a project's page, refresh.
+
+The pages come parsed and cached from ``MirrorIndex``; here they are negotiated
+(HTML or JSON), rendered with the client's link prefix and answered with an ETag
+to revalidate against. Browsers are redirected to the canonical URL (trailing
+slash, normalized name); installers get the page at the URL they asked for
+unless the name is not normalized.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import attrs
+from klein import Klein
+from packaging.utils import canonicalize_name
+from twisted.web.server import Request
+
+from devpid.files.store import FileStore, UnsafePath
+from devpid.http.errors import HTTPError
+from devpid.http.request import etag_matches, is_installer, links_for, media_type
+from devpid.mirror.index import CachedPage, IndexUnavailable, MirrorIndex, ProjectNotFound
+from devpid.routes import mirror_named
+from devpid.simple.model import Link, is_valid_project_name
+from devpid.simple.render import CONTENT_TYPES, LinkRenderer
+
+#: Keeps pip's and uv's HTTP caches from re-asking more than once a minute,
+#: and lets them revalidate cheaply (ETag) after that.
+PAGE_CACHE_CONTROL = b"max-age=60, public"
+
+
+@attrs.define
+class SimpleRoutes:
+    indexes: dict[str, MirrorIndex]
+    #: Offline, a page links only the files that are here.
+    files: FileStore
+    outside_url: str | None = None
+
+    def register(self, app: Klein) -> None:
+        index, simple = "/<user>/<index>", "/<user>/<index>/+simple"
+        app.route(index, methods=["GET"], strict_slashes=False)(self.index_json)
+        app.route(f"{simple}/", methods=["GET"], strict_slashes=False)(self.project_list)
+        app.route(f"{simple}/<project>/", methods=["GET"], strict_slashes=False)(self.project_page)
+        app.route(f"{simple}/<project>/refresh", methods=["POST"])(self.refresh)
+
+    def index_json(self, request: Request, user: str, index: str) -> bytes:
+        mirror = mirror_named(self.indexes, user, index)
+        request.setHeader(b"content-type", b"application/json")
+        result = {
+            "type": "mirror",
+            "mirror_url": mirror.upstream.simple_url,
+            "bases": [],
+            "volatile": False,
+        }
+        return json.dumps({"type": "indexconfig", "result": result}).encode("utf-8")
+
+    async def project_list(self, request: Request, user: str, index: str) -> bytes:
+        mirror = mirror_named(self.indexes, user, index)
+        if not request.path.endswith(b"/") and not is_installer(request):
+            return self._redirect(request, mirror, "+simple/")
+        answer_type = media_type(request)
+        try:
+            entry = await mirror.project_list()
+        except IndexUnavailable as e:
+            raise HTTPError(502, str(e)) from None
+        except ProjectNotFound as e:
+            raise HTTPError(502, f"the upstream has no project list: {e}") from None
+        urls = links_for(request, self.outside_url, mirror.name)
+        return self._send_page(request, entry, answer_type, urls)
+
+    async def project_page(self, request: Request, user: str, index: str, project: str) -> bytes:
+        mirror = mirror_named(self.indexes, user, index)
+        if not is_valid_project_name(project):
+            raise HTTPError(400, f"invalid project name {project[:100]!r}")
+        normalized = canonicalize_name(project)
+        trailing = request.path.endswith(b"/")
+        if normalized != project or (not trailing and not is_installer(request)):
+            return self._redirect(request, mirror, f"+simple/{normalized}/")
+        answer_type = media_type(request)
+        urls = links_for(request, self.outside_url, mirror.name)
+        try:
+            entry = await mirror.project_page(normalized)
+        except ProjectNotFound as e:
+            raise HTTPError(404, str(e)) from None
+        except IndexUnavailable as e:
+            raise HTTPError(502, str(e)) from None
+        select = self._cached_only(mirror) if mirror.offline else None
+        return self._send_page(request, entry, answer_type, urls, select)
+
+    async def refresh(self, request: Request, user: str, index: str, project: str) -> bytes:
+        """devpi's refresh: revalidate one project's page now, then show it."""
+        mirror = mirror_named(self.indexes, user, index)
+        if not is_valid_project_name(project):
+            raise HTTPError(400, f"invalid project name {project[:100]!r}")
+        normalized = canonicalize_name(project)
+        if mirror.offline:
+            raise HTTPError(409, "devpid is offline: nothing to refresh from")
+        try:
+            await mirror.refresh(normalized)
+        except ProjectNotFound as e:
+            raise HTTPError(404, str(e)) from None
+        except IndexUnavailable as e:
+            raise HTTPError(502, str(e)) from None
+        prefix = links_for(request, self.outside_url, mirror.name).prefix
+        location = f"{prefix}/{mirror.name}/+simple/{normalized}/"
+        request.setResponseCode(302)
+        request.setHeader(b"location", location.encode("utf-8"))
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"refreshed; see " + location.encode("utf-8") + b"\n"
+
+    def _redirect(self, request: Request, mirror: MirrorIndex, subpath: str) -> bytes:
+        """A 301 to ``subpath`` of the index, under the outside URL when there is one."""
+        prefix = links_for(request, self.outside_url, mirror.name).prefix
+        location = f"{prefix}/{mirror.name}/{subpath}"
+        query = request.uri.partition(b"?")[2]
+        target = location.encode("utf-8") + (b"?" + query if query else b"")
+        request.setResponseCode(301)
+        request.setHeader(b"location", target)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"moved to " + target + b"\n"
+
+    def _send_page(
+        self,
+        request: Request,
+        entry: CachedPage,
+        answer_type: str,
+        urls: LinkRenderer,
+        select: Callable[[Link], Link | None] | None = None,
+    ) -> bytes:
+        body, etag = entry.render(answer_type, urls, select)
+        request.setHeader(b"content-type", CONTENT_TYPES[answer_type].encode())
+        request.setHeader(b"vary", b"Accept, X-Outside-URL")
+        request.setHeader(b"cache-control", PAGE_CACHE_CONTROL)
+        request.setHeader(b"etag", etag)
+        if entry.serial is not None:
+            request.setHeader(b"x-pypi-last-serial", str(entry.serial).encode())
+        if etag_matches(request.getHeader(b"if-none-match"), etag):
+            request.setResponseCode(304)
+            return b""
+        request.setHeader(b"content-length", b"%d" % len(body))
+        return body
+
+    def _cached_only(self, mirror: MirrorIndex) -> Callable[[Link], Link | None]:
+        def select(link: Link) -> Link | None:
+            """Offline, only cached files are links (and their metadata only if cached)."""
+            h = link.storage_hash
+            try:
+                path = self.files.file_path(mirror.name, h[:3], h[3:16], link.filename)
+            except UnsafePath:
+                return None
+            if not path.is_file():
+                return None
+            metadata = path.with_name(path.name + ".metadata")
+            if link.core_metadata is not False and not metadata.is_file():
+                return attrs.evolve(link, core_metadata=False)
+            return link
+
+        return select

@@ -1,0 +1,257 @@
+"""Parsing upstream PEP 503 HTML / PEP 691 JSON pages into the simple-API model.
+
+Upstream pages are untrusted input: whatever is not understood is skipped
+(a link without a usable URL or file name, a malformed hash) or refused with
+a one-line ``PageParseError``, never trusted to name a path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from html.parser import HTMLParser
+from typing import Any
+from urllib.parse import unquote, urldefrag, urljoin, urlsplit
+
+from packaging.utils import canonicalize_name
+
+from devpid.simple.model import (
+    FILENAME,
+    HEX,
+    HTML_V1,
+    TEXT_HTML,
+    Link,
+    ProjectPage,
+    ProjectStatus,
+    is_valid_project_name,
+)
+
+
+class PageParseError(Exception):
+    """The upstream page could not be understood; the message is one line."""
+
+
+def _resolve(base_url: str, href: str) -> str | None:
+    """``href`` made absolute, or None when it is not a usable http(s) URL."""
+    try:
+        url = urljoin(base_url, href)
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return None
+    return url
+
+
+def _filename_of(url: str) -> str:
+    return unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+
+
+def _valid_hashes(hashes: dict[Any, Any]) -> dict[str, str]:
+    """Only well-formed digests of known algorithms: a bad one must not name a path."""
+    valid = {}
+    for name, value in hashes.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            continue
+        name, value = name.lower(), value.lower()
+        if name not in hashlib.algorithms_guaranteed or not HEX.match(value):
+            continue
+        hasher = hashlib.new(name)
+        if hasher.digest_size and len(value) == hasher.digest_size * 2:
+            valid[name] = value
+    return valid
+
+
+def _hash_fragment(fragment: str) -> dict[str, str]:
+    name, sep, value = fragment.partition("=")
+    return _valid_hashes({name: value}) if sep else {}
+
+
+def _metadata_attr(value: str | None) -> bool | dict[str, str]:
+    if value is None:
+        return False
+    if value.strip().lower() == "true":
+        return True
+    return _hash_fragment(value.strip()) or True
+
+
+class _AnchorCollector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.anchors: list[dict[str, str | None]] = []
+        self.meta: dict[str, str] = {}
+        self._text: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs_: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self.anchors.append(dict(attrs_))
+            self._text = []
+        elif tag == "meta":
+            found = dict(attrs_)
+            if found.get("name") and found.get("content") is not None:
+                self.meta[str(found["name"])] = str(found["content"])
+
+    def handle_data(self, data: str) -> None:
+        if self._text is not None:
+            self._text.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "a" and self._text is not None and self.anchors:
+            self.anchors[-1]["#text"] = "".join(self._text).strip()
+            self._text = None
+
+
+def _collect_html(body: bytes) -> _AnchorCollector:
+    if body.lstrip()[:1] in (b"{", b"["):  # parsed as HTML, it would be a page without files
+        raise PageParseError("a JSON document where HTML was expected")
+    collector = _AnchorCollector()
+    try:
+        collector.feed(body.decode("utf-8", errors="replace"))
+        collector.close()
+    except Exception as e:  # HTMLParser raises assorted errors on garbage
+        raise PageParseError(f"unparseable HTML: {e}") from None
+    return collector
+
+
+def _status_from(status: str | None, reason: str | None) -> ProjectStatus | None:
+    return ProjectStatus(status, reason or None) if status else None
+
+
+def parse_project_html(
+    name: str, body: bytes, base_url: str, serial: int | None = None
+) -> ProjectPage:
+    collector = _collect_html(body)
+    links = []
+    for anchor in collector.anchors:
+        href = anchor.get("href")
+        if not href:
+            continue
+        resolved = _resolve(base_url, href)
+        if resolved is None:
+            continue
+        url, fragment = urldefrag(resolved)
+        filename = _filename_of(url)
+        if not FILENAME.match(filename):
+            continue
+        yanked: bool | str = False
+        if "data-yanked" in anchor:
+            yanked = anchor["data-yanked"] or True
+        metadata = anchor.get("data-core-metadata", anchor.get("data-dist-info-metadata"))
+        links.append(
+            Link(
+                filename=filename,
+                url=url,
+                hashes=_hash_fragment(fragment),
+                requires_python=anchor.get("data-requires-python") or None,
+                yanked=yanked,
+                core_metadata=_metadata_attr(metadata),
+            )
+        )
+    status = _status_from(
+        collector.meta.get("pypi:project-status"), collector.meta.get("pypi:project-status-reason")
+    )
+    return ProjectPage(name=name, links=tuple(links), status=status, serial=serial)
+
+
+def _load_json(body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise PageParseError(f"unparseable JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise PageParseError("JSON page is not an object")
+    return data
+
+
+def _json_metadata(item: dict[str, Any]) -> bool | dict[str, str]:
+    value = item.get("core-metadata", item.get("dist-info-metadata", False))
+    if isinstance(value, dict):
+        return _valid_hashes(value) or True
+    return bool(value)
+
+
+def parse_project_json(
+    name: str, body: bytes, base_url: str, serial: int | None = None
+) -> ProjectPage:
+    data = _load_json(body)
+    files = data.get("files")
+    if not isinstance(files, list):
+        raise PageParseError("JSON page has no 'files' list")
+    links = []
+    for item in files:
+        if not isinstance(item, dict) or not isinstance(item.get("url"), str):
+            raise PageParseError("JSON page has a file entry without a 'url'")
+        resolved = _resolve(base_url, item["url"])
+        if resolved is None:
+            continue
+        url = urldefrag(resolved)[0]
+        filename = item.get("filename") or _filename_of(url)
+        if not isinstance(filename, str) or not FILENAME.match(filename):
+            continue
+        hashes = item.get("hashes") or {}
+        if not isinstance(hashes, dict):
+            raise PageParseError(f"JSON page: 'hashes' of {filename} is not an object")
+        yanked = item.get("yanked", False)
+        size = item.get("size")
+        requires_python = item.get("requires-python")
+        upload_time = item.get("upload-time")
+        links.append(
+            Link(
+                filename=filename,
+                url=url,
+                hashes=_valid_hashes(hashes),
+                size=size if type(size) is int and size >= 0 else None,
+                requires_python=requires_python if isinstance(requires_python, str) else None,
+                yanked=yanked if isinstance(yanked, str) and yanked else bool(yanked),
+                core_metadata=_json_metadata(item),
+                upload_time=upload_time if isinstance(upload_time, str) else None,
+            )
+        )
+    versions = data.get("versions")
+    status_data = data.get("project-status")
+    status = None
+    if isinstance(status_data, dict) and isinstance(status_data.get("status"), str):
+        reason = status_data.get("reason")
+        status = ProjectStatus(status_data["status"], reason if isinstance(reason, str) else None)
+    return ProjectPage(
+        name=name,
+        links=tuple(links),
+        versions=tuple(str(v) for v in versions) if isinstance(versions, list) else None,
+        status=status,
+        serial=serial,
+    )
+
+
+def parse_project_page(
+    name: str, body: bytes, content_type: str, base_url: str, serial: int | None = None
+) -> ProjectPage:
+    """Parse an upstream project page by its Content-Type (JSON or HTML)."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media.endswith("+json") or media == "application/json":
+        return parse_project_json(name, body, base_url, serial)
+    if media in (HTML_V1, TEXT_HTML, "") or media.endswith("+html"):
+        return parse_project_html(name, body, base_url, serial)
+    raise PageParseError(f"unexpected content type {media!r}")
+
+
+def parse_project_list(body: bytes, content_type: str) -> tuple[str, ...]:
+    """The project names of an upstream root page (``/simple/``), normalized."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    names: list[str] = []
+    if media.endswith("+json") or media == "application/json":
+        projects = _load_json(body).get("projects")
+        if not isinstance(projects, list):
+            raise PageParseError("JSON project list has no 'projects' list")
+        names = [p["name"] for p in projects if isinstance(p, dict) and "name" in p]
+    else:
+        collector = _collect_html(body)
+        names = [str(a.get("#text") or "") for a in collector.anchors]
+    return tuple(
+        sorted(
+            {
+                canonicalize_name(n)
+                for n in names
+                if isinstance(n, str) and n and is_valid_project_name(n)
+            }
+        )
+    )
