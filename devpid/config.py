@@ -341,6 +341,16 @@ def read_ini(path: str) -> dict[str, str]:
     return values
 
 
+def expand_serverdir(value: str) -> Path:
+    """The absolute serverdir; one with ``~`` needs HOME (never a ``~`` directory in the cwd)."""
+    if (value == "~" or value.startswith("~/")) and not os.environ.get("HOME", "").strip():
+        raise ConfigError(f"--serverdir is required when HOME is not set (the default is {value})")
+    expanded = os.path.expanduser(value)
+    if expanded.startswith("~"):
+        raise ConfigError(f"--serverdir {value}: cannot expand {expanded.split('/')[0]!r}")
+    return Path(expanded).absolute()
+
+
 def build_settings(
     given: Mapping[str, Any],
     ini: Mapping[str, str] | None = None,
@@ -360,7 +370,7 @@ def build_settings(
     listen = str(pick("listen")).strip()
     if not listen:
         raise ConfigError("--listen must not be empty")
-    serverdir = Path(os.path.expanduser(str(pick("serverdir")))).absolute()
+    serverdir = expand_serverdir(str(pick("serverdir")))
     if serverdir.exists() and not serverdir.is_dir():
         raise ConfigError(f"--serverdir {serverdir} exists and is not a directory")
     upstream = pick("upstream")

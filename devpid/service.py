@@ -65,6 +65,8 @@ class CacheService(Service):
     #: The upstream (password masked) and why it is this one, for the start-up line.
     upstream_url: str = ""
     upstream_origin: str = ""
+    #: ``--offline``: said in the start-up log.
+    offline: bool = False
     _flusher: LoopingCall | None = None
     log = Logger()
 
@@ -76,6 +78,8 @@ class CacheService(Service):
                 upstream=self.upstream_url,
                 origin=self.upstream_origin,
             )
+        if self.offline:
+            self.log.info("offline: serving only what is cached; the upstream is never contacted")
         self.files.prepare()
         started = Deferred.fromCoroutine(self._start())
         started.addErrback(self._cannot_start)
@@ -156,9 +160,10 @@ class CacheService(Service):
             self._flusher.stop()
         if self.downloads.running:
             self.log.info(
-                "waiting up to {grace}s for {count} downloads",
+                "waiting up to {grace}s for {count} download{s}",
                 grace=self.shutdown_grace,
                 count=len(self.downloads.running),
+                s="" if len(self.downloads.running) == 1 else "s",
             )
             drained = self.downloads.drain()
             drained.addTimeout(self.shutdown_grace, self.clock)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import sys
+import tempfile
 import uuid
 from functools import partial
 from typing import Any
@@ -10,11 +13,14 @@ from urllib.parse import urlsplit
 
 import treq.client
 from twisted.application.service import MultiService
+from twisted.copyright import version as twisted_version
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
+from devpid import __version__
 from devpid.common.identity import ProcessIdentity
 from devpid.common.stats import Stats
 from devpid.config import (
@@ -42,6 +48,16 @@ from devpid.store import StateStore
 from devpid.store.embedded import EmbeddedStore
 
 MIRROR_INDEX = "root/pypi"
+_log = Logger()
+
+#: devpi-server's options that devpid spells differently: what to say instead.
+#: ``{value}`` is the value given with the option, else the placeholder beside it.
+DEVPI_SERVER_OPTIONS = {
+    "--port": ("devpid's is --listen tcp:{value}", "N"),
+    "--host": ("devpid's is --listen tcp:PORT:interface={value}", "HOST"),
+    "--offline-mode": ("devpid's is --offline", ""),
+    "--init": ("not needed: devpid prepares an empty --serverdir at start", ""),
+}
 
 
 def _help(name: str) -> str:
@@ -53,8 +69,10 @@ class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Run devpid, a PyPI caching proxy. Every option can also be set in the "
-        "[devpid] section of an INI file given with --config (etc/devpid.ini is "
-        "a commented example); the command line wins."
+        "[devpid] section of an INI file given with --config (a commented example "
+        "is etc/devpid.ini in devpid's source; it is not installed); the command "
+        "line wins. Subcommands of the devpid command: 'devpid gen-config' writes "
+        "configuration files, 'devpid fsck' verifies the cached files (each has --help)."
     )
     optParameters = [
         [name, None, None, _help(name)]
@@ -63,11 +81,36 @@ class Options(usage.Options):
     ] + [["config", "c", None, "an INI file with a [devpid] section using the same keys"]]
     optFlags = [["offline", None, _help("offline")]]
 
+    def opt_version(self) -> None:
+        """Print devpid's version and Twisted's, and exit."""
+        print(f"devpid {__version__} (Twisted {twisted_version})")
+        raise SystemExit(0)
+
     def parseOptions(self, options: list[str] | None = None) -> None:
+        _refuse_devpi_server_options(sys.argv[1:] if options is None else options)
         try:
             super().parseOptions(options)
         except usage.UsageError as e:
             raise SystemExit(f"twistd devpid: error: {e} (see: twistd devpid --help)") from None
+
+
+def _refuse_devpi_server_options(argv: list[str]) -> None:
+    """A devpi-server option gets one line naming devpid's equivalent, and exit status 2."""
+    for position, arg in enumerate(argv):
+        if arg == "--":
+            return
+        name, equals, value = arg.partition("=")
+        if name not in DEVPI_SERVER_OPTIONS:
+            continue
+        if not equals:
+            following = argv[position + 1 : position + 2]
+            value = following[0] if following and not following[0].startswith("-") else ""
+        template, placeholder = DEVPI_SERVER_OPTIONS[name]
+        if not placeholder:
+            value = ""
+        hint = template.format(value=value or placeholder)
+        print(f"twistd devpid: error: {name} is devpi-server's option; {hint}", file=sys.stderr)
+        raise SystemExit(2)
 
 
 class _QuietClientFactory(_HTTP11ClientFactory):
@@ -105,6 +148,11 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
         reactor = global_reactor
     try:
         settings = settings_from_options(options)
+        if settings.listen.isdigit():
+            raise ConfigError(
+                f"--listen {settings.listen!r} is not an endpoint: "
+                f"did you mean tcp:{settings.listen}?"
+            )
         try:
             endpoint = serverFromString(reactor, settings.listen)
         except Exception as e:  # endpoint parsers raise many kinds (a missing key file, ...)
@@ -114,17 +162,31 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
                 f"--upstream {shown_url(settings.upstream)} is devpid's own --listen address "
                 f"({settings.upstream_origin.brief()}); give the real index with --upstream"
             )
+        created = not settings.serverdir.exists()
         try:
             settings.serverdir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ConfigError(
                 f"cannot create --serverdir {settings.serverdir}: {e.strerror}"
             ) from None
+        if created:
+            _log.info("created serverdir {path}", path=str(settings.serverdir))
+        check_writable(settings.serverdir)
         # Only a file write: a start that fails has still sent nothing upstream.
         remember_upstream(settings)
     except ConfigError as e:
         raise SystemExit(f"twistd devpid: error: {e}") from None
     return build_service(settings, reactor, endpoint, real_reactor=reactor is global_reactor)
+
+
+def check_writable(serverdir: Any) -> None:
+    """Raise ConfigError unless a file can be created in ``serverdir`` (root included)."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".devpid-probe-", dir=serverdir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(f"--serverdir {serverdir} is not writable: {e.strerror}") from None
 
 
 def build_service(
@@ -217,6 +279,7 @@ def build_service(
         peers=peers,
         upstream_url=shown_url(settings.upstream),
         upstream_origin=settings.upstream_origin.describe(),
+        offline=settings.offline,
     ).setServiceParent(top)
     if settings.redis is not None:
         from devpid.store.redis import RedisStore, RedisSubscriber

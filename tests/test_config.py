@@ -727,3 +727,41 @@ def test_twistd_reports_a_bad_option_in_one_line(tmp_path: Path) -> None:
     assert "cache-expiry" in lines[0]
     assert "abc" in lines[0]
     assert not (tmp_path / "twistd.pid").exists()
+
+
+# -- the default serverdir needs HOME ------------------------------------------
+
+
+@pytest.mark.parametrize("home", [None, "", " "])
+def test_the_default_serverdir_without_home_is_refused_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, home: str | None
+) -> None:
+    if home is None:
+        monkeypatch.delenv("HOME", raising=False)
+    else:
+        monkeypatch.setenv("HOME", home)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as error:
+        build_settings({}, None, ENVIRON)
+    assert (
+        str(error.value)
+        == "--serverdir is required when HOME is not set (the default is ~/.devpid)"
+    )
+    assert list(tmp_path.iterdir()) == []  # no "~" directory in the cwd
+
+
+def test_without_home_an_absolute_serverdir_is_fine(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("HOME", raising=False)
+    settings = build_settings({"serverdir": str(tmp_path / "sd")}, None, ENVIRON)
+    assert settings.serverdir == tmp_path / "sd"
+
+
+def test_the_default_serverdir_is_under_home(tmp_path: Path) -> None:
+    assert build_settings({}, None, ENVIRON).serverdir == tmp_path / "home" / ".devpid"
+
+
+def test_an_unknown_user_in_the_serverdir_is_refused() -> None:
+    with pytest.raises(ConfigError, match="cannot expand '~no-such-user-devpid'"):
+        build_settings({"serverdir": "~no-such-user-devpid/sd"}, None, ENVIRON)

@@ -274,3 +274,70 @@ def test_pip_pointed_at_devpid_after_the_first_start_keeps_the_real_upstream(
         assert upstream.stats()["gets"].get("/simple/devpid-demo-app/") == 1
     finally:
         stop(second)
+
+
+def test_offline_says_so_in_the_start_up_log(tmp_path: Path) -> None:
+    with DevpidProcess.start(tmp_path / "sd", "http://127.0.0.1:1/simple/", "--offline") as devpid:
+        log = devpid.log_text()
+    assert "offline: serving only what is cached; the upstream is never contacted" in log
+    assert f"created serverdir {tmp_path / 'sd'}" not in log  # it existed already
+
+
+def test_a_start_that_creates_the_serverdir_logs_it(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [*twistd_command(), *foreground_devpid(tmp_path, 0, "http://127.0.0.1:1/simple/")],
+        cwd=tmp_path,
+        env=devpid_env(),
+        stdin=subprocess.DEVNULL,
+    )
+    log = tmp_path / "log"
+    try:
+        deadline = time.monotonic() + 20
+        while "devpid listening" not in (log.read_text() if log.exists() else ""):
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.05)
+    finally:
+        process.terminate()
+        process.wait(20)
+    assert f"created serverdir {tmp_path / 'sd'}" in log.read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "says"),
+    [
+        (["--listen", "3142"], 1, "did you mean tcp:3142?"),
+        (["--port", "3142"], 2, "devpid's is --listen tcp:3142"),
+        (["--offline-mode"], 2, "devpid's is --offline"),
+        (["--serverdir", "/proc"], 1, "--serverdir /proc is not writable"),
+    ],
+)
+def test_a_failed_start_is_one_line_and_asks_nothing_upstream(
+    tmp_path: Path, upstream: UpstreamProcess, args: list[str], status: int, says: str
+) -> None:
+    given = ["--serverdir", str(tmp_path / "sd"), "--listen", "tcp:0:interface=127.0.0.1"]
+    result = run_twistd(
+        tmp_path, "-n", "--pidfile=", "devpid", "--upstream", upstream.simple_url, *given, *args
+    )
+    assert result.returncode == status, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0], result.stderr
+    assert upstream.stats()["total"] == 0
+
+
+def test_an_unset_home_needs_a_serverdir(tmp_path: Path) -> None:
+    env = {k: v for k, v in devpid_env().items() if k != "HOME"}
+    result = subprocess.run(
+        [*twistd_command(), "-n", "--pidfile=", "devpid", "--listen", "tcp:0"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "twistd devpid: error: --serverdir is required when HOME is not set "
+        "(the default is ~/.devpid)"
+    )
+    assert list(tmp_path.iterdir()) == []

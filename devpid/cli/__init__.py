@@ -11,6 +11,13 @@ import sys
 
 SUBCOMMANDS = ("gen-config", "fsck")
 
+#: Printed before twistd's help for ``devpid --help``: the subcommands it does not list.
+PREAMBLE = """\
+devpid [options]             run devpid in the foreground (twistd -n devpid; options below)
+devpid gen-config [options]  write configuration files (see: devpid gen-config --help)
+devpid fsck [options]        verify the cached files (see: devpid fsck --help)
+"""
+
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
@@ -25,6 +32,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(fsck(args[1:]))
     from twisted.scripts.twistd import run
 
+    if "--help" in args[: args.index("--") if "--" in args else None]:
+        print(PREAMBLE)
     sys.argv = ["twistd", "--nodaemon", "--pidfile=", "devpid", *args]
     run()
 
