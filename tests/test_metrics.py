@@ -1,4 +1,4 @@
-"""``/+metrics`` and the last minute of ``/+status``: route names, the sliding window, the
+"""``/+metrics`` and the last minute of ``/+status``: route labels, the sliding window, the
 Prometheus families, parsed with prometheus-client's own parsers; in memory and for real."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
 
 from devpid.ops.metrics import Metrics
-from devpid.ops.requests import LATENCY_BUCKETS, route_name
+from devpid.ops.requests import LATENCY_BUCKETS
 from devpid.ops.window import SlidingWindow
 from devpid.store.redis import RedisStore
 from tests.fixtures.devpid_process import DevpidProcess
@@ -35,6 +35,7 @@ ALWAYS = {
     "devpid_cache_hits",
     "devpid_cache_misses",
     "devpid_download_failures",
+    "devpid_offline_misses",
     "devpid_cache_projects",
     "devpid_cache_files",
     "devpid_cache_bytes",
@@ -70,36 +71,6 @@ def value(found: dict[Any, float], name: str, **labels: str) -> float:
 
 def families(text: str) -> dict[str, str]:
     return {f.name: f.type for f in text_string_to_metric_families(text)}
-
-
-# -- route names ------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("path", "route"),
-    [
-        (b"/+status", "status"),
-        (b"/+metrics", "metrics"),
-        (b"/root/pypi", "index"),
-        (b"/root/pypi/", "index"),
-        (b"/root/pypi/+simple/", "project_list"),
-        (b"/root/pypi/+simple", "project_list"),
-        (b"/root/pypi/+simple/flask/", "project_page"),
-        (b"/root/pypi/+simple/Flask", "project_page"),
-        (b"/root/pypi/+simple/flask/refresh", "refresh"),
-        (b"/root/pypi/+f/abc/0123456789abc/x-1.0.tar.gz", "file"),
-        (b"/root/pypi/+f/abc/0123456789abc/x-1.0-py3-none-any.whl.metadata", "file"),
-        (b"/root/pypi/+f/abc/x-1.0.tar.gz", "other"),
-        (b"/root/pypi/+simple/a/b/c", "other"),
-        (b"/", "other"),
-        (b"/favicon.ico", "other"),
-        (b"//pypi/+simple/", "other"),
-        (b"/+status/../../secret.whl", "other"),
-        (b"x", "other"),
-    ],
-)
-def test_route_names_are_a_fixed_set(path: bytes, route: str) -> None:
-    assert route_name(path) == route
 
 
 # -- the sliding window -------------------------------------------------------
@@ -216,6 +187,32 @@ def test_metrics_count_requests_by_route_and_status(app: App) -> None:
     assert value(again, "devpid_http_requests_total", route="metrics", code="200") == 1
     # /+status and /+metrics are left out of the last minute.
     assert app.get("/+status").json()["last_minute"]["requests"] == 4
+
+
+@pytest.mark.parametrize(
+    ("path", "route", "code"),
+    [
+        ("/+status", "status", 200),
+        ("/root/pypi", "index", 200),
+        ("/root/pypi/", "index", 200),
+        ("/root/pypi/+simple/-bad-/", "project_page", 400),
+        # pip asks for links as the page spells them: "+" percent-encoded.
+        ("/root/pypi/%2Bsimple/-bad-/", "project_page", 400),
+        ("/root/pypi/%2bsimple/-bad-", "project_page", 400),
+        ("/root/pypi/+f/abc/0123456789abc/not-a-dist", "file", 404),
+        ("/root/pypi/%2Bf/abc/0123456789abc/not-a-dist", "file", 404),
+        ("/root/nope/%2Bsimple/demo/", "project_page", 404),
+        ("/root/pypi/+f/abc/x-1.0.tar.gz", "other", 404),
+        ("/root/pypi/+simple/a/b/c", "other", 404),
+        ("/+status/", "other", 404),
+        ("/favicon.ico", "other", 404),
+        ("/+status/../../secret.whl", "other", 404),
+    ],
+)
+def test_route_labels_are_the_routers_decision(app: App, path: str, route: str, code: int) -> None:
+    assert app.get(path).code == code
+    found = samples(app.get("/+metrics").body.decode())
+    assert value(found, "devpid_http_requests_total", route=route, code=str(code)) == 1
 
 
 def test_metrics_in_openmetrics_when_asked(app: App) -> None:

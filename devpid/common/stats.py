@@ -16,6 +16,7 @@ COUNTERS = (
     "bytes_served",
     "files_without_hash",
     "download_failures",
+    "offline_misses",
 )
 
 

@@ -4,6 +4,9 @@ Every answer is logged here, the routes' (through ``Site.log``) and those a
 channel gives itself when a request breaks a limit. Each is counted in
 ``Stats`` and, when set, in the ``RequestMetrics`` that /+metrics and /+status
 show. This runs once per request: one formatted line, a few counter updates.
+A request is counted under the route Klein dispatched it to (the label the
+route noted on it), "other" if none took it. The line shows the installer's
+name and version of the User-Agent; the event keeps the whole of it.
 """
 
 from __future__ import annotations
@@ -15,7 +18,26 @@ import attrs
 from twisted.logger import Logger
 
 from devpid.common.stats import Stats
-from devpid.ops.requests import RequestMetrics, route_name
+from devpid.ops.requests import ROUTE_ATTRIBUTE, RequestMetrics
+
+#: The agent in the line: the installer's name and version is what tells clients apart.
+SHORT_AGENT_LENGTH = 60
+#: The whole agent, in the event only (pip's is a few hundred characters of JSON).
+FULL_AGENT_LENGTH = 200
+_ESCAPED = {ord('"'): '\\"', ord("\\"): "\\\\"} | {
+    code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F)
+}
+
+
+def short_agent(agent: str) -> str:
+    """The first product token of a User-Agent (``pip/24.0``, ``uv/0.5.1``), escaped for the line.
+
+    Quotes, backslashes and control characters are escaped, so that the line's
+    quoted field cannot be broken out of.
+    """
+    first = agent.strip().split(maxsplit=1)
+    token = first[0][:SHORT_AGENT_LENGTH] if first else "-"
+    return token.translate(_ESCAPED)
 
 
 @attrs.define
@@ -44,7 +66,7 @@ class AccessLog:
             sent=request.sentLength,
             duration_ms=(time.monotonic() - arrived) * 1000 if arrived is not None else 0.0,
             agent=(request.getHeader(b"user-agent") or b"-").decode("latin-1"),
-            path=getattr(request, "path", b""),
+            route=getattr(request, ROUTE_ATTRIBUTE, "other"),
         )
 
     def refused(
@@ -71,7 +93,7 @@ class AccessLog:
             sent=sent,
             duration_ms=(time.monotonic() - started) * 1000 if started is not None else 0.0,
             agent=(agent or b"-").decode("latin-1"),
-            path=shown_uri.encode("latin-1").partition(b"?")[0],
+            route="other",  # it never reached the router
         )
 
     def record(
@@ -83,18 +105,18 @@ class AccessLog:
         sent: int,
         duration_ms: float,
         agent: str,
-        path: bytes,
+        route: str,
     ) -> None:
         self.stats.incr("requests")
         self.stats.incr("bytes_served", sent)
         if self.requests is not None:
-            self.requests.observe(route_name(path), code, duration_ms / 1000, sent)
+            self.requests.observe(route, code, duration_ms / 1000, sent)
         uri = uri[:2000]
-        agent = agent[:200]
+        shown_agent = short_agent(agent)
         # The line is formatted here once: the log format is then a single field,
         # which is far cheaper for twisted.logger's observers than a full format
         # string on the hottest path; the fields stay in the event for JSON logs.
-        line = f'{client} "{method} {uri}" {code} {sent} {duration_ms:.1f}ms "{agent}"'
+        line = f'{client} "{method} {uri}" {code} {sent} {duration_ms:.1f}ms "{shown_agent}"'
         self._log.info(
             "{line}",
             line=line,
@@ -104,5 +126,6 @@ class AccessLog:
             code=code,
             size=sent,
             duration_ms=duration_ms,
-            agent=agent,
+            agent=shown_agent,
+            user_agent=agent[:FULL_AGENT_LENGTH],
         )

@@ -163,6 +163,9 @@ class MirrorIndex:
             return entry
         if entry is None:
             if self.offline:
+                # What an air-gapped site should warm next: one line and one count per request.
+                self.stats.incr("offline_misses")
+                self.log.warn("offline miss: project {project} is not cached", project=project)
                 raise ProjectNotFound(f"{_described(project)} is not cached and devpid is offline")
             if self._missing.get(project, 0.0) > now:
                 raise ProjectNotFound(f"project {project!r} is not on the upstream index")

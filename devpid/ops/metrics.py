@@ -104,6 +104,11 @@ class DevpidCollector:
             "file downloads that failed (upstream error, hash or size mismatch)",
             own["download_failures"],
         )
+        yield _counter(
+            "devpid_offline_misses",
+            "requests devpid could not answer offline: the page or file is not cached",
+            own["offline_misses"],
+        )
         counts = snapshot.cache
         yield _gauge("devpid_cache_projects", "project pages in the serverdir", counts.pages)
         yield _gauge("devpid_cache_files", "files in the serverdir", counts.files)

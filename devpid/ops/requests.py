@@ -26,35 +26,15 @@ ROUTES = (
     "metrics",
     "other",
 )
+#: The request attribute a route sets to its label as Klein dispatches to it
+#: (``devpid.routes.labelled``): the router's decision, whatever the path's spelling.
+#: Requests that reach no route (refusals, the router's 404s) count as "other".
+ROUTE_ATTRIBUTE = "devpid_route"
 #: Requests of monitors, left out of ``/+status``'s ``last_minute`` so that
 #: health checks do not water down the latency of real traffic.
 MONITORING_ROUTES = frozenset({"status", "metrics"})
 #: Upper bounds (seconds) of the latency histogram buckets.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-
-
-def route_name(path: bytes) -> str:
-    """Which route a request path (as sent, percent-encoded) is for, as devpid/http/ routes it."""
-    if path in (b"/+status", b"/+status/"):
-        return "status"
-    if path in (b"/+metrics", b"/+metrics/"):
-        return "metrics"
-    parts = path.split(b"/")  # ["", user, index, ...]
-    if len(parts) < 3 or parts[0] or not parts[1] or not parts[2]:
-        return "other"
-    rest = parts[3:]
-    if rest in ([], [b""]):
-        return "index"
-    if rest[0] == b"+simple":
-        if rest[1:] in ([], [b""]):
-            return "project_list"
-        if rest[1] and rest[2:] in ([], [b""]):
-            return "project_page"
-        if rest[1] and rest[2:] == [b"refresh"]:
-            return "refresh"
-    elif rest[0] == b"+f" and len(rest) == 4 and all(rest[1:]):
-        return "file"
-    return "other"
 
 
 @attrs.define

@@ -11,16 +11,36 @@ Each area is a class whose ``register(app)`` adds its routes to the shared app,
 with its dependencies through its fields. A new area is a module here and one
 line in ``DevpidRoutes``. No caching or I/O policy lives in the routes: they
 parse the request, ask the index or the tee, and render the answer.
+
+Each route is registered through ``labelled``, which notes its label (one of
+``devpid.ops.requests.ROUTES``) on the request as Klein dispatches to it: the
+access log counts by what the router decided, whatever the path's spelling.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import functools
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 from klein import Klein
 
 from devpid.http.errors import HTTPError
 from devpid.mirror.index import MirrorIndex
+from devpid.ops.requests import ROUTE_ATTRIBUTE
+
+_Result = TypeVar("_Result")
+
+
+def labelled(route: str, handler: Callable[..., _Result]) -> Callable[..., _Result]:
+    """``handler``, noting ``route`` on the request before it runs."""
+
+    @functools.wraps(handler)
+    def handle(request: Any, *args: Any, **kwargs: Any) -> _Result:
+        setattr(request, ROUTE_ATTRIBUTE, route)
+        return handler(request, *args, **kwargs)
+
+    return handle
 
 
 class RouteArea(Protocol):

@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 from klein import Klein
+from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.server import Request
 from twisted.web.static import File
@@ -26,7 +27,7 @@ from devpid.http.errors import HTTPError, plain_error
 from devpid.http.request import etag_matches, until_finished
 from devpid.mirror.index import IndexUnavailable, MirrorIndex, ProjectNotFound
 from devpid.mirror.tee import DownloadFailed, DownloadManager, FileSpec
-from devpid.routes import mirror_named
+from devpid.routes import labelled, mirror_named
 from devpid.simple.model import project_of_filename
 
 FILE_CACHE_CONTROL = b"max-age=31536000, immutable"
@@ -62,9 +63,12 @@ class FileRoutes:
     downloads: DownloadManager
     files: FileStore
     stats: Stats
+    log = Logger()
 
     def register(self, app: Klein) -> None:
-        app.route("/<user>/<index>/+f/<h3>/<h13>/<filename>", methods=["GET", "HEAD"])(self.file)
+        app.route("/<user>/<index>/+f/<h3>/<h13>/<filename>", methods=["GET", "HEAD"])(
+            labelled("file", self.file)
+        )
 
     async def file(
         self, request: Request, user: str, index: str, h3: str, h13: str, filename: str
@@ -91,6 +95,12 @@ class FileRoutes:
         if link is None or (is_metadata and link.core_metadata is False):
             raise HTTPError(404, f"{filename} is not on the index under this hash")
         if mirror.offline:
+            self.stats.incr("offline_misses")
+            self.log.warn(
+                "offline miss: {filename} (project {project}) is not cached",
+                filename=filename,
+                project=project,
+            )
             raise HTTPError(404, f"{filename} is not cached and devpid is offline")
         if request.method == b"HEAD":
             request.setHeader(b"content-type", b"application/octet-stream")

@@ -12,6 +12,7 @@ from devpid.http.errors import HTTPError
 from devpid.http.request import header
 from devpid.ops.metrics import Metrics
 from devpid.ops.status import StatusReport
+from devpid.routes import labelled
 
 
 @attrs.define
@@ -21,8 +22,8 @@ class OpsRoutes:
     metrics: Metrics | None = None
 
     def register(self, app: Klein) -> None:
-        app.route("/+status", methods=["GET"])(self.status_json)
-        app.route("/+metrics", methods=["GET"])(self.metrics_text)
+        app.route("/+status", methods=["GET"])(labelled("status", self.status_json))
+        app.route("/+metrics", methods=["GET"])(labelled("metrics", self.metrics_text))
 
     def status_json(self, request: Request) -> bytes:
         report = self.status.report()

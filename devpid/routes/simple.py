@@ -21,7 +21,7 @@ from devpid.files.store import FileStore, UnsafePath
 from devpid.http.errors import HTTPError
 from devpid.http.request import etag_matches, is_installer, links_for, media_type
 from devpid.mirror.index import CachedPage, IndexUnavailable, MirrorIndex, ProjectNotFound
-from devpid.routes import mirror_named
+from devpid.routes import labelled, mirror_named
 from devpid.simple.model import Link, is_valid_project_name
 from devpid.simple.render import CONTENT_TYPES, LinkRenderer
 
@@ -39,10 +39,16 @@ class SimpleRoutes:
 
     def register(self, app: Klein) -> None:
         index, simple = "/<user>/<index>", "/<user>/<index>/+simple"
-        app.route(index, methods=["GET"], strict_slashes=False)(self.index_json)
-        app.route(f"{simple}/", methods=["GET"], strict_slashes=False)(self.project_list)
-        app.route(f"{simple}/<project>/", methods=["GET"], strict_slashes=False)(self.project_page)
-        app.route(f"{simple}/<project>/refresh", methods=["POST"])(self.refresh)
+        app.route(index, methods=["GET"], strict_slashes=False)(labelled("index", self.index_json))
+        app.route(f"{simple}/", methods=["GET"], strict_slashes=False)(
+            labelled("project_list", self.project_list)
+        )
+        app.route(f"{simple}/<project>/", methods=["GET"], strict_slashes=False)(
+            labelled("project_page", self.project_page)
+        )
+        app.route(f"{simple}/<project>/refresh", methods=["POST"])(
+            labelled("refresh", self.refresh)
+        )
 
     def index_json(self, request: Request, user: str, index: str) -> bytes:
         mirror = mirror_named(self.indexes, user, index)

@@ -1,0 +1,61 @@
+"""The access log's line: the installer's name and version, not its whole User-Agent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.logger import formatEvent, globalLogPublisher
+
+from devpid.http.accesslog import short_agent
+from tests.test_status import App
+
+#: What pip 24.0 sends: its name and version, then a few hundred characters of JSON.
+PIP_AGENT = (
+    'pip/24.0 {"ci":null,"cpu":"x86_64","distro":{"id":"bookworm","libc":'
+    '{"lib":"glibc","version":"2.36"},"name":"Debian GNU/Linux","version":"12"},'
+    '"implementation":{"name":"CPython","version":"3.11.7"},"installer":{"name":"pip",'
+    '"version":"24.0"},"openssl_version":"OpenSSL 3.0.11 19 Sep 2023","python":"3.11.7",'
+    '"rustc_version":"1.74.0","setuptools_version":"69.0.3","system":{"name":"Linux",'
+    '"release":"6.1.0-17-amd64"}}'
+)
+
+
+def test_a_pip_request_is_logged_with_pips_name_and_version(tmp_path: Path) -> None:
+    app = App.start(tmp_path / "serverdir")
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        assert app.get("/root/pypi", user_agent=PIP_AGENT).code == 200
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        app.stop()
+    [access] = [e for e in events if e.get("uri") == "/root/pypi"]
+    line = formatEvent(access)
+    assert ' "GET /root/pypi" 200 ' in line
+    assert line.endswith('ms "pip/24.0"')
+    assert access["agent"] == "pip/24.0"
+    # The whole agent stays in the event, for structured log observers.
+    assert access["user_agent"] == PIP_AGENT[:200]
+
+
+@pytest.mark.parametrize(
+    ("agent", "shown"),
+    [
+        (PIP_AGENT, "pip/24.0"),
+        ('uv/0.5.1 {"installer":{"name":"uv","version":"0.5.1"}}', "uv/0.5.1"),
+        ("curl/8.1.2", "curl/8.1.2"),
+        ("Mozilla/5.0 (X11; Linux x86_64)", "Mozilla/5.0"),
+        ("-", "-"),
+        ("", "-"),
+        ("  pip/24.0", "pip/24.0"),
+        ("x" * 300, "x" * 60),
+        # Nothing breaks out of the line's quotes or writes a control character.
+        ('evil"/1 x', 'evil\\"/1'),
+        ("back\\slash", "back\\\\slash"),
+        ("bell\x07\x1b[31m\x7f", "bell\\x07\\x1b[31m\\x7f"),
+    ],
+)
+def test_short_agent(agent: str, shown: str) -> None:
+    assert short_agent(agent) == shown
