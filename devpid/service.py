@@ -3,7 +3,9 @@
 ``CacheService`` owns the serverdir, the state store, the counters and the
 upstream HTTP pool; ``ListenerService`` owns the listening port. twistd stops
 services in reverse order, so the listener closes first, then in-flight
-downloads drain (up to a grace period) before the pool and store close.
+downloads and the responses still being sent drain (up to a grace period,
+side by side) before the pool and store close. A second stop signal ends the
+grace at once.
 """
 
 from __future__ import annotations
@@ -11,13 +13,18 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from typing import Any
+from typing import Any, cast
 
 import attrs
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.error import ReactorNotRunning
-from twisted.internet.interfaces import IListeningPort, IReactorCore, IStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IReactorCore,
+    IReactorTime,
+    IStreamServerEndpoint,
+)
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -32,6 +39,8 @@ from devpid.mirror.upstream import describe_failure
 from devpid.store import StateStore, StoreUnavailable
 
 STATS_FLUSH_INTERVAL = 10.0
+#: How often a stopping listener looks whether its last responses are out.
+RESPONSE_POLL_INTERVAL = 0.1
 
 
 _log = Logger()
@@ -68,6 +77,9 @@ class CacheService(Service):
     #: ``--offline``: said in the start-up log.
     offline: bool = False
     _flusher: LoopingCall | None = None
+    #: A stop signal came; a second one stops at once.
+    _signalled: bool = False
+    _at_once: bool = False
     log = Logger()
 
     def startService(self) -> None:
@@ -84,31 +96,55 @@ class CacheService(Service):
         started = Deferred.fromCoroutine(self._start())
         started.addErrback(self._cannot_start)
         if self.handle_sigterm:
-            # Now, for a SIGTERM before the reactor runs (the port already listens),
-            # and again once it runs, over the handler the reactor installs itself.
-            self._exit_zero_on_sigterm()
-            self.clock.callWhenRunning(self._exit_zero_on_sigterm)
+            # Now, for a signal before the reactor runs (the port already listens),
+            # and again once it runs, over the handlers the reactor installs itself.
+            self._handle_stop_signals()
+            self.clock.callWhenRunning(self._handle_stop_signals)
             # And should the reactor's own handler have taken it (it is installed a
-            # moment before the one above), twistd must still not re-raise it.
+            # moment before the one above), twistd must still not re-raise SIGTERM.
             self.clock.addSystemEventTrigger("after", "shutdown", self._forget_sigterm)
 
-    def _exit_zero_on_sigterm(self) -> None:
-        """SIGTERM is how supervisors stop devpid: drain, then exit 0 (twistd re-raises it)."""
+    def _handle_stop_signals(self) -> None:
+        """SIGTERM is how supervisors stop devpid: drain, then exit 0 (twistd re-raises it).
+
+        SIGINT (Ctrl-C) drains the same way. A second one of either, while
+        draining, stops at once.
+        """
 
         def stop(signum: int, frame: object) -> None:
             # Nothing else here: a signal handler must not write to a log (or any stream).
-            self.clock.callFromThread(self._stop_reactor)
+            self.clock.callFromThread(self._stop_signalled, signum)
 
         signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
 
     def _forget_sigterm(self) -> None:
         if getattr(self.clock, "_exitSignal", None) == signal.SIGTERM:
             self.clock._exitSignal = None
 
-    def _stop_reactor(self) -> None:
-        self.log.info("SIGTERM: shutting down")
-        with contextlib.suppress(ReactorNotRunning):  # a second SIGTERM while stopping
-            self.clock.stop()
+    def _stop_signalled(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if not self._signalled:
+            self._signalled = True
+            if signum == signal.SIGINT:
+                # As the reactor's own handler does: twistd then ends by SIGINT, as shells expect.
+                self.clock._exitSignal = signum
+            self.log.info(
+                "{signal}: shutting down (a second SIGTERM or Ctrl-C stops at once)", signal=name
+            )
+            with contextlib.suppress(ReactorNotRunning):  # already stopping for another reason
+                self.clock.stop()
+        elif not self._at_once:
+            self.log.info("{signal} again: stopping at once", signal=name)
+            self.stop_at_once()
+
+    def stop_at_once(self) -> None:
+        """End the shutdown's grace now: abort the downloads, cut off the responses."""
+        self._at_once = True
+        self.downloads.abort_all("devpid is stopping at once")
+        for sibling in list(self.parent or ()):
+            if isinstance(sibling, ListenerService):
+                sibling.cut_off()
 
     def _cannot_start(self, failure: Failure) -> None:
         """The state store (or the serverdir) is unusable: end with one line and status 1."""
@@ -158,7 +194,7 @@ class CacheService(Service):
     async def _stop(self) -> None:
         if self._flusher is not None and self._flusher.running:
             self._flusher.stop()
-        if self.downloads.running:
+        if self.downloads.running and not self._at_once:
             self.log.info(
                 "waiting up to {grace}s for {count} download{s}",
                 grace=self.shutdown_grace,
@@ -192,6 +228,8 @@ class ListenerService(Service):
     site: DevpidSite
     reactor: IReactorCore
     port: IListeningPort | None = None
+    #: How long responses still being sent at shutdown may take; None: the CacheService's.
+    shutdown_grace: float | None = None
     log = Logger()
 
     def startService(self) -> None:
@@ -209,12 +247,55 @@ class ListenerService(Service):
             f"devpid: cannot listen on {self.description}: {describe_failure(failure)}",
         )
 
-    def stopService(self) -> Deferred[None] | None:
+    def stopService(self) -> Deferred[Any] | None:
         super().stopService()
         closed = self.site.start_draining()
         if closed:
             self.log.info("closed {count} idle connections", count=closed)
+        waits: list[Deferred[Any]] = []
         if self.port is not None:
             port, self.port = self.port, None
-            return port.stopListening()
-        return None
+            waits.append(maybeDeferred(port.stopListening))
+        busy = self.site.busy_channels()
+        if busy:
+            waits.append(self._finish_responses(busy))
+        return gatherResults(waits, consumeErrors=True) if waits else None
+
+    def _grace(self) -> float:
+        if self.shutdown_grace is not None:
+            return self.shutdown_grace
+        siblings = [s for s in self.parent or () if isinstance(s, CacheService)]
+        return siblings[0].shutdown_grace if siblings else 30.0
+
+    def _finish_responses(self, busy: list[Any]) -> Deferred[None]:
+        """Let the responses being sent finish and flush, up to the grace; then cut them off."""
+        grace = self._grace()
+        self.log.info(
+            "waiting up to {grace}s for {count} response{s} still being sent",
+            grace=grace,
+            count=len(busy),
+            s="" if len(busy) == 1 else "s",
+        )
+        finished: Deferred[None] = Deferred()
+        reactor = cast(IReactorTime, self.reactor)
+        timer = reactor.callLater(grace, self.cut_off)
+
+        def check() -> None:
+            # A connection closes once its last bytes are out (draining made it
+            # non-persistent): that, not the request's finish, is when it is safe to stop.
+            if not any(getattr(c.transport, "connected", False) for c in busy):
+                poll.stop()
+                if timer.active():
+                    timer.cancel()
+                finished.callback(None)
+
+        poll = LoopingCall(check)
+        poll.clock = reactor
+        poll.start(RESPONSE_POLL_INTERVAL)
+        return finished
+
+    def cut_off(self) -> None:
+        """Abort the connections whose responses are still being sent."""
+        count = self.site.cut_off()
+        if count:
+            self.log.info("cut off {count} response{s}", count=count, s="" if count == 1 else "s")

@@ -6,9 +6,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
+from devpid.common.stats import Stats
 from devpid.http.accesslog import short_agent
+from devpid.http.site import DevpidSite
 from tests.test_status import App
 
 #: What pip 24.0 sends: its name and version, then a few hundred characters of JSON.
@@ -59,3 +67,31 @@ def test_a_pip_request_is_logged_with_pips_name_and_version(tmp_path: Path) -> N
 )
 def test_short_agent(agent: str, shown: str) -> None:
     assert short_agent(agent) == shown
+
+
+def test_a_request_cut_off_mid_response_is_logged_with_what_was_sent() -> None:
+    class Unfinished(Resource):
+        isLeaf = True
+
+        def render_GET(self, request: Any) -> Any:
+            request.setHeader(b"content-length", b"1000")
+            request.write(b"x" * 300)
+            return NOT_DONE_YET
+
+    site = DevpidSite(Unfinished(), Stats(), reactor=MemoryReactorClock())
+    client = IPv4Address("TCP", "10.0.0.1", 40000)
+    channel = site.buildProtocol(client)
+    channel.makeConnection(StringTransport(peerAddress=client))
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        channel.dataReceived(b"GET /slow HTTP/1.1\r\nHost: x\r\nUser-Agent: pip/24.0\r\n\r\n")
+        assert [e for e in events if e.get("uri") == "/slow"] == []  # not finished yet
+        channel.connectionLost(Failure(ConnectionDone()))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    [access] = [e for e in events if e.get("uri") == "/slow"]
+    line = formatEvent(access)
+    assert line.startswith('10.0.0.1 "GET /slow" 200 300 ')
+    assert line.endswith('ms "pip/24.0" cut off')
+    assert access["cut_off"] is True and access["size"] == 300

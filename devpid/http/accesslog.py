@@ -54,8 +54,11 @@ class AccessLog:
         owner = type(self.source)
         self._log = Logger(f"{owner.__module__}.{owner.__name__}", self.source)
 
-    def answered(self, request: Any) -> None:
-        """Log and count a response twisted.web has finished (``Site.log``)."""
+    def answered(self, request: Any, cut_off: bool = False) -> None:
+        """Log and count a response twisted.web has finished (``Site.log``).
+
+        ``cut_off``: its connection was lost first; ``sent`` is what was sent of it.
+        """
         address = request.getClientAddress()
         arrived = getattr(request, "arrived", None)
         self.record(
@@ -67,6 +70,7 @@ class AccessLog:
             duration_ms=(time.monotonic() - arrived) * 1000 if arrived is not None else 0.0,
             agent=(request.getHeader(b"user-agent") or b"-").decode("latin-1"),
             route=getattr(request, ROUTE_ATTRIBUTE, "other"),
+            cut_off=cut_off,
         )
 
     def refused(
@@ -106,6 +110,7 @@ class AccessLog:
         duration_ms: float,
         agent: str,
         route: str,
+        cut_off: bool = False,
     ) -> None:
         self.stats.incr("requests")
         self.stats.incr("bytes_served", sent)
@@ -117,6 +122,8 @@ class AccessLog:
         # which is far cheaper for twisted.logger's observers than a full format
         # string on the hottest path; the fields stay in the event for JSON logs.
         line = f'{client} "{method} {uri}" {code} {sent} {duration_ms:.1f}ms "{shown_agent}"'
+        if cut_off:
+            line += " cut off"
         self._log.info(
             "{line}",
             line=line,
@@ -128,4 +135,5 @@ class AccessLog:
             duration_ms=duration_ms,
             agent=shown_agent,
             user_agent=agent[:FULL_AGENT_LENGTH],
+            cut_off=cut_off,
         )

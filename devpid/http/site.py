@@ -8,6 +8,8 @@ itself counts connections by client address, for ``--max-connections-per-client`
 On shutdown the site *drains*: idle keep-alive connections are closed (a proxy
 in front retries elsewhere), and every response from then on says
 ``Connection: close``, so no new work reaches a process that is stopping.
+The listener then waits for the busy connections to close (``busy_channels``)
+and cuts off (``cut_off``) what is still open after the grace.
 """
 
 from __future__ import annotations
@@ -28,11 +30,30 @@ from devpid.ops.requests import RequestMetrics
 
 
 class TimedRequest(Request):
-    """A request that knows when it arrived, for the access log."""
+    """A request that knows when it arrived, for the access log.
+
+    One whose connection is lost before its response is finished is logged too,
+    as ``cut off``, with the bytes actually sent.
+    """
+
+    #: Whether the whole request has arrived (and so has a method and a path to log).
+    received = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.arrived = time.monotonic()
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        self.received = True
+        super().requestReceived(command, path, version)
+
+    def connectionLost(self, reason: Any) -> None:
+        cut_off = self.received and not self.finished and not self._disconnected
+        site = self.site
+        super().connectionLost(reason)
+        access_log = getattr(site, "access_log", None)
+        if cut_off and access_log is not None:
+            access_log.answered(self, cut_off=True)
 
     def handleContentChunk(self, data: bytes) -> None:
         accept_body = getattr(self.channel, "accept_body", None)
@@ -103,6 +124,29 @@ class DevpidSite(Site):
                 transport.loseConnection()
                 closed += 1
         return closed
+
+    def _open_channels(self) -> list[Any]:
+        return [
+            channel
+            for channel in list(self._channels)
+            if getattr(channel, "transport", None) is not None
+            and getattr(channel.transport, "connected", True)
+        ]
+
+    def busy_channels(self) -> list[Any]:
+        """The connections with a response still being sent (after ``start_draining``).
+
+        Each closes once its response has been sent, its buffered bytes included:
+        a response finished but not yet flushed is cut off if the process ends.
+        """
+        return [channel for channel in self._open_channels() if channel.requests]
+
+    def cut_off(self) -> int:
+        """Abort every connection still open; how many."""
+        channels = self._open_channels()
+        for channel in channels:
+            channel.transport.abortConnection()
+        return len(channels)
 
     @property
     def requests(self) -> RequestMetrics | None:
