@@ -736,7 +736,7 @@ def check_page_answer(answer: RawAnswer, request: Request) -> None:
     if answer.code == 200 and request.method == b"GET":
         media = answer.headers["content-type"]
         assert media in (JSON_V1, HTML_V1, "text/html; charset=utf-8"), media
-        assert answer.headers["vary"] == "Accept, X-Outside-URL"
+        assert answer.headers["vary"] == "Accept, Accept-Encoding, X-Outside-URL"
         assert b"/files/" not in answer.body, "a link points at the upstream"
         if media == JSON_V1:
             json.loads(answer.body)

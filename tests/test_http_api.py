@@ -44,7 +44,7 @@ def test_negotiation_and_headers(server: DevpidProcess) -> None:
     as_json = server.get("/root/pypi/+simple/devpid-demo-lib/", Accept=PIP_ACCEPT)
     assert as_json.status == 200
     assert as_json.headers["content-type"] == JSON
-    assert as_json.headers["vary"] == "Accept, X-Outside-URL"
+    assert as_json.headers["vary"] == "Accept, Accept-Encoding, X-Outside-URL"
     assert "max-age" in as_json.headers["cache-control"]
     page = json.loads(as_json.body)
     assert page["meta"]["api-version"].startswith("1.")

@@ -1,9 +1,9 @@
 """What the routes read from a request, and how a streaming route waits on one.
 
 Small helpers shared by the route areas: a header as text, whether the client
-is an installer, ETag matching, content negotiation, the link prefix a client
-asked for (``X-Outside-URL``), and the Deferred that fires when a streamed
-response is over.
+is an installer, ETag matching, content negotiation (media type, gzip), the
+link prefix a client asked for (``X-Outside-URL``), and the Deferred that
+fires when a streamed response is over.
 """
 
 from __future__ import annotations
@@ -35,6 +35,29 @@ def etag_matches(if_none_match: bytes | None, etag: bytes) -> bool:
         return False
     candidates = [c.strip().removeprefix(b"W/") for c in if_none_match.split(b",")]
     return etag in candidates or b"*" in candidates
+
+
+def accepts_gzip(request: Request) -> bool:
+    """Whether ``Accept-Encoding`` allows gzip: listed (or ``*``) with a q-value above 0."""
+    value = request.getHeader(b"accept-encoding")
+    if not value:
+        return False
+    qualities: dict[str, float] = {}
+    for item in value.decode("latin-1").split(","):
+        coding, *params = (part.strip() for part in item.split(";"))
+        quality = 1.0
+        for param in params:
+            name, _, number = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(number.strip())
+                except ValueError:
+                    quality = 0.0
+        coding = coding.lower()
+        coding = "gzip" if coding == "x-gzip" else coding
+        qualities[coding] = max(quality, qualities.get(coding, 0.0))
+    quality = qualities.get("gzip", qualities.get("*", 0.0))
+    return quality > 0
 
 
 def media_type(request: Request) -> str:

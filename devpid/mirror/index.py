@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from devpid.common.coalesce import Coalescer
 from devpid.common.stats import Stats
 from devpid.files.store import PROJECT_LIST, FileStore
-from devpid.mirror.pages import CachedPage, PageCache
+from devpid.mirror.pages import CachedPage, PageCache, release_freed_memory
 from devpid.mirror.stale import Invalidation, StaleMarks
 from devpid.mirror.upstream import PageResponse, UpstreamClient, UpstreamError
 from devpid.simple.model import Link, ProjectPage
@@ -85,7 +85,7 @@ class MirrorIndex:
     #: Project pages kept in memory (least recently used are dropped first).
     memory_pages: int = 2000
     #: Runs a function in a thread (``deferToThread``); None parses on the reactor.
-    offload: Callable[[Callable[[], CachedPage]], Deferred[CachedPage]] | None = None
+    offload: Callable[[Callable[[], Any]], Deferred[Any]] | None = None
     _missing: dict[str, float] = attrs.field(factory=dict)
     _refreshes: Coalescer[CachedPage] = attrs.field(factory=Coalescer)
     _pages: PageCache = attrs.field(init=False)
@@ -215,7 +215,11 @@ class MirrorIndex:
         """The page parsed; a large one in a thread, so the reactor keeps serving meanwhile."""
         if self.offload is None or len(response.body) < OFFLOAD_BYTES:
             return self._parse(project, response)
-        return await self.offload(lambda: self._parse(project, response))
+        parsed: CachedPage = await self.offload(lambda: self._parse(project, response))
+        # Once the response body and the parser's garbage are gone (this request is
+        # over), give their memory back: glibc would keep it in its arenas for good.
+        self.clock.callLater(0, release_freed_memory)
+        return parsed
 
     def _parse(self, project: str, response: PageResponse) -> CachedPage:
         content: ProjectPage | tuple[str, ...]

@@ -3,7 +3,8 @@
 A page's content is a file in the serverdir (it survives restarts and is
 shared by the processes); what revalidating it needs (ETag, serial, when it
 was fetched) is a document in the store; the most recently used pages are
-also kept in memory, parsed, with their rendered forms. This module reads and
+also kept in memory, parsed, with their rendered forms (and the gzip form of
+those, made on the first request that accepts it). This module reads and
 writes those three; when a page is fresh enough is ``devpid.mirror.index``'s
 business.
 """
@@ -11,18 +12,109 @@ business.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import gzip
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 import attrs
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from devpid.common.coalesce import Coalescer
 from devpid.files.store import PROJECT_LIST, FileStore
 from devpid.simple.model import Link, ProjectPage
 from devpid.simple.render import LinkRenderer, render_project_list, render_project_page
 from devpid.store import StateStore, StoreUnavailable
+
+#: Runs a function in a thread (``deferToThread``); see ``MirrorIndex.offload``.
+Offload = Callable[[Callable[[], Any]], Deferred[Any]]
+
+#: Smaller bodies are sent as they are: gzip would save next to nothing.
+GZIP_MIN_BYTES = 1024
+#: Bodies at least this large are compressed in a thread, when there is one.
+GZIP_OFFLOAD_BYTES = 1_000_000
+#: A larger rendered body (the project list) is kept in memory only gzipped,
+#: a tenth of its size or less; a client that does not accept gzip gets it
+#: decompressed for its request.
+KEEP_PLAIN_MAX = 4_000_000
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        return None
+    return trim
+
+
+_malloc_trim = _load_malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Give the memory freed by a large page's parsing or rendering back to the system.
+
+    glibc keeps freed memory in its arenas (a thread's arena too) for reuse;
+    after tens of MB of short-lived strings that is RSS held for good.
+    """
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
+def gzip_etag(etag: bytes) -> bytes:
+    """The ETag of the gzip form of the body tagged ``etag``: distinct, so caches never mix them."""
+    return etag[:-1] + b'-gz"'
+
+
+@attrs.define(eq=False)
+class Rendered:
+    """One rendering of a page: its body, ETag and, once a client asked for it, its gzip form.
+
+    A large body is kept only gzipped (``KEEP_PLAIN_MAX``): ``plain`` is then None.
+    """
+
+    plain: bytes | None
+    etag: bytes
+    size: int
+    gzipped: bytes | None = None
+    _compressing: Coalescer[bytes] = attrs.field(factory=Coalescer)
+
+    @classmethod
+    def of(cls, body: bytes) -> Rendered:
+        etag = b'"' + hashlib.blake2b(body, digest_size=12).hexdigest().encode() + b'"'
+        if len(body) <= KEEP_PLAIN_MAX:
+            return cls(body, etag, len(body))
+        # on the reactor, like the rendering itself, which takes longer
+        return cls(None, etag, len(body), gzip.compress(body, 6, mtime=0))
+
+    @property
+    def body(self) -> bytes:
+        if self.plain is not None:
+            return self.plain
+        assert self.gzipped is not None
+        return gzip.decompress(self.gzipped)
+
+    async def gzip(self, offload: Offload | None) -> bytes:
+        """The body gzip-compressed; compressed once, however many clients ask at the same time."""
+        if self.gzipped is not None:
+            return self.gzipped
+        return await self._compressing.run("gzip", lambda: self._compress(offload))
+
+    async def _compress(self, offload: Offload | None) -> bytes:
+        body = self.body
+        if offload is None or len(body) < GZIP_OFFLOAD_BYTES:
+            compressed = gzip.compress(body, 6, mtime=0)
+        else:
+            compressed = await offload(lambda: gzip.compress(body, 6, mtime=0))
+        # kept here, not by the callers: they may all have gone (disconnected) by now
+        self.gzipped = compressed
+        if len(body) >= GZIP_OFFLOAD_BYTES:
+            release_freed_memory()
+        return compressed
 
 
 @attrs.define(eq=False)
@@ -35,7 +127,7 @@ class CachedPage:
     fetched_at: float
     #: Until when a failed revalidation lets the stale page be served without retrying.
     retry_at: float = 0.0
-    _renders: dict[tuple[str, LinkRenderer], tuple[bytes, bytes]] = attrs.field(factory=dict)
+    _renders: dict[tuple[str, LinkRenderer], Rendered] = attrs.field(factory=dict)
 
     def is_fresh(self, now: float, expiry: float, stale_mark: bool = False) -> bool:
         """Young enough and not marked stale, or in the back-off after a failed refresh."""
@@ -49,6 +141,15 @@ class CachedPage:
         select: Callable[[Link], Link | None] | None = None,
     ) -> tuple[bytes, bytes]:
         """The page as ``media_type`` with ``urls``, and its ETag; both computed once."""
+        rendered = self.rendered(media_type, urls, select)
+        return rendered.body, rendered.etag
+
+    def rendered(
+        self,
+        media_type: str,
+        urls: LinkRenderer,
+        select: Callable[[Link], Link | None] | None = None,
+    ) -> Rendered:
         key = (media_type, urls)
         rendered = self._renders.get(key)
         if rendered is None:
@@ -56,10 +157,12 @@ class CachedPage:
                 body = render_project_page(self.content, media_type, urls, select)
             else:
                 body = render_project_list(self.content, media_type, urls)
-            etag = b'"' + hashlib.blake2b(body, digest_size=12).hexdigest().encode() + b'"'
             if len(self._renders) > 8:  # a few media types x outside URLs at most
                 self._renders.clear()
-            rendered = self._renders[key] = (body, etag)
+            rendered = self._renders[key] = Rendered.of(body)
+            if rendered.size >= GZIP_OFFLOAD_BYTES:
+                del body  # it may be kept only gzipped now
+                release_freed_memory()  # and what rendering built it from
         return rendered
 
     def meta(self) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""A distribution file or its metadata: from the cache, or joining its download.
+"""A distribution file, its metadata or provenance: from the cache, or joining its download.
 
 A cached file is sent whole by ``FileSender`` or, for a single Range and for
 HEAD, by twisted.web's ``File``. A file not cached yet is looked up on its
@@ -28,9 +28,11 @@ from devpid.http.request import etag_matches, until_finished
 from devpid.mirror.index import IndexUnavailable, MirrorIndex, ProjectNotFound
 from devpid.mirror.tee import DownloadFailed, DownloadManager, FileSpec
 from devpid.routes import labelled, mirror_named
-from devpid.simple.model import project_of_filename
+from devpid.simple.model import Link, dist_filename_of, project_of_filename
 
 FILE_CACHE_CONTROL = b"max-age=31536000, immutable"
+#: The suffix of a file's provenance (PEP 740): JSON, where all else is sent as bytes.
+PROVENANCE = ".provenance"
 
 #: One byte range (RFC 9110 14.1.2): ``first-last``, ``first-`` or ``-suffix``.
 _ONE_RANGE = re.compile(rb"bytes[ \t]*=[ \t]*([0-9]{0,18})-([0-9]{0,18})[ \t]*")
@@ -57,6 +59,25 @@ def _single_range(header: bytes, size: int) -> bytes | None:
     return b"bytes=" + first + b"-" + last
 
 
+def _upstream_spec(link: Link, side: str, path: Path) -> FileSpec | None:
+    """What to fetch for the file (``side`` ""), its ``.metadata`` or its ``.provenance``;
+    None when the page says there is no such file."""
+    if side == ".metadata":
+        if link.core_metadata is False:
+            return None
+        return FileSpec(link.url + side, path, link.metadata_sha256, None)
+    if side == PROVENANCE:
+        if link.provenance is None:
+            return None
+        # PEP 740 gives neither a hash nor a size of it: nothing to verify it by.
+        return FileSpec(link.provenance, path, None, None)
+    return FileSpec(link.url, path, link.sha256, link.size)
+
+
+def _content_type(filename: str) -> bytes:
+    return b"application/json" if filename.endswith(PROVENANCE) else b"application/octet-stream"
+
+
 @attrs.define
 class FileRoutes:
     indexes: dict[str, MirrorIndex]
@@ -80,9 +101,9 @@ class FileRoutes:
             raise HTTPError(400, str(e)) from None
         if path.is_file():
             self.stats.incr("file_hits")
-            return await self._cached_file(request, path, h3 + h13)
-        is_metadata = filename.endswith(".metadata")
-        dist_filename = filename.removesuffix(".metadata")
+            return await self._cached(request, path, h3 + h13)
+        dist_filename = dist_filename_of(filename)
+        side = filename[len(dist_filename) :]
         project = project_of_filename(dist_filename)
         if project is None:
             raise HTTPError(404, f"{filename} is not a distribution file name")
@@ -92,7 +113,8 @@ class FileRoutes:
             raise HTTPError(404, str(e)) from None
         except IndexUnavailable as e:
             raise HTTPError(502, str(e)) from None
-        if link is None or (is_metadata and link.core_metadata is False):
+        spec = _upstream_spec(link, side, path) if link is not None else None
+        if link is None or spec is None:
             raise HTTPError(404, f"{filename} is not on the index under this hash")
         if mirror.offline:
             self.stats.incr("offline_misses")
@@ -103,16 +125,10 @@ class FileRoutes:
             )
             raise HTTPError(404, f"{filename} is not cached and devpid is offline")
         if request.method == b"HEAD":
-            request.setHeader(b"content-type", b"application/octet-stream")
-            if link.size is not None and not is_metadata:
+            request.setHeader(b"content-type", _content_type(filename))
+            if link.size is not None and not side:
                 request.setHeader(b"content-length", b"%d" % link.size)
             return b""
-        spec = FileSpec(
-            url=link.url + ".metadata" if is_metadata else link.url,
-            final_path=path,
-            sha256=link.metadata_sha256 if is_metadata else link.sha256,
-            size=None if is_metadata else link.size,
-        )
         self.stats.incr("file_misses")
         download, _started = self.downloads.download_for(spec)
         try:
@@ -120,8 +136,8 @@ class FileRoutes:
         except DownloadFailed as e:
             raise HTTPError(e.status, str(e)) from None
         if download.verified:
-            return await self._cached_file(request, path, h3 + h13)
-        request.setHeader(b"content-type", b"application/octet-stream")
+            return await self._cached(request, path, h3 + h13)
+        request.setHeader(b"content-type", _content_type(filename))
         request.setHeader(b"x-accel-buffering", b"no")
         if download.total is not None:
             request.setHeader(b"content-length", str(download.total).encode())
@@ -140,6 +156,27 @@ class FileRoutes:
         request.setHeader(b"content-length", b"%d" % len(body))
         request.write(body)
         request.finish()
+
+    async def _cached(self, request: Request, path: Path, hash_prefix: str) -> Any:
+        if path.name.endswith(PROVENANCE):
+            return self._cached_provenance(request, path, hash_prefix)
+        return await self._cached_file(request, path, hash_prefix)
+
+    def _cached_provenance(self, request: Request, path: Path, hash_prefix: str) -> bytes:
+        """A provenance file from disk, as JSON: a few KiB, sent whole (no Range)."""
+        etag = f'"{hash_prefix}"'.encode()
+        request.setHeader(b"etag", etag)
+        request.setHeader(b"cache-control", FILE_CACHE_CONTROL)
+        if etag_matches(request.getHeader(b"if-none-match"), etag):
+            request.setResponseCode(304)
+            return b""
+        try:
+            body = path.read_bytes()
+        except FileNotFoundError:
+            raise HTTPError(404, f"{path.name} is no longer cached") from None
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"content-length", b"%d" % len(body))
+        return body
 
     async def _cached_file(self, request: Request, path: Path, hash_prefix: str) -> Any:
         etag = f'"{hash_prefix}"'.encode()

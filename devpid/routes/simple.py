@@ -19,8 +19,9 @@ from twisted.web.server import Request
 
 from devpid.files.store import FileStore, UnsafePath
 from devpid.http.errors import HTTPError
-from devpid.http.request import etag_matches, is_installer, links_for, media_type
+from devpid.http.request import accepts_gzip, etag_matches, is_installer, links_for, media_type
 from devpid.mirror.index import CachedPage, IndexUnavailable, MirrorIndex, ProjectNotFound
+from devpid.mirror.pages import GZIP_MIN_BYTES, gzip_etag
 from devpid.routes import labelled, mirror_named
 from devpid.simple.model import Link, is_valid_project_name
 from devpid.simple.render import CONTENT_TYPES, LinkRenderer
@@ -73,7 +74,7 @@ class SimpleRoutes:
         except ProjectNotFound as e:
             raise HTTPError(502, f"the upstream has no project list: {e}") from None
         urls = links_for(request, self.outside_url, mirror.name)
-        return self._send_page(request, entry, answer_type, urls)
+        return await self._send_page(request, mirror, entry, answer_type, urls)
 
     async def project_page(self, request: Request, user: str, index: str, project: str) -> bytes:
         mirror = mirror_named(self.indexes, user, index)
@@ -92,7 +93,7 @@ class SimpleRoutes:
         except IndexUnavailable as e:
             raise HTTPError(502, str(e)) from None
         select = self._cached_only(mirror) if mirror.offline else None
-        return self._send_page(request, entry, answer_type, urls, select)
+        return await self._send_page(request, mirror, entry, answer_type, urls, select)
 
     async def refresh(self, request: Request, user: str, index: str, project: str) -> bytes:
         """devpi's refresh: revalidate one project's page now, then show it."""
@@ -126,30 +127,46 @@ class SimpleRoutes:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return b"moved to " + target + b"\n"
 
-    def _send_page(
+    async def _send_page(
         self,
         request: Request,
+        mirror: MirrorIndex,
         entry: CachedPage,
         answer_type: str,
         urls: LinkRenderer,
         select: Callable[[Link], Link | None] | None = None,
     ) -> bytes:
-        body, etag = entry.render(answer_type, urls, select)
+        """The page, gzipped (compressed once, kept) when the client accepts it and it is
+        not tiny; each encoding has its own ETag, and a 304 answers either."""
+        rendered = entry.rendered(answer_type, urls, select)
+        etag = rendered.etag
+        compress = rendered.size >= GZIP_MIN_BYTES and accepts_gzip(request)
         request.setHeader(b"content-type", CONTENT_TYPES[answer_type].encode())
-        request.setHeader(b"vary", b"Accept, X-Outside-URL")
+        request.setHeader(b"vary", b"Accept, Accept-Encoding, X-Outside-URL")
         request.setHeader(b"cache-control", PAGE_CACHE_CONTROL)
-        request.setHeader(b"etag", etag)
         if entry.serial is not None:
             request.setHeader(b"x-pypi-last-serial", str(entry.serial).encode())
-        if etag_matches(request.getHeader(b"if-none-match"), etag):
-            request.setResponseCode(304)
-            return b""
+        tags = (gzip_etag(etag), etag) if compress else (etag, gzip_etag(etag))
+        if_none_match = request.getHeader(b"if-none-match")
+        for tag in tags:
+            if etag_matches(if_none_match, tag):
+                # the client's copy is current, whichever encoding it was sent in
+                request.setHeader(b"etag", tag)
+                request.setResponseCode(304)
+                return b""
+        if compress:
+            body, etag = await rendered.gzip(mirror.offload), gzip_etag(etag)
+            request.setHeader(b"content-encoding", b"gzip")
+        else:
+            body = rendered.body
+        request.setHeader(b"etag", etag)
         request.setHeader(b"content-length", b"%d" % len(body))
         return body
 
     def _cached_only(self, mirror: MirrorIndex) -> Callable[[Link], Link | None]:
         def select(link: Link) -> Link | None:
-            """Offline, only cached files are links (and their metadata only if cached)."""
+            """Offline, only cached files are links (their metadata and provenance only if
+            cached)."""
             h = link.storage_hash
             try:
                 path = self.files.file_path(mirror.name, h[:3], h[3:16], link.filename)
@@ -159,7 +176,10 @@ class SimpleRoutes:
                 return None
             metadata = path.with_name(path.name + ".metadata")
             if link.core_metadata is not False and not metadata.is_file():
-                return attrs.evolve(link, core_metadata=False)
+                link = attrs.evolve(link, core_metadata=False)
+            provenance = path.with_name(path.name + ".provenance")
+            if link.provenance is not None and not provenance.is_file():
+                link = attrs.evolve(link, provenance=None)
             return link
 
         return select

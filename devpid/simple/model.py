@@ -31,6 +31,9 @@ MAX_NAME_LENGTH = 200
 #: Distribution file names devpid will store: no separators, no leading dot.
 FILENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+!~-]{0,254}\Z")
 HEX = re.compile(r"^[0-9a-f]+\Z")
+#: What devpid serves beside a distribution file, at its URL + the suffix:
+#: its core metadata (PEP 658/714) and its provenance (PEP 740).
+SIDE_FILE_SUFFIXES = (".metadata", ".provenance")
 
 
 def is_valid_project_name(name: str) -> bool:
@@ -38,8 +41,8 @@ def is_valid_project_name(name: str) -> bool:
 
 
 def project_of_filename(filename: str) -> str | None:
-    """The normalized project a distribution file belongs to, if its name says so."""
-    name = filename.removesuffix(".metadata")
+    """The normalized project a distribution file (or a side file of it) belongs to."""
+    name = dist_filename_of(filename)
     try:
         if name.endswith(".whl"):
             project = str(parse_wheel_filename(name)[0])
@@ -51,6 +54,14 @@ def project_of_filename(filename: str) -> str | None:
         if project == name:
             return None
     return canonicalize_name(project) if is_valid_project_name(project) else None
+
+
+def dist_filename_of(filename: str) -> str:
+    """The distribution file a side file (``.metadata``, ``.provenance``) is of; else itself."""
+    for suffix in SIDE_FILE_SUFFIXES:
+        if filename.endswith(suffix):
+            return filename.removesuffix(suffix)
+    return filename
 
 
 @attrs.frozen
@@ -67,6 +78,8 @@ class Link:
     #: False, True (no hash given) or the hashes of ``<file>.metadata`` (PEP 658/714).
     core_metadata: bool | dict[str, str] = False
     upload_time: str | None = None
+    #: The upstream's absolute URL of the file's provenance (PEP 740), if it has one.
+    provenance: str | None = None
 
     @property
     def sha256(self) -> str | None:
@@ -99,6 +112,7 @@ class Link:
             "yanked": self.yanked,
             "core-metadata": self.core_metadata,
             "upload-time": self.upload_time,
+            "provenance": self.provenance,
         }
 
     @classmethod
@@ -112,6 +126,7 @@ class Link:
             yanked=data.get("yanked", False),
             core_metadata=data.get("core-metadata", False),
             upload_time=data.get("upload-time"),
+            provenance=data.get("provenance"),
         )
 
 

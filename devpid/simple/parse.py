@@ -75,6 +75,14 @@ def _metadata_attr(value: str | None) -> bool | dict[str, str]:
     return _hash_fragment(value.strip()) or True
 
 
+def _provenance(base_url: str, value: object) -> str | None:
+    """A file's provenance URL (PEP 740) made absolute; None unless an http(s) URL."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    resolved = _resolve(base_url, value.strip())
+    return urldefrag(resolved)[0] if resolved is not None else None
+
+
 class _AnchorCollector(HTMLParser):
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -145,6 +153,7 @@ def parse_project_html(
                 requires_python=anchor.get("data-requires-python") or None,
                 yanked=yanked,
                 core_metadata=_metadata_attr(metadata),
+                provenance=_provenance(base_url, anchor.get("data-provenance")),
             )
         )
     status = _status_from(
@@ -205,6 +214,7 @@ def parse_project_json(
                 yanked=yanked if isinstance(yanked, str) and yanked else bool(yanked),
                 core_metadata=_json_metadata(item),
                 upload_time=upload_time if isinstance(upload_time, str) else None,
+                provenance=_provenance(base_url, item.get("provenance")),
             )
         )
     versions = data.get("versions")

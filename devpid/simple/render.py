@@ -36,6 +36,8 @@ _EXPLICIT_PREFERENCE = (JSON_V1, HTML_V1, TEXT_HTML)
 _WILDCARD_PREFERENCE = (TEXT_HTML, HTML_V1, JSON_V1)
 
 API_VERSION = "1.1"
+#: PEP 740 provenance URLs need this API version.
+API_VERSION_WITH_PROVENANCE = "1.3"
 #: PEP 792 project status markers need this API version.
 API_VERSION_WITH_STATUS = "1.4"
 
@@ -119,6 +121,10 @@ class LinkRenderer:
     def file_url(self, link: Link) -> str:
         return f"{self.prefix}/{self.index}/+f/{link.relpath}"
 
+    def provenance_url(self, link: Link) -> str:
+        """devpid's URL of the file's provenance (PEP 740): the file's, plus ``.provenance``."""
+        return self.file_url(link) + ".provenance"
+
     def project_url(self, name: str) -> str:
         return f"{self.prefix}/{self.index}/+simple/{name}/"
 
@@ -139,10 +145,17 @@ def render_project_page(
     return _project_html(page, links, urls)
 
 
+def _api_version(page: ProjectPage, links: list[Link]) -> str:
+    """The lowest API version that has every key the page uses."""
+    if page.status:
+        return API_VERSION_WITH_STATUS
+    if any(link.provenance is not None for link in links):
+        return API_VERSION_WITH_PROVENANCE
+    return API_VERSION
+
+
 def _project_json(page: ProjectPage, links: list[Link], urls: LinkRenderer) -> bytes:
-    meta: dict[str, object] = {
-        "api-version": API_VERSION_WITH_STATUS if page.status else API_VERSION
-    }
+    meta: dict[str, object] = {"api-version": _api_version(page, links)}
     if page.serial is not None:
         meta["_last-serial"] = page.serial
     files = []
@@ -161,6 +174,8 @@ def _project_json(page: ProjectPage, links: list[Link], urls: LinkRenderer) -> b
             entry["size"] = link.size
         if link.upload_time is not None:
             entry["upload-time"] = link.upload_time
+        if link.provenance is not None:
+            entry["provenance"] = urls.provenance_url(link)
         files.append(entry)
     data: dict[str, object] = {"meta": meta, "name": page.name, "files": files}
     data["versions"] = list(page.versions) if page.versions is not None else _versions(links)
@@ -186,7 +201,7 @@ def _versions(links: Iterable[Link]) -> list[str]:
 
 
 def _project_html(page: ProjectPage, links: list[Link], urls: LinkRenderer) -> bytes:
-    version = API_VERSION_WITH_STATUS if page.status else API_VERSION
+    version = _api_version(page, links)
     head = [f'<meta name="pypi:repository-version" content="{version}">']
     if page.status:
         head.append(f'<meta name="pypi:project-status" content="{escape(page.status.status)}">')
@@ -216,6 +231,8 @@ def _project_html(page: ProjectPage, links: list[Link], urls: LinkRenderer) -> b
                 value = f"sha256={link.metadata_sha256}"
             attributes.append(f'data-core-metadata="{value}"')
             attributes.append(f'data-dist-info-metadata="{value}"')
+        if link.provenance is not None:
+            attributes.append(f'data-provenance="{escape(urls.provenance_url(link))}"')
         lines.append(f"<a {' '.join(attributes)}>{escape(link.filename)}</a><br/>")
     lines.append("</body></html>\n")
     return "\n".join(lines).encode("utf-8")

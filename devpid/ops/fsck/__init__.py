@@ -7,6 +7,8 @@ What is checked (see docs/operations.md#checking-the-cache-devpid-fsck):
   has none, against another hash the page gives; else by length only, else
   not at all);
 - a ``.metadata`` file: its content against the link's core-metadata sha256;
+- a ``.provenance`` file (PEP 740): nothing to check it against, counted as
+  not verifiable;
 - a file no cached page lists (an orphan, a warning): whether its sha256
   starts with the ``<h3><h13>`` of its path, which holds for every file the
   upstream gave a sha256 for;

@@ -169,6 +169,8 @@ class Checker:
             counts.orphans += 1
             if filename.endswith(".metadata"):
                 how = "its content cannot be verified (the hash in its path is its wheel's)"
+            elif filename.endswith(".provenance"):
+                how = "its content cannot be verified (the hash in its path is its file's)"
             elif hashlib.file_digest(f, "sha256").hexdigest().startswith(path_hash):
                 how = "its sha256 matches the hash in its path"
             else:

@@ -50,7 +50,7 @@ def _strongest(hashes: object) -> tuple[str | None, str | None]:
 
 
 def expectations(page: ProjectPage) -> dict[str, Expectation]:
-    """``<h3>/<h13>/<filename>`` -> what the page says of it, for each file and its metadata."""
+    """``<h3>/<h13>/<filename>`` -> what the page says of it: each file, metadata, provenance."""
     found: dict[str, Expectation] = {}
     for link in page.links:
         size = link.size if type(link.size) is int and link.size >= 0 else None
@@ -59,6 +59,9 @@ def expectations(page: ProjectPage) -> dict[str, Expectation]:
             found.setdefault(
                 link.relpath + ".metadata", Expectation(*_strongest(link.core_metadata), None)
             )
+        if link.provenance is not None:
+            # PEP 740 records neither a hash nor a size of it: listed, but not verifiable.
+            found.setdefault(link.relpath + ".provenance", Expectation(None, None, None))
     return found
 
 
