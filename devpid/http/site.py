@@ -114,10 +114,8 @@ class DevpidSite(Site):
         """Stop taking new work on open connections; the number of idle ones closed."""
         self.draining = True
         closed = 0
-        for channel in list(self._channels):
-            transport = getattr(channel, "transport", None)
-            if transport is None or not getattr(transport, "connected", True):
-                continue
+        for channel in self._open_channels():
+            transport = channel.transport
             if channel.requests:  # busy: it closes after its response
                 channel.persistent = False
             else:

@@ -134,22 +134,13 @@ class CachedPage:
         young = now - self.fetched_at < expiry and not stale_mark
         return young or now < self.retry_at
 
-    def render(
-        self,
-        media_type: str,
-        urls: LinkRenderer,
-        select: Callable[[Link], Link | None] | None = None,
-    ) -> tuple[bytes, bytes]:
-        """The page as ``media_type`` with ``urls``, and its ETag; both computed once."""
-        rendered = self.rendered(media_type, urls, select)
-        return rendered.body, rendered.etag
-
     def rendered(
         self,
         media_type: str,
         urls: LinkRenderer,
         select: Callable[[Link], Link | None] | None = None,
     ) -> Rendered:
+        """The page as ``media_type`` with ``urls``, its ETag and gzip form; computed once."""
         key = (media_type, urls)
         rendered = self._renders.get(key)
         if rendered is None:

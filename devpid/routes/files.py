@@ -28,11 +28,15 @@ from devpid.http.request import etag_matches, until_finished
 from devpid.mirror.index import IndexUnavailable, MirrorIndex, ProjectNotFound
 from devpid.mirror.tee import DownloadFailed, DownloadManager, FileSpec
 from devpid.routes import labelled, mirror_named
-from devpid.simple.model import Link, dist_filename_of, project_of_filename
+from devpid.simple.model import (
+    METADATA,
+    PROVENANCE,
+    Link,
+    dist_filename_of,
+    project_of_filename,
+)
 
 FILE_CACHE_CONTROL = b"max-age=31536000, immutable"
-#: The suffix of a file's provenance (PEP 740): JSON, where all else is sent as bytes.
-PROVENANCE = ".provenance"
 
 #: One byte range (RFC 9110 14.1.2): ``first-last``, ``first-`` or ``-suffix``.
 _ONE_RANGE = re.compile(rb"bytes[ \t]*=[ \t]*([0-9]{0,18})-([0-9]{0,18})[ \t]*")
@@ -62,7 +66,7 @@ def _single_range(header: bytes, size: int) -> bytes | None:
 def _upstream_spec(link: Link, side: str, path: Path) -> FileSpec | None:
     """What to fetch for the file (``side`` ""), its ``.metadata`` or its ``.provenance``;
     None when the page says there is no such file."""
-    if side == ".metadata":
+    if side == METADATA:
         if link.core_metadata is False:
             return None
         return FileSpec(link.url + side, path, link.metadata_sha256, None)
@@ -162,13 +166,20 @@ class FileRoutes:
             return self._cached_provenance(request, path, hash_prefix)
         return await self._cached_file(request, path, hash_prefix)
 
-    def _cached_provenance(self, request: Request, path: Path, hash_prefix: str) -> bytes:
-        """A provenance file from disk, as JSON: a few KiB, sent whole (no Range)."""
+    @staticmethod
+    def _not_modified(request: Request, hash_prefix: str) -> bool:
+        """Set a cached file's validators; whether the client's copy is current (a 304)."""
         etag = f'"{hash_prefix}"'.encode()
         request.setHeader(b"etag", etag)
         request.setHeader(b"cache-control", FILE_CACHE_CONTROL)
         if etag_matches(request.getHeader(b"if-none-match"), etag):
             request.setResponseCode(304)
+            return True
+        return False
+
+    def _cached_provenance(self, request: Request, path: Path, hash_prefix: str) -> bytes:
+        """A provenance file from disk, as JSON: a few KiB, sent whole (no Range)."""
+        if self._not_modified(request, hash_prefix):
             return b""
         try:
             body = path.read_bytes()
@@ -179,11 +190,7 @@ class FileRoutes:
         return body
 
     async def _cached_file(self, request: Request, path: Path, hash_prefix: str) -> Any:
-        etag = f'"{hash_prefix}"'.encode()
-        request.setHeader(b"etag", etag)
-        request.setHeader(b"cache-control", FILE_CACHE_CONTROL)
-        if etag_matches(request.getHeader(b"if-none-match"), etag):
-            request.setResponseCode(304)
+        if self._not_modified(request, hash_prefix):
             return b""
         asked = request.getHeader(b"range")
         if asked is not None:

@@ -23,7 +23,7 @@ from devpid.http.request import accepts_gzip, etag_matches, is_installer, links_
 from devpid.mirror.index import CachedPage, IndexUnavailable, MirrorIndex, ProjectNotFound
 from devpid.mirror.pages import GZIP_MIN_BYTES, gzip_etag
 from devpid.routes import labelled, mirror_named
-from devpid.simple.model import Link, is_valid_project_name
+from devpid.simple.model import METADATA, PROVENANCE, Link, is_valid_project_name
 from devpid.simple.render import CONTENT_TYPES, LinkRenderer
 
 #: Keeps pip's and uv's HTTP caches from re-asking more than once a minute,
@@ -174,10 +174,10 @@ class SimpleRoutes:
                 return None
             if not path.is_file():
                 return None
-            metadata = path.with_name(path.name + ".metadata")
+            metadata = path.with_name(path.name + METADATA)
             if link.core_metadata is not False and not metadata.is_file():
                 link = attrs.evolve(link, core_metadata=False)
-            provenance = path.with_name(path.name + ".provenance")
+            provenance = path.with_name(path.name + PROVENANCE)
             if link.provenance is not None and not provenance.is_file():
                 link = attrs.evolve(link, provenance=None)
             return link

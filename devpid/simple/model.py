@@ -33,7 +33,9 @@ FILENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+!~-]{0,254}\Z")
 HEX = re.compile(r"^[0-9a-f]+\Z")
 #: What devpid serves beside a distribution file, at its URL + the suffix:
 #: its core metadata (PEP 658/714) and its provenance (PEP 740).
-SIDE_FILE_SUFFIXES = (".metadata", ".provenance")
+METADATA = ".metadata"
+PROVENANCE = ".provenance"
+SIDE_FILE_SUFFIXES = (METADATA, PROVENANCE)
 
 
 def is_valid_project_name(name: str) -> bool:

@@ -16,7 +16,7 @@ from packaging.utils import (
     parse_wheel_filename,
 )
 
-from devpid.simple.model import HTML_V1, JSON_V1, TEXT_HTML, Link, ProjectPage
+from devpid.simple.model import HTML_V1, JSON_V1, PROVENANCE, TEXT_HTML, Link, ProjectPage
 
 #: What devpid can answer with, and the Content-Type it sends for each.
 CONTENT_TYPES = {
@@ -123,7 +123,7 @@ class LinkRenderer:
 
     def provenance_url(self, link: Link) -> str:
         """devpid's URL of the file's provenance (PEP 740): the file's, plus ``.provenance``."""
-        return self.file_url(link) + ".provenance"
+        return self.file_url(link) + PROVENANCE
 
     def project_url(self, name: str) -> str:
         return f"{self.prefix}/{self.index}/+simple/{name}/"

@@ -27,7 +27,7 @@ from devpid.files.store import (
 from devpid.ops.fsck.disk import OPEN_FLAGS, identity, remove_if_unchanged, walk
 from devpid.ops.fsck.pages import Expectation, PageCache
 from devpid.ops.fsck.report import Problem, Report, Severity
-from devpid.simple.model import project_of_filename
+from devpid.simple.model import METADATA, PROVENANCE, project_of_filename
 
 
 @attrs.define
@@ -167,9 +167,9 @@ class Checker:
         counts = self.report.counts
         if expected is None:
             counts.orphans += 1
-            if filename.endswith(".metadata"):
+            if filename.endswith(METADATA):
                 how = "its content cannot be verified (the hash in its path is its wheel's)"
-            elif filename.endswith(".provenance"):
+            elif filename.endswith(PROVENANCE):
                 how = "its content cannot be verified (the hash in its path is its file's)"
             elif hashlib.file_digest(f, "sha256").hexdigest().startswith(path_hash):
                 how = "its sha256 matches the hash in its path"

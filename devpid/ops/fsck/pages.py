@@ -11,7 +11,7 @@ import attrs
 
 from devpid.files.store import PROJECT_LIST, FileStore, UnsafePath
 from devpid.ops.fsck.disk import OPEN_FLAGS, FileIdentity, identity, identity_of
-from devpid.simple.model import HEX, ProjectPage
+from devpid.simple.model import HEX, METADATA, PROVENANCE, ProjectPage
 
 #: The hash checked when a link records several: devpid's own first, then the strongest.
 HASH_PREFERENCE = (
@@ -57,11 +57,11 @@ def expectations(page: ProjectPage) -> dict[str, Expectation]:
         found.setdefault(link.relpath, Expectation(*_strongest(link.hashes), size))
         if link.core_metadata is not False:
             found.setdefault(
-                link.relpath + ".metadata", Expectation(*_strongest(link.core_metadata), None)
+                link.relpath + METADATA, Expectation(*_strongest(link.core_metadata), None)
             )
         if link.provenance is not None:
             # PEP 740 records neither a hash nor a size of it: listed, but not verifiable.
-            found.setdefault(link.relpath + ".provenance", Expectation(None, None, None))
+            found.setdefault(link.relpath + PROVENANCE, Expectation(None, None, None))
     return found
 
 
