@@ -1,7 +1,8 @@
 """Benchmark devpid against devpi-server, both mirroring the same local upstream.
 
 Run from anywhere as ``python bench/run.py [--quick] [--skip-devpi] [--json FILE]``, or
-``--cluster-only`` for issue 3 alone; see bench/README.md for what it measures and how.
+``--cluster-only`` for issue 3 alone, or ``--private-only`` for devpi's JSON API alone;
+see bench/README.md for what it measures and how.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import attrs
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fixtures
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for devpid_bench
 
-from devpid_bench import cluster, devpi, measure, procs, repository, wrk
+from devpid_bench import cluster, devpi, measure, private, procs, repository, wrk
 from devpid_bench.report import Results, format_table
 from devpid_bench.session import (
     add_common_options,
@@ -48,6 +49,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--cluster-only",
         action="store_true",
         help="only the cluster section: 2 devpid processes behind nginx (issue 3)",
+    )
+    parser.add_argument(
+        "--private-only",
+        action="store_true",
+        help="only the private section: logins, authenticated reads, index round trips, start-up",
     )
     parser.add_argument(
         "--no-wrk", action="store_true", help="use the pure-Python load generator, not wrk"
@@ -130,6 +136,14 @@ def run(args: argparse.Namespace, workdir: Path, results: Results) -> None:
         say("building the upstream repository")
         root = workdir / "upstream-root"
         started = time.monotonic()
+        if args.private_only:
+            page_project = repository.write_small_blobs(root, "bench-private", 1, 4096)[0].project
+            repository.write_root_index(root)
+            fast_up = procs.start_upstream(group, "upstream-fast", root)
+            say(f"upstream: {fast_up.url}")
+            run_private(args, workdir, fast_up, page_project, results, wrk_path, wrk_script)
+            check_children(group, results)
+            return
         if args.cluster_only:
             cluster_files = repository.build_cluster(root, args.corpus, BIG_FILE)
         else:
@@ -184,6 +198,14 @@ def run(args: argparse.Namespace, workdir: Path, results: Results) -> None:
                 ("pip install", lambda: measure.pip_install(bench, repo.requirements)),
                 ("peak RSS", lambda: measure.peak_rss(bench, repo.huge)),
             ]
+            steps.append(
+                (
+                    "private: devpi's JSON API",
+                    lambda: run_private(
+                        args, workdir, fast_up, page_project, results, wrk_path, wrk_script
+                    ),
+                )
+            )
         if not args.skip_devpid:
             steps.append(
                 (
@@ -199,6 +221,35 @@ def run(args: argparse.Namespace, workdir: Path, results: Results) -> None:
         check_children(group, results)
     finally:
         group.close()
+
+
+def run_private(
+    args: argparse.Namespace,
+    workdir: Path,
+    upstream: procs.Upstream,
+    project: str,
+    results: Results,
+    wrk_path: str | None,
+    wrk_script: Path,
+) -> None:
+    """The private section (devpid_bench/private.py), with servers of its own; in the full
+    run, a failure to start them is a problem seen, and the run goes on."""
+    try:
+        private.measure_private(
+            workdir,
+            upstream,
+            project,
+            results,
+            quick=args.quick,
+            wrk=wrk_path,
+            wrk_script=wrk_script,
+            devpi_venv=None if args.skip_devpi else args.devpi_venv,
+            skip_devpid=args.skip_devpid,
+        )
+    except procs.BenchError as exc:
+        if args.private_only:
+            raise
+        results.problems.append(f"private section stopped: {exc}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -69,6 +69,16 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
         "connections one client address may hold open at once (503 beyond; 0: no limit; "
         "behind a proxy every client is the proxy)",
     ),
+    "secretfile": (
+        None,
+        "the file of the secret that signs login tokens, shared by every worker "
+        "(default: .secret in the serverdir, created once with mode 0600)",
+    ),
+    "restrict-modify": (
+        None,
+        "comma-separated users (or :groups) who alone may create, modify and delete "
+        "users and indexes (default: anyone for themselves, root for all)",
+    ),
     "idle-timeout": (
         75.0,
         "seconds a connection may sit idle, and a request may take to arrive, "
@@ -141,6 +151,14 @@ class Settings:
     max_connections_per_client: int = 0
     idle_timeout: float = 75.0
     upstream_origin: UpstreamOrigin = UpstreamOrigin()
+    secretfile: Path | None = None
+    restrict_modify: frozenset[str] | None = None
+    #: The settings given on the command line or in the INI file (not defaults).
+    given: frozenset[str] = attrs.field(default=frozenset(), eq=False)
+
+    @property
+    def secret_path(self) -> Path:
+        return self.secretfile if self.secretfile is not None else self.serverdir / ".secret"
 
 
 def shown_url(url: str) -> str:
@@ -393,6 +411,7 @@ def build_settings(
     redis = pick("redis")
     if redis is not None:
         redis = _redis_url(str(redis).strip())
+    secretfile = pick("secretfile")
     redis_prefix = str(pick("redis-prefix"))
     if not redis_prefix:
         raise ConfigError("--redis-prefix must not be empty")
@@ -417,4 +436,19 @@ def build_settings(
         ),
         idle_timeout=_as_float("idle-timeout", pick("idle-timeout"), 0),
         upstream_origin=origin,
+        secretfile=Path(str(secretfile)).expanduser() if secretfile else None,
+        restrict_modify=_principals("restrict-modify", pick("restrict-modify")),
+        given=frozenset(
+            name for name in DEFAULTS if given.get(name) not in (None, False) or name in ini
+        ),
     )
+
+
+def _principals(name: str, value: Any) -> frozenset[str] | None:
+    """A comma-separated list of user names or ``:groups``; None when not given."""
+    if value is None:
+        return None
+    names = frozenset(part.strip() for part in str(value).split(",") if part.strip())
+    if not names:
+        raise ConfigError(f"--{name} names nobody; leave it out to not restrict")
+    return names

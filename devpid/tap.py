@@ -7,6 +7,7 @@ import re
 import sys
 import tempfile
 import uuid
+from collections.abc import Mapping
 from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
@@ -14,6 +15,7 @@ from urllib.parse import urlsplit
 import treq.client
 from twisted.application.service import MultiService
 from twisted.copyright import version as twisted_version
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -21,6 +23,12 @@ from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
 from devpid import __version__
+from devpid.auth.acl import Policy
+from devpid.auth.authenticate import Authenticator
+from devpid.auth.passwords import PasswordChecker
+from devpid.auth.secret import SecretFileError, load_or_create_secret
+from devpid.auth.throttle import FailedLogins
+from devpid.auth.tokens import LoginTokens
 from devpid.common.identity import ProcessIdentity
 from devpid.common.stats import Stats
 from devpid.config import (
@@ -33,16 +41,26 @@ from devpid.config import (
     shown_url,
 )
 from devpid.files.store import FileStore
-from devpid.http.app import DevpidRoutes
+from devpid.http.app import DevpidRoutes, PrivateApi
 from devpid.http.limits import Limits
 from devpid.http.site import DevpidSite
 from devpid.mirror.index import MirrorIndex
 from devpid.mirror.poller import ChangelogPoller
+from devpid.mirror.registry import MirrorRegistry
 from devpid.mirror.tee import DownloadManager
 from devpid.mirror.tee.peers import SharedDownloads
 from devpid.mirror.upstream import UpstreamClient
 from devpid.ops.metrics import Metrics
 from devpid.ops.status import StatusReport
+from devpid.private.database import DatabaseError
+from devpid.private.events import Event
+from devpid.private_service import (
+    PrivateDataService,
+    RootPasswordWatch,
+    listens_beyond_loopback,
+    open_private_data,
+)
+from devpid.routes.access import Access
 from devpid.service import CacheService, ListenerService
 from devpid.store import StateStore
 from devpid.store.embedded import EmbeddedStore
@@ -179,6 +197,27 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
     return build_service(settings, reactor, endpoint, real_reactor=reactor is global_reactor)
 
 
+def _inline(function: Any) -> Any:
+    """Runs ``function`` at once: the offload of a test's memory reactor (no threads)."""
+    return maybeDeferred(function)
+
+
+def _mirror_settings(settings: Settings, name: str, config: Mapping[str, Any]) -> tuple[str, float]:
+    """A mirror index's upstream and cache expiry. ``root/pypi`` takes --upstream and
+    --cache-expiry when they are given for this run (on the command line or the INI
+    file), its stored configuration otherwise."""
+    url = str(config.get("mirror_url") or settings.upstream)
+    expiry = config.get("mirror_cache_expiry", settings.cache_expiry)
+    if name == MIRROR_INDEX:
+        if settings.upstream_origin.kind == "option":
+            url = settings.upstream
+        if "cache-expiry" in settings.given:
+            expiry = settings.cache_expiry
+    if not url.endswith("/"):
+        url += "/"
+    return url, float(expiry)
+
+
 def check_writable(serverdir: Any) -> None:
     """Raise ConfigError unless a file can be created in ``serverdir`` (root included)."""
     try:
@@ -220,23 +259,78 @@ def build_service(
     downloads = DownloadManager(
         files, upstream, reactor, settings.upstream_timeout, stats, peers=peers
     )
-    mirror = MirrorIndex(
-        MIRROR_INDEX,
-        upstream,
-        store,
-        files,
-        reactor,
-        stats,
-        cache_expiry=settings.cache_expiry,
-        offline=settings.offline,
-    )
     if real_reactor:  # not a test's memory reactor: it has a thread pool
-        mirror.offload = partial(deferToThreadPool, reactor, reactor.getThreadPool())
-    poller = None
-    if not settings.offline and settings.changelog_interval > 0:
-        poller = ChangelogPoller(
-            mirror, upstream, store, reactor, settings.changelog_interval, identity=identity
+        offload: Any = partial(deferToThreadPool, reactor, reactor.getThreadPool())
+    else:
+        offload = _inline
+    try:
+        data = open_private_data(
+            settings.serverdir / "private.sqlite", int(settings.cache_expiry), settings.upstream
         )
+        secret = load_or_create_secret(settings.secret_path)
+    except (DatabaseError, SecretFileError) as e:
+        raise SystemExit(f"twistd devpid: error: {e}") from None
+    pollers = MultiService()
+    pollers.setName("pollers")
+    running_pollers: dict[str, Any] = {}
+
+    def make_mirror(name: str, config: Mapping[str, Any]) -> MirrorIndex:
+        url, expiry = _mirror_settings(settings, name, config)
+        client = upstream
+        if url != upstream.simple_url:
+            client = UpstreamClient(url, upstream.http, reactor, settings.upstream_timeout, via=via)
+        mirror = MirrorIndex(
+            name,
+            client,
+            store,
+            files,
+            reactor,
+            stats,
+            cache_expiry=expiry,
+            offline=settings.offline,
+        )
+        if real_reactor:
+            mirror.offload = offload
+        return mirror
+
+    def start_poller(mirror: MirrorIndex) -> None:
+        if settings.offline or settings.changelog_interval <= 0:
+            return
+        poller = ChangelogPoller(
+            mirror,
+            mirror.upstream,
+            store,
+            reactor,
+            settings.changelog_interval,
+            identity=identity,
+        )
+        service = poller.make_service()
+        running_pollers[mirror.name] = (poller, service)
+        service.setServiceParent(pollers)
+
+    def stop_poller(mirror: MirrorIndex) -> None:
+        known = running_pollers.pop(mirror.name, None)
+        if known is not None:
+            known[1].disownServiceParent()
+
+    mirrors = MirrorRegistry(make_mirror, start_poller, stop_poller)
+    mirrors.sync(data.mirrors())
+
+    def follow_indexes(event: Event) -> None:
+        if any(change.kind == "index" for change in event.changes):
+            mirrors.sync(data.mirrors())
+
+    data.database.listeners.append(follow_indexes)
+    root_password = RootPasswordWatch(data, listens_beyond_loopback(settings.listen))
+    root_password.check()
+    data.database.listeners.append(root_password.heard)
+    passwords = PasswordChecker(offload, reactor)
+    login_tokens = LoginTokens(secret, reactor)
+    authenticator = Authenticator(data, login_tokens, passwords, FailedLogins(reactor), reactor)
+    access = Access(authenticator, Policy(restrict_modify=settings.restrict_modify))
+    private = PrivateApi(data, access, passwords, login_tokens, offload)
+    main_poller = running_pollers.get(MIRROR_INDEX)
+    poller = main_poller[0] if main_poller is not None else None
     status = StatusReport(
         files,
         store,
@@ -249,11 +343,12 @@ def build_service(
         poller=poller,
         peers=peers,
         identity=identity,
+        private=root_password.status,
     )
     metrics = Metrics(status, reactor)
     status.requests = metrics.requests
     routes = DevpidRoutes(
-        {MIRROR_INDEX: mirror}, downloads, files, stats, status, settings.outside_url, metrics
+        mirrors, downloads, files, stats, status, settings.outside_url, metrics, private
     )
     limits = Limits(
         max_header_size=settings.max_header_size,
@@ -281,17 +376,17 @@ def build_service(
         upstream_origin=settings.upstream_origin.describe(),
         offline=settings.offline,
     ).setServiceParent(top)
+    PrivateDataService(data).setServiceParent(top)
     if settings.redis is not None:
         from devpid.store.redis import RedisStore, RedisSubscriber
 
         assert isinstance(store, RedisStore)
         # Its own connection: stale marks and refetches elsewhere reach this mirror's memory.
         RedisSubscriber(
-            store, mirror.invalidated, mirror.forget_memory, lambda: identity.token
+            store, mirrors.invalidated, mirrors.forget_memory, lambda: identity.token
         ).setServiceParent(top)
-    if poller is not None:
-        # After the store opens, before the listener; stopped before the store closes.
-        poller.make_service().setServiceParent(top)
+    # After the store opens, before the listener; stopped before the store closes.
+    pollers.setServiceParent(top)
     listener = ListenerService(settings.listen, endpoint, site, reactor)
     listener.setServiceParent(top)
     status.listener = listener  # /+status shows the address it got (the real port of tcp:0)

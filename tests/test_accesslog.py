@@ -35,13 +35,14 @@ def test_a_pip_request_is_logged_with_pips_name_and_version(tmp_path: Path) -> N
     events: list[dict[str, Any]] = []
     globalLogPublisher.addObserver(events.append)
     try:
-        assert app.get("/root/pypi", user_agent=PIP_AGENT).code == 200
+        # (pip asking for /root/pypi would get the project list, from the upstream)
+        assert app.get("/+api", user_agent=PIP_AGENT).code == 200
     finally:
         globalLogPublisher.removeObserver(events.append)
         app.stop()
-    [access] = [e for e in events if e.get("uri") == "/root/pypi"]
+    [access] = [e for e in events if e.get("uri") == "/+api"]
     line = formatEvent(access)
-    assert ' "GET /root/pypi" 200 ' in line
+    assert ' "GET /+api" 200 ' in line
     assert line.endswith('ms "pip/24.0"')
     assert access["agent"] == "pip/24.0"
     # The whole agent stays in the event, for structured log observers.

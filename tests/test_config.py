@@ -105,6 +105,10 @@ def test_options_every_flag() -> None:
         "20",
         "--idle-timeout",
         "30",
+        "--secretfile",
+        "/etc/devpid.secret",
+        "--restrict-modify",
+        "root,:admins",
         "--config",
         "/etc/devpid.ini",
     ) == {
@@ -125,6 +129,8 @@ def test_options_every_flag() -> None:
         "max-body-size": "0",
         "max-connections-per-client": "20",
         "idle-timeout": "30",
+        "secretfile": "/etc/devpid.secret",
+        "restrict-modify": "root,:admins",
         "config": "/etc/devpid.ini",
     }
 
@@ -435,7 +441,8 @@ def test_first_start_remembers_the_index_pip_names(
         "at": remembered(tmp_path)["at"],
     }
     assert path.stat().st_mode & 0o777 == 0o644
-    assert [p.name for p in path.parent.iterdir()] == ["upstream.json"]  # no temporary left
+    left = sorted(p.name for p in path.parent.iterdir() if not p.name.startswith("private."))
+    assert left == [".secret", "upstream.json"]  # no temporary left
     assert cache.upstream_url == REAL_INDEX
     assert cache.upstream_origin.startswith(f"from pip's configuration; remembered in {path}")
     # Resolving and remembering read and write files; nothing is fetched.
@@ -581,14 +588,17 @@ def test_make_service(tmp_path: Path) -> None:
     service = makeService(_options(tmp_path, "--listen", "tcp:0:interface=127.0.0.1"), reactor)
     assert isinstance(service, MultiService)
     children = list(service)
-    assert len(children) == 3
     assert [type(child).__name__ for child in children] == [
         "CacheService",
-        "PollerService",
+        "PrivateDataService",
+        "MultiService",
         "ListenerService",
     ]
-    assert children[1].step == 10.0  # leader election: a third of the interval, at most 10 s
-    assert children[1].clock is reactor
+    # one changelog poller per mirror index: root/pypi's
+    pollers = list(service.getServiceNamed("pollers"))
+    assert [type(poller).__name__ for poller in pollers] == ["PollerService"]
+    assert pollers[0].step == 10.0  # leader election: a third of the interval, at most 10 s
+    assert pollers[0].clock is reactor
     assert (tmp_path / "server").is_dir()
     # Nothing listens or connects until the service starts.
     assert reactor.tcpServers == []
@@ -598,14 +608,15 @@ def test_make_service(tmp_path: Path) -> None:
 def test_make_service_accepts_a_plain_dict(tmp_path: Path) -> None:
     options = nothing_given(serverdir=str(tmp_path / "server"), upstream=UPSTREAM)
     service = makeService(options, MemoryReactor())
-    assert len(list(service)) == 3
+    assert len(list(service)) == 4
 
 
 @pytest.mark.parametrize("option", [["--changelog-interval", "0"], ["--offline"]])
 def test_no_changelog_poller_when_off_or_offline(tmp_path: Path, option: list[str]) -> None:
     service = makeService(_options(tmp_path, *option), MemoryReactor())
     names = [type(child).__name__ for child in service]
-    assert names == ["CacheService", "ListenerService"]
+    assert names == ["CacheService", "PrivateDataService", "MultiService", "ListenerService"]
+    assert list(service.getServiceNamed("pollers")) == []
 
 
 @pytest.mark.parametrize(

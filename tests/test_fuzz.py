@@ -9,7 +9,8 @@ overlapping, out of bounds, malformed), ``If-None-Match``, ``X-Outside-URL``,
 Invariants, for every answer: no 5xx but the upstream-caused 502 and 504; no
 traceback in it; not a byte of the canary file beside the serverdir, and no
 file beside the serverdir opened at all (seen by an audit hook); errors are
-devpid's one-line ``text/plain``; a 206 is exactly the asked slices of the
+devpid's one-line ``text/plain`` (devpi's one-line JSON ``message`` when
+``Accept`` has ``application/json``); a 206 is exactly the asked slices of the
 cached file and a 416 comes only when no range is satisfiable. Afterwards
 devpid is healthy (``/+status?check=1`` is 200) and serves its cache intact.
 
@@ -625,8 +626,15 @@ def check_answer(answer: RawAnswer, request: Request) -> None:
     check_bytes(answer.raw)
     # twisted.web answers "*" (405) and 416 (from twisted.web.static) itself.
     if answer.code >= 400 and answer.code != 416 and request.target.startswith(b"/"):
-        assert answer.headers.get("content-type") == "text/plain; charset=utf-8", answer.raw
         assert answer.headers.get("cache-control") == "no-store", answer.raw
+        if answer.headers.get("content-type") == "application/json":
+            # devpi's error form, for clients asking for application/json (devpi-client)
+            assert b"application/json" in (request.header(b"accept") or b""), answer.raw
+            if request.method != b"HEAD":
+                message = json.loads(answer.body)["message"]
+                assert message and "\n" not in message, answer.raw
+            return
+        assert answer.headers.get("content-type") == "text/plain; charset=utf-8", answer.raw
         if request.method != b"HEAD":
             line = answer.body.decode("utf-8")
             assert line.startswith(f"{answer.code} ") and line.count("\n") == 1, line

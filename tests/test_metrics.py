@@ -205,7 +205,7 @@ def test_metrics_count_requests_by_route_and_status(app: App) -> None:
         ("/root/pypi/+f/abc/x-1.0.tar.gz", "other", 404),
         ("/root/pypi/+simple/a/b/c", "other", 404),
         ("/+status/", "other", 404),
-        ("/favicon.ico", "other", 404),
+        ("/favicon.ico", "api", 404),  # GET /<user>: no such user
         ("/+status/../../secret.whl", "other", 404),
     ],
 )

@@ -55,6 +55,16 @@ DOCUMENTED_KEYS = {
     "downloads",
     "shared",
     "poller",
+    # devpi's keys, and the private data
+    "versioninfo",
+    "uuid",
+    "serial",
+    "last-commit-timestamp",
+    "event-serial",
+    "event-serial-timestamp",
+    "event-serial-in-sync-at",
+    "role",
+    "private",
 }
 
 

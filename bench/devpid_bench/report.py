@@ -37,6 +37,13 @@ TABLES: dict[str, tuple[Column, ...]] = {
         Column("2 port", "2 port"),
         Column("2 port/direct", "2 port", "direct"),
     ),
+    # issue 12: the private side (login, authenticated reads, index changes, start-up);
+    # devpi/devpid > 1 on a "v" (lower is better) row means devpid is faster
+    "private": (
+        Column("devpid", "devpid"),
+        Column("devpi", "devpi"),
+        Column("devpi/devpid", "devpi", "devpid"),
+    ),
     # issue 4: devpid behind the nginx file devpid gen-config writes, against nginx
     # serving the same file from the same directory with nothing else in its way
     "front": (

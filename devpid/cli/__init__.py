@@ -2,20 +2,24 @@
 
 ``devpid [options]`` runs ``twistd --nodaemon --pidfile= devpid [options]``;
 ``devpid gen-config [options]`` writes configuration files (see devpid.cli.gen_config);
-``devpid fsck [options]`` verifies the cached files (see devpid.cli.fsck).
+``devpid fsck [options]`` verifies the cached files (see devpid.cli.fsck);
+``devpid init``, ``passwd`` and ``token`` manage the private data (devpid.cli.accounts).
 """
 
 from __future__ import annotations
 
 import sys
 
-SUBCOMMANDS = ("gen-config", "fsck")
+SUBCOMMANDS = ("gen-config", "fsck", "init", "passwd", "token")
 
 #: Printed before twistd's help for ``devpid --help``: the subcommands it does not list.
 PREAMBLE = """\
 devpid [options]             run devpid in the foreground (twistd -n devpid; options below)
 devpid gen-config [options]  write configuration files (see: devpid gen-config --help)
 devpid fsck [options]        verify the cached files (see: devpid fsck --help)
+devpid init [options]        create root and root/pypi in a new serverdir (like devpi-init)
+devpid passwd USER           set a user's password offline (like devpi-passwd)
+devpid token create|list|revoke USER ...   manage API tokens
 """
 
 
@@ -30,6 +34,13 @@ def main(argv: list[str] | None = None) -> None:
         from devpid.cli.fsck import main as fsck
 
         raise SystemExit(fsck(args[1:]))
+    if args[:1] in (["init"], ["passwd"], ["token"]):
+        from devpid.cli import accounts
+
+        command = {"init": accounts.init_main, "passwd": accounts.passwd_main}.get(
+            args[0], accounts.token_main
+        )
+        raise SystemExit(command(args[1:]))
     from twisted.scripts.twistd import run
 
     if "--help" in args[: args.index("--") if "--" in args else None]:

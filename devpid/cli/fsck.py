@@ -24,7 +24,8 @@ class Options(usage.Options):
     longdesc = (
         "Verify every cached file against the sha256 and length its cached page "
         "recorded; report leftover temporary files, unreadable pages, orphans and "
-        "unexpected files. Safe while devpid runs. Exit status: 0 when nothing is wrong "
+        "unexpected files; check the private data (users, indexes, the event log; "
+        "never repaired). Safe while devpid runs. Exit status: 0 when nothing is wrong "
         "(or everything wrong was repaired), 1 when errors remain, 2 for bad usage."
     )
     optParameters = [

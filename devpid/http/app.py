@@ -7,21 +7,33 @@ area answers errors alike.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 import attrs
 from klein import Klein
+from twisted.internet.defer import Deferred
 from twisted.web.resource import IResource
 
+from devpid.auth.passwords import PasswordChecker
+from devpid.auth.tokens import LoginTokens
 from devpid.common.stats import Stats
 from devpid.files.store import FileStore
+from devpid.http.devpi import NodeHeaders, WithNodeHeaders
 from devpid.http.errors import ErrorAnswers
 from devpid.mirror.index import MirrorIndex
 from devpid.mirror.tee import DownloadManager
 from devpid.ops.metrics import Metrics
 from devpid.ops.status import StatusReport
+from devpid.private.data import PrivateData
 from devpid.routes import RouteArea
+from devpid.routes.access import Access
 from devpid.routes.files import FileRoutes
+from devpid.routes.indexes import IndexRoutes
+from devpid.routes.login import LoginRoutes
 from devpid.routes.ops import OpsRoutes
+from devpid.routes.projects import ProjectRoutes
 from devpid.routes.simple import SimpleRoutes
+from devpid.routes.users import UserRoutes
 
 
 @attrs.frozen
@@ -32,7 +44,7 @@ class DevpidRoutes:
     set later would reach none of them.
     """
 
-    indexes: dict[str, MirrorIndex]
+    indexes: Mapping[str, MirrorIndex]
     downloads: DownloadManager
     files: FileStore
     stats: Stats
@@ -40,17 +52,46 @@ class DevpidRoutes:
     outside_url: str | None = None
     #: This app's Prometheus registry; without it /+metrics is 404.
     metrics: Metrics | None = None
+    #: Users, indexes and who asks; without it only the mirrors are served.
+    private: PrivateApi | None = None
     app: Klein = attrs.field(init=False, factory=Klein)
 
     def __attrs_post_init__(self) -> None:
+        data = self.private.data if self.private is not None else None
+        simple = SimpleRoutes(self.indexes, self.files, self.outside_url, data)
         areas: list[RouteArea] = [
             OpsRoutes(self.status, self.metrics),
-            SimpleRoutes(self.indexes, self.files, self.outside_url),
+            simple,
             FileRoutes(self.indexes, self.downloads, self.files, self.stats),
         ]
+        if self.private is not None:
+            p = self.private
+            areas += [
+                LoginRoutes(p.access.authenticator),
+                UserRoutes(p.data, p.access, p.passwords, p.login_tokens, p.offload),
+                IndexRoutes(p.data, p.access, self.indexes, self.outside_url, simple.project_list),
+                ProjectRoutes(p.data, self.indexes, self.outside_url, simple.project_page),
+            ]
         for area in areas:
             area.register(self.app)
         ErrorAnswers().register(self.app)
 
     def resource(self) -> IResource:
-        return self.app.resource()
+        resource = self.app.resource()
+        if self.private is None:
+            return resource
+        data = self.private.data
+        headers = NodeHeaders(data.database.uuid, lambda: data.serial, data.catch_up)
+        return WithNodeHeaders(resource, headers)
+
+
+@attrs.frozen
+class PrivateApi:
+    """What the private routes share: the data, who asks, and how passwords are hashed."""
+
+    data: PrivateData
+    access: Access
+    passwords: PasswordChecker
+    login_tokens: LoginTokens
+    #: Runs argon2 off the reactor.
+    offload: Callable[[Callable[[], str]], Deferred[str]]

@@ -8,6 +8,8 @@ Klein app, so every route area answers errors alike.
 
 from __future__ import annotations
 
+import json
+
 from klein import Klein
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -15,22 +17,37 @@ from twisted.web import http
 from twisted.web.server import Request
 from werkzeug.exceptions import HTTPException
 
+#: Reason phrases twisted.web does not know.
+_PHRASES = {429: b"Too Many Requests"}
+
 
 class HTTPError(Exception):
-    """An answer other than 200, with a one-line reason for the body."""
+    """An answer other than 200, with a one-line reason for the body (and extra headers)."""
 
-    def __init__(self, code: int, reason: str) -> None:
+    def __init__(self, code: int, reason: str, headers: dict[bytes, bytes] | None = None) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        self.headers = headers or {}
 
 
 def plain_error(request: Request, code: int, reason: str) -> bytes:
-    """Set ``code`` on ``request`` and return its one-line body: ``404 Not Found: no index a/b``."""
-    request.setResponseCode(code)
+    """Set ``code`` on ``request`` and return its one-line body: ``404 Not Found: no index a/b``.
+
+    A client that asks for ``application/json`` (devpi-client) gets devpi's
+    ``{"message": ...}`` instead, typed exactly ``application/json``.
+    """
+    phrase_bytes = _PHRASES.get(code)
+    if b"application/json" in (request.getHeader(b"accept") or b""):
+        request.setResponseCode(code, phrase_bytes)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        message = " ".join(reason.split())
+        return (json.dumps({"message": message}, indent=2) + "\n").encode("utf-8")
+    request.setResponseCode(code, phrase_bytes)
     request.setHeader(b"content-type", b"text/plain; charset=utf-8")
     request.setHeader(b"cache-control", b"no-store")
-    phrase = http.RESPONSES.get(code, b"Error").decode()
+    phrase = (phrase_bytes or http.RESPONSES.get(code, b"Error")).decode()
     line = " ".join(f"{code} {phrase}: {reason}".split())
     return line.encode("utf-8", errors="replace") + b"\n"
 
@@ -48,6 +65,8 @@ class ErrorAnswers:
     def http_error(self, request: Request, failure: Failure) -> bytes:
         error = failure.value
         assert isinstance(error, HTTPError)
+        for name, value in error.headers.items():
+            request.setHeader(name, value)
         return plain_error(request, error.code, error.reason)
 
     def werkzeug_error(self, request: Request, failure: Failure) -> bytes:

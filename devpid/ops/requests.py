@@ -22,6 +22,8 @@ ROUTES = (
     "refresh",
     "file",
     "index",
+    "api",
+    "login",
     "status",
     "metrics",
     "other",

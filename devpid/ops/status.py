@@ -7,6 +7,7 @@ warnings), and is it fast (requests and latency over the last minute).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -86,5 +87,20 @@ def render_status(snapshot: Snapshot) -> dict[str, Any]:
 class StatusReport(Sources):
     """The sources of ``/+status``, and its document."""
 
+    #: devpi's keys (``versioninfo``, ``serial``, ``uuid``, ...) and devpid's
+    #: ``private`` section, with their warnings; None without private data.
+    private: Callable[[], PrivateStatus] | None = None
+
     def report(self) -> dict[str, Any]:
-        return render_status(self.snapshot())
+        document = render_status(self.snapshot())
+        if self.private is not None:
+            private = self.private()
+            document["warnings"].extend(private.warnings)
+            document.update(private.fields)
+        return document
+
+
+@attrs.frozen
+class PrivateStatus:
+    fields: dict[str, Any]
+    warnings: tuple[str, ...] = ()

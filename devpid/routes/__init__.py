@@ -20,7 +20,7 @@ access log counts by what the router decided, whatever the path's spelling.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
 from klein import Klein
@@ -43,12 +43,19 @@ def labelled(route: str, handler: Callable[..., _Result]) -> Callable[..., _Resu
     return handle
 
 
+def unrouted(request: Any) -> HTTPError:
+    """The 404 of a path a route's pattern took but devpi's URL space has not (a ``+``
+    segment where a name belongs): counted as ``other``, like the router's own 404s."""
+    setattr(request, ROUTE_ATTRIBUTE, "other")
+    return HTTPError(404, "not found")
+
+
 class RouteArea(Protocol):
     def register(self, app: Klein) -> None:
         """Add this area's routes to ``app``."""
 
 
-def mirror_named(indexes: dict[str, MirrorIndex], user: str, index: str) -> MirrorIndex:
+def mirror_named(indexes: Mapping[str, MirrorIndex], user: str, index: str) -> MirrorIndex:
     """The index ``<user>/<index>`` of a URL, or a 404."""
     mirror = indexes.get(f"{user}/{index}")
     if mirror is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,7 @@ def _content_type(filename: str) -> bytes:
 
 @attrs.define
 class FileRoutes:
-    indexes: dict[str, MirrorIndex]
+    indexes: Mapping[str, MirrorIndex]
     downloads: DownloadManager
     files: FileStore
     stats: Stats

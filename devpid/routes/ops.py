@@ -32,6 +32,9 @@ class OpsRoutes:
             request.setResponseCode(503)
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
+        if b"application/json" in (request.getHeader(b"accept") or b""):
+            # devpi-client (``devpi --version``) reads devpi's envelope
+            report = {"result": report, "type": "status"}
         return json.dumps(report, indent=1).encode("utf-8") + b"\n"
 
     def metrics_text(self, request: Request) -> bytes:

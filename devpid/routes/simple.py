@@ -9,8 +9,7 @@ unless the name is not normalized.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import attrs
 from klein import Klein
@@ -22,7 +21,9 @@ from devpid.http.errors import HTTPError
 from devpid.http.request import accepts_gzip, etag_matches, is_installer, links_for, media_type
 from devpid.mirror.index import CachedPage, IndexUnavailable, MirrorIndex, ProjectNotFound
 from devpid.mirror.pages import GZIP_MIN_BYTES, gzip_etag
-from devpid.routes import labelled, mirror_named
+from devpid.private.data import PrivateData
+from devpid.private.resolve import resolution_order, resolve_project
+from devpid.routes import labelled
 from devpid.simple.model import METADATA, PROVENANCE, Link, is_valid_project_name
 from devpid.simple.render import CONTENT_TYPES, LinkRenderer
 
@@ -30,17 +31,21 @@ from devpid.simple.render import CONTENT_TYPES, LinkRenderer
 #: and lets them revalidate cheaply (ETag) after that.
 PAGE_CACHE_CONTROL = b"max-age=60, public"
 
+#: The project list of a stage without a mirror base (until uploads, it has no projects).
+_NOTHING = CachedPage(content=(), etag=None, serial=None, fetched_at=0.0)
+
 
 @attrs.define
 class SimpleRoutes:
-    indexes: dict[str, MirrorIndex]
+    indexes: Mapping[str, MirrorIndex]
     #: Offline, a page links only the files that are here.
     files: FileStore
     outside_url: str | None = None
+    #: Users' indexes: a stage's pages come from its bases.
+    private: PrivateData | None = None
 
     def register(self, app: Klein) -> None:
-        index, simple = "/<user>/<index>", "/<user>/<index>/+simple"
-        app.route(index, methods=["GET"], strict_slashes=False)(labelled("index", self.index_json))
+        simple = "/<user>/<index>/+simple"
         app.route(f"{simple}/", methods=["GET"], strict_slashes=False)(
             labelled("project_list", self.project_list)
         )
@@ -51,39 +56,34 @@ class SimpleRoutes:
             labelled("refresh", self.refresh)
         )
 
-    def index_json(self, request: Request, user: str, index: str) -> bytes:
-        mirror = mirror_named(self.indexes, user, index)
-        request.setHeader(b"content-type", b"application/json")
-        result = {
-            "type": "mirror",
-            "mirror_url": mirror.upstream.simple_url,
-            "bases": [],
-            "volatile": False,
-        }
-        return json.dumps({"type": "indexconfig", "result": result}).encode("utf-8")
-
     async def project_list(self, request: Request, user: str, index: str) -> bytes:
-        mirror = mirror_named(self.indexes, user, index)
+        name = f"{user}/{index}"
+        mirror = self._list_source(user, index)
         if not request.path.endswith(b"/") and not is_installer(request):
-            return self._redirect(request, mirror, "+simple/")
+            return self._redirect(request, name, "+simple/")
         answer_type = media_type(request)
+        if mirror is None:
+            urls = links_for(request, self.outside_url, name)
+            return await self._send_page(request, None, _NOTHING, answer_type, urls)
         try:
             entry = await mirror.project_list()
         except IndexUnavailable as e:
             raise HTTPError(502, str(e)) from None
         except ProjectNotFound as e:
             raise HTTPError(502, f"the upstream has no project list: {e}") from None
-        urls = links_for(request, self.outside_url, mirror.name)
+        urls = links_for(request, self.outside_url, name)
         return await self._send_page(request, mirror, entry, answer_type, urls)
 
     async def project_page(self, request: Request, user: str, index: str, project: str) -> bytes:
-        mirror = mirror_named(self.indexes, user, index)
+        name = f"{user}/{index}"
+        self._list_source(user, index)  # 404 for an unknown index
         if not is_valid_project_name(project):
             raise HTTPError(400, f"invalid project name {project[:100]!r}")
         normalized = canonicalize_name(project)
         trailing = request.path.endswith(b"/")
         if normalized != project or (not trailing and not is_installer(request)):
-            return self._redirect(request, mirror, f"+simple/{normalized}/")
+            return self._redirect(request, name, f"+simple/{normalized}/")
+        mirror = self._page_source(user, index, normalized)
         answer_type = media_type(request)
         urls = links_for(request, self.outside_url, mirror.name)
         try:
@@ -96,11 +96,13 @@ class SimpleRoutes:
         return await self._send_page(request, mirror, entry, answer_type, urls, select)
 
     async def refresh(self, request: Request, user: str, index: str, project: str) -> bytes:
-        """devpi's refresh: revalidate one project's page now, then show it."""
-        mirror = mirror_named(self.indexes, user, index)
+        """devpi's refresh: revalidate one project's page now (on the index, or the mirror
+        its pages come from), then show it."""
+        self._list_source(user, index)
         if not is_valid_project_name(project):
             raise HTTPError(400, f"invalid project name {project[:100]!r}")
         normalized = canonicalize_name(project)
+        mirror = self._page_source(user, index, normalized)
         if mirror.offline:
             raise HTTPError(409, "devpid is offline: nothing to refresh from")
         try:
@@ -110,16 +112,46 @@ class SimpleRoutes:
         except IndexUnavailable as e:
             raise HTTPError(502, str(e)) from None
         prefix = links_for(request, self.outside_url, mirror.name).prefix
-        location = f"{prefix}/{mirror.name}/+simple/{normalized}/"
+        location = f"{prefix}/{user}/{index}/+simple/{normalized}/"
         request.setResponseCode(302)
         request.setHeader(b"location", location.encode("utf-8"))
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return b"refreshed; see " + location.encode("utf-8") + b"\n"
 
-    def _redirect(self, request: Request, mirror: MirrorIndex, subpath: str) -> bytes:
+    def _list_source(self, user: str, index: str) -> MirrorIndex | None:
+        """The mirror whose project list the index shows (a stage: its first mirror base);
+        None for a stage without one; 404 for no such index."""
+        name = f"{user}/{index}"
+        mirror = self.indexes.get(name)
+        if mirror is not None:
+            return mirror
+        if self.private is None or self.private.index(name) is None:
+            raise HTTPError(404, f"no index {name}")
+        for stage in resolution_order(name, self.private.stages()):
+            if stage in self.indexes:
+                return self.indexes[stage]
+        return None
+
+    def _page_source(self, user: str, index: str, project: str) -> MirrorIndex:
+        """The mirror a project's page comes from: the index itself, or for a stage the
+        first mirror of its resolution order that the whitelist lets through."""
+        name = f"{user}/{index}"
+        mirror = self.indexes.get(name)
+        if mirror is not None:
+            return mirror
+        assert self.private is not None
+        resolution = resolve_project(
+            name, project, self.private.stages(), self.private.has_private_project
+        )
+        for stage in resolution.stages:
+            if stage in self.indexes:
+                return self.indexes[stage]
+        raise HTTPError(404, f"The project {project} does not exist.")
+
+    def _redirect(self, request: Request, name: str, subpath: str) -> bytes:
         """A 301 to ``subpath`` of the index, under the outside URL when there is one."""
-        prefix = links_for(request, self.outside_url, mirror.name).prefix
-        location = f"{prefix}/{mirror.name}/{subpath}"
+        prefix = links_for(request, self.outside_url, name).prefix
+        location = f"{prefix}/{name}/{subpath}"
         query = request.uri.partition(b"?")[2]
         target = location.encode("utf-8") + (b"?" + query if query else b"")
         request.setResponseCode(301)
@@ -130,7 +162,7 @@ class SimpleRoutes:
     async def _send_page(
         self,
         request: Request,
-        mirror: MirrorIndex,
+        mirror: MirrorIndex | None,
         entry: CachedPage,
         answer_type: str,
         urls: LinkRenderer,
@@ -155,7 +187,7 @@ class SimpleRoutes:
                 request.setResponseCode(304)
                 return b""
         if compress:
-            body, etag = await rendered.gzip(mirror.offload), gzip_etag(etag)
+            body, etag = await rendered.gzip(mirror.offload if mirror else None), gzip_etag(etag)
             request.setHeader(b"content-encoding", b"gzip")
         else:
             body = rendered.body

@@ -12,7 +12,10 @@ What is checked (see docs/operations.md#checking-the-cache-devpid-fsck):
 - a file no cached page lists (an orphan, a warning): whether its sha256
   starts with the ``<h3><h13>`` of its path, which holds for every file the
   upstream gave a sha256 for;
-- temporary files nobody writes any more, unexpected files, unreadable pages.
+- temporary files nobody writes any more, unexpected files, unreadable pages;
+- the private data (``private.sqlite``, see ``devpid.ops.fsck.private``): its
+  integrity, an event log without gaps whose replay gives exactly the
+  records, index owners and bases. Never repaired: restore from a backup.
 
 It reads the serverdir only, never the state store, so it runs beside live
 devpid processes. ``--repair`` removes what it found bad, by the same rules

@@ -26,6 +26,7 @@ from devpid.files.store import (
 )
 from devpid.ops.fsck.disk import OPEN_FLAGS, identity, remove_if_unchanged, walk
 from devpid.ops.fsck.pages import Expectation, PageCache
+from devpid.ops.fsck.private import check_private
 from devpid.ops.fsck.report import Problem, Report, Severity
 from devpid.simple.model import METADATA, PROVENANCE, project_of_filename
 
@@ -49,6 +50,7 @@ class Checker:
     def check(self) -> Report:
         self._check_files()
         self._check_pages()
+        check_private(self.serverdir, self.report)
         return self.report
 
     # -- reporting -----------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Authentication and permissions: passwords, tokens, credentials, throttling and the one ACL."""

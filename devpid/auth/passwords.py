@@ -1,0 +1,113 @@
+"""argon2id password hashes, and a cache so argon2 runs once per (user, hash, secret).
+
+Costs are OWASP's minimum for argon2id (19 MiB, t=2, p=1). devpi's defaults (512 MiB, p=8,
+t=16) make each login attempt cost half a gigabyte: a handful of concurrent bad logins is a
+denial of service. Hashes with other parameters still verify (argon2 reads them from the hash).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+from collections.abc import Callable
+
+import attrs
+from argon2 import PasswordHasher, Type
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+
+ARGON2_TIME_COST = 2
+ARGON2_MEMORY_KIB = 19456
+ARGON2_PARALLELISM = 1
+
+_HASHER = PasswordHasher(
+    time_cost=ARGON2_TIME_COST,
+    memory_cost=ARGON2_MEMORY_KIB,
+    parallelism=ARGON2_PARALLELISM,
+    type=Type.ID,
+)
+_HASH_RE = re.compile(
+    r"\$argon2(id|i|d)\$(v=\d+\$)?m=\d+,t=\d+,p=\d+\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+"
+)
+
+
+def hash_password(password: str) -> str:
+    """CPU-bound (tens of ms): callers run it in a thread."""
+    return _HASHER.hash(password)
+
+
+def verify_password(pwhash: str, password: str) -> bool:
+    """False on mismatch or a malformed hash; never raises."""
+    try:
+        return bool(_HASHER.verify(pwhash, password))
+    except Exception:
+        return False
+
+
+def looks_like_hash(value: str) -> bool:
+    return isinstance(value, str) and _HASH_RE.fullmatch(value) is not None
+
+
+_Key = tuple[str, str, bytes]
+
+
+@attrs.define
+class PasswordChecker:
+    """Verifies passwords off the reactor and remembers recent answers, so argon2 runs once per
+    (user, hash, secret), not once per request.
+
+    Failures are remembered too: pip resends the same wrong Basic password on every request.
+    """
+
+    offload: Callable[[Callable[[], bool]], Deferred[bool]]
+    clock: IReactorTime
+    ttl: float = 300.0
+    max_entries: int = 10_000
+    _key: bytes = attrs.field(factory=lambda: os.urandom(32))
+    _cache: dict[_Key, tuple[bool, float]] = attrs.field(factory=dict)
+    _inflight: dict[_Key, list[Deferred[bool]]] = attrs.field(factory=dict)
+    _epoch: int = 0
+
+    async def check(self, user: str, pwhash: str, password: str) -> bool:
+        digest = hmac.new(
+            self._key, password.encode("utf-8", "surrogatepass"), hashlib.sha256
+        ).digest()
+        key = (user, pwhash, digest)
+        now = self.clock.seconds()
+        cached = self._cache.get(key)
+        if cached is not None:
+            if cached[1] > now:
+                return cached[0]
+            del self._cache[key]
+        waiter: Deferred[bool] = Deferred()
+        waiters = self._inflight.get(key)
+        if waiters is None:
+            self._inflight[key] = [waiter]
+            epoch = self._epoch
+            self.offload(lambda: verify_password(pwhash, password)).addBoth(
+                self._deliver, key, epoch
+            )
+        else:
+            waiters.append(waiter)
+        return await waiter
+
+    def _deliver(self, result: bool | Failure, key: _Key, epoch: int) -> None:
+        waiters = self._inflight.pop(key, [])
+        if not isinstance(result, Failure) and epoch == self._epoch:
+            while len(self._cache) >= self.max_entries:
+                del self._cache[next(iter(self._cache))]
+            self._cache[key] = (result, self.clock.seconds() + self.ttl)
+        for waiter in waiters:
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+
+    def forget(self, user: str) -> None:
+        """After a password change or user delete; answers still in flight are not cached."""
+        self._epoch += 1
+        for key in [k for k in self._cache if k[0] == user]:
+            del self._cache[key]

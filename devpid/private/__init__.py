@@ -1,0 +1,1 @@
+"""Private data: users, indexes, their configuration, the event log."""
