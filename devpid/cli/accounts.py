@@ -84,6 +84,22 @@ class TokenCreate(usage.Options):
         super().__init__()
         self["indexes"] = []
 
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        """Options may come after USER too (``create alice --index alice/dev``): every
+        option of ``create`` takes a value, so the rest are the positional arguments."""
+        args = list(options or [])
+        flags: list[str] = []
+        positional: list[str] = []
+        while args:
+            arg = args.pop(0)
+            if arg.startswith("-") and arg not in ("-", "--"):
+                flags.append(arg)
+                if "=" not in arg and arg not in ("-h", "--help") and args:
+                    flags.append(args.pop(0))
+            else:
+                positional.append(arg)
+        super().parseOptions([*flags, *positional])
+
     def opt_index(self, index: str) -> None:
         """limit the token to this index (repeatable)"""
         self["indexes"].append(index)
