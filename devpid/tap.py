@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sys
 import tempfile
 import uuid
@@ -308,12 +309,25 @@ def build_service(
         running_pollers[mirror.name] = (poller, service)
         service.setServiceParent(pollers)
 
-    def stop_poller(mirror: MirrorIndex) -> None:
+    def mirror_removed(mirror: MirrorIndex, gone: bool) -> None:
         known = running_pollers.pop(mirror.name, None)
         if known is not None:
             known[1].disownServiceParent()
+        mirror.forget_memory()
+        if not gone and mirror.upstream.simple_url == make_url(mirror.name):
+            return  # rebuilt for its cache expiry: its pages stay good
+        # deleted: its pages and files go; another upstream: its pages are refetched
+        for trash in files.detach_index(mirror.name, files_too=gone):
+            if real_reactor:
+                reactor.callInThread(shutil.rmtree, trash, True)
+            else:
+                shutil.rmtree(trash, True)
 
-    mirrors = MirrorRegistry(make_mirror, start_poller, stop_poller)
+    def make_url(name: str) -> str:
+        config = data.index(name) or {}
+        return _mirror_settings(settings, name, config)[0]
+
+    mirrors = MirrorRegistry(make_mirror, start_poller, mirror_removed)
     mirrors.sync(data.mirrors())
 
     def follow_indexes(event: Event) -> None:

@@ -402,3 +402,47 @@ def test_a_shared_address_gets_more_failures_than_a_user() -> None:
     for n in range(30):
         throttle.failed(f"other{n}", "10.0.0.9")
     assert throttle.retry_after("someone-else", "10.0.0.9") is not None
+
+
+def test_concurrent_guesses_are_checked_one_at_a_time(tmp_path: Path) -> None:
+    """Guesses sent at once cannot all be in flight before the first failure counts."""
+    from twisted.internet.defer import Deferred, ensureDeferred
+
+    from devpid.auth.authenticate import Authenticator
+    from devpid.private.data import PrivateData
+    from devpid.private.database import PrivateDatabase
+    from devpid.private.init import initialize
+
+    database = PrivateDatabase(tmp_path / "private.sqlite")
+    database.open()
+    data = PrivateData(database)
+    initialize(data, hash_password("right"), None, "x")
+    clock = Clock()
+    pending: list[tuple[Deferred[bool], Callable[[], bool]]] = []
+
+    def offload(function: Callable[[], bool]) -> Deferred[bool]:
+        d: Deferred[bool] = Deferred()
+        pending.append((d, function))
+        return d
+
+    authenticator = Authenticator(
+        data,
+        LoginTokens(b"k" * 32, clock),
+        PasswordChecker(offload, clock),
+        FailedLogins(clock),
+        clock,
+    )
+    header = lambda secret: b"Basic " + base64.b64encode(b"root:" + secret.encode())  # noqa: E731
+    results = [
+        ensureDeferred(authenticator.principal(None, header(f"guess{n}"), "10.0.0.1"))
+        for n in range(8)
+    ]
+    right = ensureDeferred(authenticator.principal(None, header("right"), "10.0.0.1"))
+    assert len(pending) == 1  # one check in flight; the others wait their turn
+    while pending:
+        d, function = pending.pop(0)
+        d.callback(function())
+    outcomes = [r.result for r in results]
+    assert all(p.user is None for p in outcomes)
+    assert right.result.user is None  # throttled by the failures before it
+    database.close()

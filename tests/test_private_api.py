@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from tests.fixtures.devpid_process import DevpidProcess, Response, http_get
 from tests.fixtures.upstream import UpstreamProcess
 
 pytestmark = pytest.mark.integration
+JSON_V1 = "application/vnd.pypi.simple.v1+json"
 
 
 @attrs.define
@@ -386,3 +388,70 @@ def test_pip_and_uv_install_through_a_stage_with_a_token(
     done = uv_install(index, tmp_path / "uv", "devpid-demo-app")
     assert done.returncode == 0, done.stderr
     assert token not in server.log_text()
+
+
+def test_a_password_in_a_mirror_url_is_never_shown(server: DevpidProcess) -> None:
+    api = Api(server)
+    api.call("PUT", "/secretive", {"password": "pw"})
+    api.login("secretive", "pw")
+    url = "http://user:hunter2@localhost:9/simple/"
+    created = api.call("PUT", "/secretive/mir", {"type": "mirror", "mirror_url": url})
+    assert created.status == 200
+    for answer in (created, api.call("GET", "/secretive/mir"), api.call("GET", "/secretive")):
+        assert b"hunter2" not in answer.body and b"user:***@localhost" in answer.body
+    # devpi-client's dict PATCH sends the shown URL back: the real one is kept
+    shown = body(api.call("GET", "/secretive/mir?no_projects="))["result"]
+    assert api.call("PATCH", "/secretive/mir", {**shown, "title": "T"}).status == 200
+    database = PrivateDatabase(server.serverdir / "private.sqlite")
+    database.open()
+    try:
+        assert PrivateData(database).index("secretive/mir")["mirror_url"] == url  # type: ignore[index]
+    finally:
+        database.close()
+
+
+def test_deleting_a_mirror_index_removes_its_cache(
+    server: DevpidProcess, shared_upstream: UpstreamProcess
+) -> None:
+    api = Api(server)
+    api.call("PUT", "/gone", {"password": "pw"})
+    api.login("gone", "pw")
+    config = {"type": "mirror", "mirror_url": shared_upstream.simple_url}
+    assert api.call("PUT", "/gone/mir", config).status == 200
+    page = http_get(server.url + "/gone/mir/+simple/devpid-demo-lib/", Accept=JSON_V1)
+    url = json.loads(page.body)["files"][0]["url"]
+    assert http_get(server.url + url).status == 200
+    pages = server.serverdir / "+pages" / "gone" / "mir"
+    files = server.serverdir / "+files" / "gone" / "mir"
+    assert pages.is_dir() and files.is_dir()
+    assert api.call("DELETE", "/gone/mir").status == 201
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (
+        pages.exists() or files.exists() or list(pages.parent.glob(".mir.*"))
+    ):
+        time.sleep(0.05)
+    assert not pages.exists() and not files.exists()
+    assert not list(pages.parent.glob(".mir.*")) and not list(files.parent.glob(".mir.*"))
+    # a new index of that name starts empty, and works
+    assert api.call("PUT", "/gone/mir", config).status == 200
+    again = http_get(server.url + "/gone/mir/+simple/devpid-demo-lib/", Accept=JSON_V1)
+    assert again.status == 200
+
+
+def test_guesses_are_throttled_and_a_stale_password_locks_nobody_out(
+    server: DevpidProcess,
+) -> None:
+    api = Api(server)
+    api.call("PUT", "/guessed", {"password": "right"})
+    api.call("PUT", "/stale", {"password": "right"})
+
+    def whoami(user: str, secret: str) -> str:
+        answer = Api(server).call("GET", "/+api", Authorization=basic(user, secret))
+        return str(body(answer)["result"]["authstatus"][0])
+
+    # pip with an old password in its index URL, request after request: counted once
+    assert [whoami("stale", "old") for _ in range(10)] == ["noauth"] * 10
+    assert whoami("stale", "right") == "ok"
+    for n in range(6):
+        whoami("guessed", f"guess{n}")
+    assert api.call("POST", "/+login", {"user": "guessed", "password": "right"}).status == 429

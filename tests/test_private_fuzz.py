@@ -232,3 +232,34 @@ def test_fuzz_leaves_the_data_consistent(devpid: MemoryDevpid, tmp_path: Path) -
     assert data.user("root") is not None and data.index("root/pypi") is not None
     report = fsck(devpid.serverdir)
     assert report.exit_status == 0, [p.line() for p in report.problems]
+
+
+def test_json_nested_deeper_than_the_limit_is_a_400(devpid: MemoryDevpid) -> None:
+    for depth in (33, 480):
+        custom = "[" * depth + "]" * depth
+        answer = call(devpid, "PUT", "/nested", '{"password": "pw", "custom_data": ' + custom + "}")
+        check(answer)
+        assert answer.code == 400 and "nested deeper" in answer.body.decode(), answer.raw[:300]
+    fine = "[" * 10 + "]" * 10
+    answer = call(devpid, "PUT", "/nested", '{"password": "pw", "custom_data": ' + fine + "}")
+    assert answer.code == 201, answer.raw[:300]
+
+
+def test_limits_on_what_users_may_store(devpid: MemoryDevpid) -> None:
+    huge = "1" + "0" * 400
+    answer = call(
+        devpid,
+        "PUT",
+        "/alice/huge",
+        json.dumps(
+            {"type": "mirror", "mirror_url": "http://localhost:9/", "mirror_cache_expiry": huge}
+        ),
+    )
+    check(answer)
+    assert answer.code == 400, answer.raw[:300]
+    costly = "$argon2id$v=19$m=8,t=3000000,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo"
+    answer = call(devpid, "PUT", "/costly", json.dumps({"password": "x", "pwhash": costly}))
+    check(answer)
+    data = private_data(devpid)
+    record = data.user("costly")
+    assert record is None or record["pwhash"] != costly

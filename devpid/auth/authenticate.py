@@ -14,10 +14,14 @@ checked at all (the request is anonymous), and ``/+login`` answers 429.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
+from twisted.internet.defer import DeferredLock
 from twisted.internet.interfaces import IReactorTime
 
 from devpid.auth.acl import ANONYMOUS, Principal
@@ -27,6 +31,8 @@ from devpid.auth.throttle import FailedLogins
 from devpid.auth.tokens import LoginTokens, api_token_digest, api_token_id, digests_equal
 from devpid.private.data import PrivateData
 
+#: Wrong passwords remembered as already counted.
+KNOWN_WRONG_ENTRIES = 10_000
 #: The user name that says "the password is an API token" (as package indexes do).
 TOKEN_USER = "__token__"
 
@@ -44,6 +50,10 @@ class Authenticator:
     passwords: PasswordChecker
     failures: FailedLogins
     clock: IReactorTime
+    _checking: dict[str, DeferredLock] = attrs.field(factory=dict)
+    #: Keyed digests of (user, wrong password) already counted, oldest first.
+    _known_wrong: dict[bytes, None] = attrs.field(factory=dict)
+    _key: bytes = attrs.field(factory=lambda: secrets.token_bytes(32))
 
     async def principal(
         self, x_devpi_auth: bytes | None, authorization: bytes | None, address: str
@@ -82,11 +92,35 @@ class Authenticator:
             return None
         if self.failures.retry_after(user, address) is not None:
             return None
-        if await self.passwords.check(user, pwhash, secret):
+        # One password check of a user at a time: concurrent guesses wait, and are
+        # throttled by the failures of those before them.
+        lock = self._checking.setdefault(user, DeferredLock())
+        await lock.acquire()
+        try:
+            if self.failures.retry_after(user, address) is not None:
+                return None
+            right = await self.passwords.check(user, pwhash, secret)
+        finally:
+            lock.release()
+            if not lock.locked and not lock.waiting:
+                self._checking.pop(user, None)
+        if right:
             self.failures.succeeded(user, address)
             return Principal(user)
-        self.failures.failed(user, address)
+        self._failed(user, secret, address)
         return None
+
+    def _failed(self, user: str, secret: str, address: str) -> None:
+        """Count a wrong password once: a client repeating a stale one (pip with an old
+        password in its index URL) is not an attacker guessing, and must not lock the
+        user out for everyone."""
+        digest = hmac.new(self._key, f"{user}\0{secret}".encode(), hashlib.sha256).digest()
+        if digest in self._known_wrong:
+            return
+        self._known_wrong[digest] = None
+        while len(self._known_wrong) > KNOWN_WRONG_ENTRIES:
+            del self._known_wrong[next(iter(self._known_wrong))]
+        self.failures.failed(user, address)
 
     def _api_token(self, user: str, token_id: str, secret: str) -> Principal | None:
         token = self.data.tokens().get(token_id)

@@ -30,8 +30,15 @@ _HASHER = PasswordHasher(
     type=Type.ID,
 )
 _HASH_RE = re.compile(
-    r"\$argon2(id|i|d)\$(v=\d+\$)?m=\d+,t=\d+,p=\d+\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+"
+    r"\$argon2(id|i|d)\$(v=\d+\$)?m=(\d{1,9}),t=(\d{1,9}),p=(\d{1,3})\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+"
 )
+#: The costliest hash accepted from outside (``pwhash``, ``--root-passwd-hash``): a
+#: stored hash's cost is paid at every check of a new secret, so an unbounded one
+#: would let anyone who may create a user make each check take seconds and memory.
+#: devpi's password hashes (passlib's argon2: 64 MiB, t=3, p=4) are within it.
+MAX_GIVEN_MEMORY_KIB = 65536
+MAX_GIVEN_TIME_COST = 10
+MAX_GIVEN_PARALLELISM = 8
 
 
 def hash_password(password: str) -> str:
@@ -48,7 +55,18 @@ def verify_password(pwhash: str, password: str) -> bool:
 
 
 def looks_like_hash(value: str) -> bool:
-    return isinstance(value, str) and _HASH_RE.fullmatch(value) is not None
+    """An argon2 hash devpid will store: well formed, and no costlier than the limits."""
+    if not isinstance(value, str):
+        return False
+    match = _HASH_RE.fullmatch(value)
+    if match is None:
+        return False
+    memory, time_cost, parallelism = (int(match.group(n)) for n in (3, 4, 5))
+    return (
+        memory <= MAX_GIVEN_MEMORY_KIB
+        and 1 <= time_cost <= MAX_GIVEN_TIME_COST
+        and 1 <= parallelism <= MAX_GIVEN_PARALLELISM
+    )
 
 
 _Key = tuple[str, str, bytes]

@@ -329,3 +329,26 @@ class FileStore:
             for p in directory.iterdir()
             if p.name.endswith(".json") and not p.name.startswith("+")
         )
+
+    def detach_index(self, index: str, files_too: bool) -> list[Path]:
+        """Move an index's pages (and, with ``files_too``, its files) out of the layout at
+        once; the moved directories, for the caller to remove (off the reactor).
+
+        Used when a mirror index is deleted (everything goes) or mirrors another
+        upstream (its pages go: they are refetched; files are named by their hash).
+        """
+        user, _, name = index.partition("/")
+        roots = [self.pages_root] + ([self.files_root] if files_too else [])
+        moved = []
+        for root in roots:
+            directory = self._inside(root / user / name)
+            trash = directory.with_name(f".{name}.{self.identity.token}.deleted")
+            try:
+                directory.rename(trash)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                self.log.warn("cannot move {path} away: {error}", path=str(directory), error=e)
+                continue
+            moved.append(trash)
+        return moved

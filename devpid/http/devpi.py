@@ -117,6 +117,30 @@ def json_body(request: Request) -> Any:
     content = request.content
     raw = content.read() if content is not None else b""
     try:
-        return json.loads(raw.decode("utf-8")) if raw.strip() else None
+        document = json.loads(raw.decode("utf-8")) if raw.strip() else None
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise HTTPError(400, "Bad request: could not decode json") from None
+    if _depth_over(document, MAX_JSON_DEPTH):
+        raise HTTPError(400, f"Bad request: JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return document
+
+
+#: No configuration needs more; deeper documents would reach recursion limits later.
+MAX_JSON_DEPTH = 32
+
+
+def _depth_over(document: Any, limit: int) -> bool:
+    """Whether lists and objects nest deeper than ``limit`` (iterative: no recursion)."""
+    pending = [(document, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > limit:
+            return True
+        pending.extend((child, depth + 1) for child in children)
+    return False

@@ -32,9 +32,10 @@ def _fingerprint(config: Mapping[str, Any]) -> str:
 class MirrorRegistry(Mapping[str, MirrorIndex]):
     #: Makes the MirrorIndex of a mirror index from its name and configuration.
     build: Callable[[str, Mapping[str, Any]], MirrorIndex]
-    #: Told of each MirrorIndex added (to start its poller) and removed (to stop it).
+    #: Told of each MirrorIndex added (to start its poller) and removed (to stop it);
+    #: ``removed`` also says whether the index is gone (else it is being rebuilt).
     added: Callable[[MirrorIndex], None] = lambda mirror: None
-    removed: Callable[[MirrorIndex], None] = lambda mirror: None
+    removed: Callable[[MirrorIndex, bool], None] = lambda mirror, gone: None
     _mirrors: dict[str, tuple[str, MirrorIndex]] = attrs.field(factory=dict)
     log = Logger()
 
@@ -43,7 +44,7 @@ class MirrorRegistry(Mapping[str, MirrorIndex]):
         for name in list(self._mirrors):
             if name not in configs:
                 _, mirror = self._mirrors.pop(name)
-                self.removed(mirror)
+                self.removed(mirror, True)
                 self.log.info("mirror index {name} removed", name=name)
         for name, config in configs.items():
             fingerprint = _fingerprint(config)
@@ -51,8 +52,13 @@ class MirrorRegistry(Mapping[str, MirrorIndex]):
             if known is not None and known[0] == fingerprint:
                 continue
             if known is not None:
-                self.removed(known[1])
-            mirror = self.build(name, config)
+                self.removed(known[1], False)
+                del self._mirrors[name]
+            try:
+                mirror = self.build(name, config)
+            except Exception:
+                self.log.failure("mirror index {name} cannot be served", name=name)
+                continue
             self._mirrors[name] = (fingerprint, mirror)
             self.added(mirror)
             self.log.info(

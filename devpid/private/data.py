@@ -18,7 +18,12 @@ from typing import Any
 import attrs
 
 from devpid.private.database import PrivateDatabase, Transaction
-from devpid.private.indexconfig import MIRROR, new_index_config, patch_index_config
+from devpid.private.indexconfig import (
+    MIRROR,
+    keep_hidden_password,
+    new_index_config,
+    patch_index_config,
+)
 from devpid.private.names import InvalidConfig, check_index_name, check_user_name
 from devpid.private.resolve import Stage
 from devpid.private.userconfig import USER_FIELDS, NewUser, UserChange
@@ -225,6 +230,7 @@ class PrivateData:
                 body,
                 index_exists=lambda n: tx.get("index", n) is not None,
             )
+            config = keep_hidden_password(current, config)
             if config != current:
                 tx.put("index", index, config)
             return config

@@ -30,8 +30,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
+from twisted.logger import Logger
 
 from devpid.private.events import KINDS, Change, Event
+
+_log = Logger()
 
 FILENAME = "private.sqlite"
 #: How long a writer waits for another process's write to finish.
@@ -172,11 +175,18 @@ class PrivateDatabase:
     def _load_all(self) -> None:
         records = Records()
         with self._reading():
-            self._data_version = self._current_data_version()
-            for kind, name, value in self.db.execute("SELECT kind, name, value FROM records"):
+            # one read transaction: the records and the last serial of one snapshot
+            self.db.execute("BEGIN")
+            try:
+                self._data_version = self._current_data_version()
+                rows = self.db.execute("SELECT kind, name, value FROM records").fetchall()
+                last = self.db.execute(
+                    "SELECT serial, at FROM events ORDER BY serial DESC LIMIT 1"
+                ).fetchone()
+            finally:
+                self.db.execute("COMMIT")
+            for kind, name, value in rows:
                 records.of(kind)[name] = json.loads(value)
-            row = self.db.execute("SELECT serial, at FROM events ORDER BY serial DESC LIMIT 1")
-            last = row.fetchone()
         if last is not None:
             records.serial, records.last_commit_at = int(last[0]), float(last[1])
         self.records = records
@@ -225,7 +235,11 @@ class PrivateDatabase:
         self.records.serial = event.serial
         self.records.last_commit_at = event.at
         for listener in self.listeners:
-            listener(event)
+            try:
+                listener(event)
+            except Exception:
+                # the change is committed and applied; what follows it must not undo that
+                _log.failure("after event {serial} ({what})", serial=event.serial, what=event.what)
 
     def events_since(self, serial: int, limit: int = 1000) -> list[Event]:
         """Events after ``serial``, oldest first (for replicas, webhooks, export)."""

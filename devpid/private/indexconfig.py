@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from devpid.config import shown_url
 from devpid.private.names import (
     InvalidConfig,
     check_index_name,
@@ -155,7 +156,20 @@ def _mirror_url(value: object) -> str:
     return value
 
 
+#: The longest a mirror page may count as fresh: a year.
+MAX_CACHE_EXPIRY = 365 * 24 * 3600
+
+
 def _cache_expiry(value: object) -> int:
+    expiry = _cache_expiry_integer(value)
+    if not 0 <= expiry <= MAX_CACHE_EXPIRY:
+        raise InvalidConfig(
+            f"'mirror_cache_expiry' must be from 0 to {MAX_CACHE_EXPIRY} seconds (a year)"
+        )
+    return expiry
+
+
+def _cache_expiry_integer(value: object) -> int:
     message = "'mirror_cache_expiry' option must be an integer"
     if isinstance(value, bool):
         raise InvalidConfig(message)
@@ -505,3 +519,20 @@ def _list_entry(
     if key == "mirror_whitelist":
         return _whitelist_entry(value)
     return _acl_entry(value)
+
+
+def visible_index(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The configuration as answered: a password in ``mirror_url`` shown as ``***``."""
+    shown = dict(config)
+    url = shown.get("mirror_url")
+    if isinstance(url, str):
+        shown["mirror_url"] = shown_url(url)
+    return shown
+
+
+def keep_hidden_password(current: Mapping[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """A PATCH that sends back the shown ``mirror_url`` (``***``) keeps the real one."""
+    url = current.get("mirror_url")
+    if isinstance(url, str) and new.get("mirror_url") == shown_url(url) != url:
+        new["mirror_url"] = url
+    return new

@@ -21,7 +21,7 @@ from devpid.http.devpi import envelope, json_body, root_url, set_serial
 from devpid.http.errors import HTTPError
 from devpid.http.request import is_installer
 from devpid.private.data import PrivateData, Refused
-from devpid.private.indexconfig import MIRROR
+from devpid.private.indexconfig import MIRROR, visible_index
 from devpid.private.names import InvalidConfig, check_index_name
 from devpid.routes import labelled
 from devpid.routes.access import Access
@@ -101,7 +101,7 @@ class IndexRoutes:
         config = self.data.index(name)
         if config is None:
             raise stage_not_found(name)
-        result = dict(config)
+        result = visible_index(config)
         if b"no_projects" not in request.args:
             result["projects"] = self._projects(name, config)
         return envelope(request, result=result, type="indexconfig")
@@ -132,7 +132,7 @@ class IndexRoutes:
         except Refused as e:
             raise refused(e) from None
         set_serial(request, serial)
-        return envelope(request, result=config, type="indexconfig")
+        return envelope(request, result=visible_index(config), type="indexconfig")
 
     async def modify_index(self, request: Request, user: str, index: str) -> bytes:
         body = json_body(request)
@@ -143,7 +143,7 @@ class IndexRoutes:
         except Refused as e:
             raise refused(e) from None
         set_serial(request, serial)
-        return envelope(request, result=config, type="indexconfig")
+        return envelope(request, result=visible_index(config), type="indexconfig")
 
     async def delete_index(self, request: Request, user: str, index: str) -> bytes:
         name = f"{user}/{index}"

@@ -24,6 +24,7 @@ from devpid.auth.tokens import LOGIN_EXPIRATION, LoginTokens, new_api_token
 from devpid.http.devpi import envelope, json_body, set_serial, wants_json
 from devpid.http.errors import HTTPError
 from devpid.private.data import PrivateData, Refused
+from devpid.private.indexconfig import visible_index
 from devpid.private.names import InvalidConfig, check_user_name
 from devpid.private.userconfig import parse_new_user, parse_user_patch, visible_user
 from devpid.routes import labelled, unrouted
@@ -73,7 +74,7 @@ class UserRoutes:
     def list_users(self, request: Request) -> bytes:
         not_for_browsers(request)
         result = {
-            name: visible_user(name, record, self.data.indexes_of(name))
+            name: visible_user(name, record, self._indexes_of(name))
             for name, record in sorted(self.data.users().items())
         }
         return envelope(request, result=result, type="list:userconfig")
@@ -85,8 +86,11 @@ class UserRoutes:
         record = self.data.user(user)
         if record is None:
             raise HTTPError(404, f"no user '{user}'")
-        result = visible_user(user, record, self.data.indexes_of(user))
+        result = visible_user(user, record, self._indexes_of(user))
         return envelope(request, result=result, type="userconfig")
+
+    def _indexes_of(self, user: str) -> dict[str, Any]:
+        return {name: visible_index(c) for name, c in self.data.indexes_of(user).items()}
 
     # -- changing ------------------------------------------------------------------
 
