@@ -263,3 +263,24 @@ def test_limits_on_what_users_may_store(devpid: MemoryDevpid) -> None:
     data = private_data(devpid)
     record = data.user("costly")
     assert record is None or record["pwhash"] != costly
+
+
+def test_a_write_lock_held_too_long_is_a_503_that_changes_nothing(devpid: MemoryDevpid) -> None:
+    import sqlite3
+
+    data = private_data(devpid)
+    data.database.db.execute("PRAGMA busy_timeout=100")
+    other = sqlite3.connect(data.database.path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another worker in the middle of a long write
+        before = snapshot(data)
+        answer = call(devpid, "PUT", "/blocked", json.dumps({"password": "pw"}))
+        assert not any(mark in answer.raw for mark in _TRACEBACK), answer.raw[:300]
+        assert json.loads(answer.body)["message"]
+        assert answer.code == 503 and answer.headers["retry-after"] == "1", answer.raw[:300]
+        assert snapshot(data) == before
+        other.execute("ROLLBACK")
+        assert call(devpid, "PUT", "/blocked", json.dumps({"password": "pw"})).code == 201
+    finally:
+        other.close()
+        data.database.db.execute("PRAGMA busy_timeout=10000")

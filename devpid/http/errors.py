@@ -17,6 +17,8 @@ from twisted.web import http
 from twisted.web.server import Request
 from werkzeug.exceptions import HTTPException
 
+from devpid.private.database import DatabaseError
+
 #: Reason phrases twisted.web does not know.
 _PHRASES = {429: b"Too Many Requests"}
 
@@ -60,6 +62,7 @@ class ErrorAnswers:
     def register(self, app: Klein) -> None:
         app.handle_errors(HTTPError)(self.http_error)  # type: ignore[arg-type]
         app.handle_errors(HTTPException)(self.werkzeug_error)  # type: ignore[arg-type]
+        app.handle_errors(DatabaseError)(self.database_error)  # type: ignore[arg-type]
         app.handle_errors(Exception)(self.unexpected_error)  # type: ignore[arg-type]
 
     def http_error(self, request: Request, failure: Failure) -> bytes:
@@ -78,6 +81,13 @@ class ErrorAnswers:
             return plain_error(request, 404, "not found")
         reason = {404: "not found", 405: "method not allowed"}.get(code, error.name.lower())
         return plain_error(request, code, reason)
+
+    def database_error(self, request: Request, failure: Failure) -> bytes:
+        """The private data could not be written (another worker held it too long, a
+        full disk): nothing was changed, the client may retry."""
+        self.log.warn("private data: {error}", error=str(failure.value))
+        request.setHeader(b"retry-after", b"1")
+        return plain_error(request, 503, "the private data is busy or cannot be written; retry")
 
     def unexpected_error(self, request: Request, failure: Failure) -> bytes:
         self.log.failure("unexpected error handling {uri}", failure, uri=request.uri)
