@@ -21,7 +21,7 @@ from devpid import __version__
 from devpid.auth.passwords import hash_password, verify_password
 from devpid.http.devpi import DEVPI_API_LEVEL
 from devpid.ops.status import PrivateStatus
-from devpid.private.data import PrivateData
+from devpid.private.data import PrivateData, timestamp
 from devpid.private.database import PrivateDatabase
 from devpid.private.events import Event
 from devpid.private.init import ROOT, initialize
@@ -48,13 +48,12 @@ def open_private_data(
     database = PrivateDatabase(data_path)
     database.open()
     data = PrivateData(database, default_cache_expiry=cache_expiry)
-    if not data.users():
-        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        if initialize(data, hash_password(""), root_pypi_upstream, created):
-            _log.info(
-                "initialised the private data: user root (empty password) and root/pypi; "
-                "set root's password with: devpid passwd root"
-            )
+    empty = not data.users()
+    if empty and initialize(data, hash_password(""), root_pypi_upstream, timestamp(time.time())):
+        _log.info(
+            "initialised the private data: user root (empty password) and root/pypi; "
+            "set root's password with: devpid passwd root"
+        )
     return data
 
 

@@ -427,7 +427,10 @@ def test_deleting_a_mirror_index_removes_its_cache(
     assert api.call("DELETE", "/gone/mir").status == 201
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and (
-        pages.exists() or files.exists() or list(pages.parent.glob(".mir.*"))
+        pages.exists()
+        or files.exists()
+        or list(pages.parent.glob(".mir.*"))
+        or list(files.parent.glob(".mir.*"))
     ):
         time.sleep(0.05)
     assert not pages.exists() and not files.exists()

@@ -48,6 +48,19 @@ def devpi_version(bin_dir: Path) -> str:
     return (result.stdout or result.stderr).strip()
 
 
+def server_argv(bin_dir: Path, port: int, serverdir: Path) -> list[str]:
+    """devpi-server on loopback with its defaults (argon2 included), as users run it."""
+    return [
+        str(bin_dir / "devpi-server"),
+        "--serverdir",
+        str(serverdir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+
+
 def start_devpi(
     procs: ProcessGroup,
     bin_dir: Path,
@@ -60,15 +73,7 @@ def start_devpi(
     clientdir = workdir / "devpi-clientdir"
     _run(log, [str(bin_dir / "devpi-init"), "--serverdir", str(serverdir), "--no-root-pypi"])
     port = free_port()
-    argv = [
-        str(bin_dir / "devpi-server"),
-        "--serverdir",
-        str(serverdir),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
+    argv = server_argv(bin_dir, port, serverdir)
     log.append(" ".join(argv))
     child = procs.start("devpi-server", argv, cwd=workdir)
     url = f"http://127.0.0.1:{port}/"

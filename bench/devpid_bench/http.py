@@ -12,7 +12,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from urllib.parse import urljoin, urlsplit
 
 import attrs
@@ -220,13 +220,25 @@ def python_load(
                 totals["bytes"] += received
                 totals["errors"] += errors
 
+    elapsed = run_threads(worker, connections, duration + 60)
+    return threads_result(connections, elapsed, latencies, totals)
+
+
+def run_threads(worker: Callable[[], None], connections: int, join_timeout: float) -> float:
+    """``worker`` in a thread per connection; the seconds until the last one ended."""
     started = time.monotonic()
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(connections)]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(duration + 60)
-    elapsed = time.monotonic() - started
+        thread.join(join_timeout)
+    return time.monotonic() - started
+
+
+def threads_result(
+    connections: int, elapsed: float, latencies: list[float], totals: dict[str, int]
+) -> LoadResult:
+    """What the threads of a pure-Python load measured (``bytes`` and ``errors`` totals)."""
     latencies.sort()
     return LoadResult(
         tool="python",

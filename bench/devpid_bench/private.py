@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from devpid_bench import devpi
-from devpid_bench.http import PIP_ACCEPT, LoadResult, http_get
+from devpid_bench.http import PIP_ACCEPT, LoadResult, http_get, run_threads, threads_result
 from devpid_bench.procs import (
     BenchError,
     Child,
@@ -212,24 +212,8 @@ def python_load(
         finally:
             client.close()
 
-    started = time.monotonic()
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(connections)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(seconds + 180)
-    elapsed = time.monotonic() - started
-    latencies.sort()
-    return LoadResult(
-        tool="python",
-        connections=connections,
-        duration=elapsed,
-        requests=len(latencies),
-        bytes=totals["bytes"],
-        p50_ms=latencies[len(latencies) // 2] * 1000 if latencies else 0.0,
-        p99_ms=latencies[max(0, round(0.99 * len(latencies)) - 1)] * 1000 if latencies else 0.0,
-        errors=totals["errors"],
-    )
+    elapsed = run_threads(worker, connections, seconds + 180)
+    return threads_result(connections, elapsed, latencies, totals)
 
 
 @attrs.define
@@ -297,19 +281,6 @@ def devpid_argv(port: int, serverdir: Path, upstream: Upstream) -> list[str]:
         str(serverdir),
         "--upstream",
         upstream.simple_url,
-    ]
-
-
-def devpi_argv(bin_dir: Path, port: int, serverdir: Path) -> list[str]:
-    """devpi-server with its defaults (argon2 included), as ``devpi.start_devpi`` runs it."""
-    return [
-        str(bin_dir / "devpi-server"),
-        "--serverdir",
-        str(serverdir),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
     ]
 
 
@@ -771,7 +742,7 @@ def measure_private(
             kinds.append(
                 Startup(
                     "devpi",
-                    lambda d, port: (devpi_argv(devpi_bin, port, d), None),
+                    lambda d, port: (devpi.server_argv(devpi_bin, port, d), None),
                     lambda d: devpi_init(devpi_bin, d),
                     budget=DEVPI_POPULATE_BUDGET,
                 )

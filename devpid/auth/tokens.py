@@ -13,6 +13,9 @@ from itsdangerous import TimedSerializer, TimestampSigner
 from twisted.internet.interfaces import IReactorTime
 
 LOGIN_EXPIRATION = 36000
+#: The longest an API token may live (a year), and how long it lives unless told.
+MAX_API_TOKEN_LIFETIME = 365 * 24 * 3600
+DEFAULT_API_TOKEN_LIFETIME = 90 * 24 * 3600
 
 
 class _ClockSigner(TimestampSigner):

@@ -23,15 +23,13 @@ from typing import Any
 from twisted.python import usage
 
 from devpid.auth.passwords import hash_password, looks_like_hash
-from devpid.auth.tokens import new_api_token
+from devpid.auth.tokens import DEFAULT_API_TOKEN_LIFETIME, MAX_API_TOKEN_LIFETIME
 from devpid.config import ConfigError, build_settings, read_ini, remember_upstream
-from devpid.private.data import PrivateData, Refused
+from devpid.private.data import PrivateData, Refused, timestamp
 from devpid.private.database import DatabaseError, PrivateDatabase
 from devpid.private.init import initialize
 
 EXIT_USAGE = 2
-#: As for tokens made over HTTP (devpid.routes.users): at most a year.
-MAX_TOKEN_LIFETIME = 365 * 24 * 3600
 
 
 class _ServerdirOptions(usage.Options):
@@ -76,7 +74,7 @@ class PasswdOptions(_ServerdirOptions):
 class TokenCreate(usage.Options):
     synopsis = "USER [--index USER/INDEX ...] [--expires-in SECONDS] [--description TEXT]"
     optParameters = [
-        ["expires-in", None, str(90 * 24 * 3600), "seconds the token is valid"],
+        ["expires-in", None, str(DEFAULT_API_TOKEN_LIFETIME), "seconds the token is valid"],
         ["description", None, "", "what the token is for"],
     ]
 
@@ -180,8 +178,7 @@ def init_main(argv: Sequence[str]) -> int:
         mirror_url = None if options["no-root-pypi"] else settings.upstream
         if options["upstream"] is None and not options["no-root-pypi"]:
             remember_upstream(settings)
-        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        initialize(data, pwhash, mirror_url, created)
+        initialize(data, pwhash, mirror_url, timestamp(time.time()))
         made = "root" + ("" if mirror_url is None else f" and root/pypi (mirroring {mirror_url})")
         print(f"devpid init: created {made} in {settings.serverdir}")
         return 0
@@ -232,21 +229,11 @@ def _create_token(data: PrivateData, user: str, sub: usage.Options) -> int:
         lifetime = int(sub["expires-in"])
     except ValueError:
         raise ConfigError("--expires-in is a number of seconds") from None
-    if not 0 < lifetime <= MAX_TOKEN_LIFETIME:
-        raise ConfigError(f"--expires-in is seconds, from 1 to {MAX_TOKEN_LIFETIME} (a year)")
-    for index in sub["indexes"]:
-        if data.index(index) is None:
-            raise ConfigError(f"no index {index!r}")
-    token = new_api_token()
-    now = time.time()
-    record = {
-        "digest": token.digest,
-        "indexes": sorted(set(sub["indexes"])),
-        "created": int(now),
-        "expires": int(now + lifetime),
-        "description": sub["description"],
-    }
-    data.add_token(token.token_id, user, record, "devpid token")
+    if not 0 < lifetime <= MAX_API_TOKEN_LIFETIME:
+        raise ConfigError(f"--expires-in is seconds, from 1 to {MAX_API_TOKEN_LIFETIME} (a year)")
+    token, _, _ = data.create_token(
+        user, sub["indexes"], lifetime, sub["description"], "devpid token"
+    )
     print(token.plaintext)
     print(f"(token id {token.token_id}; shown once, store it now)", file=sys.stderr)
     return 0

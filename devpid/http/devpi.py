@@ -18,8 +18,9 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
 from devpid import __version__
+from devpid.http.errors import HTTPError, json_answer
+from devpid.http.request import links_for
 
-JSON_TYPE = b"application/json"
 #: The devpi-server API level devpid answers as (``X-Devpi-Server-Version``,
 #: ``versioninfo["devpi-server"]`` of /+status): devpi-client reads both.
 DEVPI_API_LEVEL = "6.20.3"
@@ -47,10 +48,7 @@ def envelope(
             document["type"] = type
     if message:
         document["message"] = message
-    request.setResponseCode(code)
-    request.setHeader(b"content-type", JSON_TYPE)
-    request.setHeader(b"cache-control", b"no-store")
-    return (json.dumps(document, indent=2) + "\n").encode("utf-8")
+    return json_answer(request, code, document)
 
 
 def set_serial(request: Request, serial: int) -> None:
@@ -100,8 +98,6 @@ class WithNodeHeaders(Resource):
 def root_url(request: Request, outside_url: str | None) -> str:
     """devpi's absolute URL root: ``X-Outside-Url``, else ``--outside-url``, else the
     client's own ``Host`` (devpi-client compares printed URLs with the one it used)."""
-    from devpid.http.request import links_for
-
     prefix = links_for(request, outside_url, "").prefix
     if prefix:
         return prefix
@@ -112,8 +108,6 @@ def root_url(request: Request, outside_url: str | None) -> str:
 
 def json_body(request: Request) -> Any:
     """The request's JSON body; 400 ``Bad request: could not decode json`` otherwise."""
-    from devpid.http.errors import HTTPError
-
     content = request.content
     raw = content.read() if content is not None else b""
     try:

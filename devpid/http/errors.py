@@ -1,9 +1,12 @@
-"""Every error answer of the routes: one plain-text line, never a traceback.
+"""Every error answer of the routes: one line, never a traceback.
 
-A route raises ``HTTPError(code, reason)``; routing itself raises werkzeug's
+A route raises ``HTTPError(code, reason)``; the private data raises
+``Refused`` (devpi's code and message), ``InvalidConfig`` (a 400) and
+``DatabaseError`` (a 503: nothing written); routing itself raises werkzeug's
 ``NotFound`` and ``MethodNotAllowed``; anything else is a bug, logged here.
-``ErrorAnswers`` turns all three into ``<code> <phrase>: <reason>`` on the one
-Klein app, so every route area answers errors alike.
+``ErrorAnswers`` turns them all into ``<code> <phrase>: <reason>`` on the one
+Klein app, or devpi's ``{"message": ...}`` for clients asking for
+``application/json``, so every route area answers errors alike.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from twisted.web import http
 from twisted.web.server import Request
 from werkzeug.exceptions import HTTPException
 
+from devpid.private.data import Refused
 from devpid.private.database import DatabaseError
+from devpid.private.names import InvalidConfig
 
 #: Reason phrases twisted.web does not know.
 _PHRASES = {429: b"Too Many Requests"}
@@ -33,6 +38,17 @@ class HTTPError(Exception):
         self.headers = headers or {}
 
 
+def json_answer(
+    request: Request, code: int, document: object, phrase: bytes | None = None
+) -> bytes:
+    """``document`` as devpi formats JSON answers, typed exactly ``application/json``
+    (devpi-client compares for equality, and drops the ``message`` otherwise)."""
+    request.setResponseCode(code, phrase)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    return (json.dumps(document, indent=2) + "\n").encode("utf-8")
+
+
 def plain_error(request: Request, code: int, reason: str) -> bytes:
     """Set ``code`` on ``request`` and return its one-line body: ``404 Not Found: no index a/b``.
 
@@ -41,11 +57,7 @@ def plain_error(request: Request, code: int, reason: str) -> bytes:
     """
     phrase_bytes = _PHRASES.get(code)
     if b"application/json" in (request.getHeader(b"accept") or b""):
-        request.setResponseCode(code, phrase_bytes)
-        request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"cache-control", b"no-store")
-        message = " ".join(reason.split())
-        return (json.dumps({"message": message}, indent=2) + "\n").encode("utf-8")
+        return json_answer(request, code, {"message": " ".join(reason.split())}, phrase_bytes)
     request.setResponseCode(code, phrase_bytes)
     request.setHeader(b"content-type", b"text/plain; charset=utf-8")
     request.setHeader(b"cache-control", b"no-store")
@@ -62,6 +74,8 @@ class ErrorAnswers:
     def register(self, app: Klein) -> None:
         app.handle_errors(HTTPError)(self.http_error)  # type: ignore[arg-type]
         app.handle_errors(HTTPException)(self.werkzeug_error)  # type: ignore[arg-type]
+        app.handle_errors(Refused)(self.refused)  # type: ignore[arg-type]
+        app.handle_errors(InvalidConfig)(self.invalid_config)  # type: ignore[arg-type]
         app.handle_errors(DatabaseError)(self.database_error)  # type: ignore[arg-type]
         app.handle_errors(Exception)(self.unexpected_error)  # type: ignore[arg-type]
 
@@ -81,6 +95,16 @@ class ErrorAnswers:
             return plain_error(request, 404, "not found")
         reason = {404: "not found", 405: "method not allowed"}.get(code, error.name.lower())
         return plain_error(request, code, reason)
+
+    def refused(self, request: Request, failure: Failure) -> bytes:
+        """A change or lookup of the private data devpi answers with its own code."""
+        error = failure.value
+        assert isinstance(error, Refused)
+        return plain_error(request, error.code, error.message)
+
+    def invalid_config(self, request: Request, failure: Failure) -> bytes:
+        """A name or configuration devpi refuses: 400 with its message."""
+        return plain_error(request, 400, str(failure.value))
 
     def database_error(self, request: Request, failure: Failure) -> bytes:
         """The private data could not be written (another worker held it too long, a

@@ -12,11 +12,12 @@ Passwords arrive hashed: argon2 runs in a thread before the transaction.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
 
+from devpid.auth.tokens import NewApiToken, new_api_token
 from devpid.private.database import PrivateDatabase, Transaction
 from devpid.private.indexconfig import (
     MIRROR,
@@ -38,7 +39,8 @@ class Refused(Exception):
         self.message = message
 
 
-def _timestamp(now: float) -> str:
+def timestamp(now: float) -> str:
+    """devpi's time stamps of users (``created``, ``modified``): UTC, to the second."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
 
 
@@ -133,7 +135,7 @@ class PrivateData:
             if tx.get("user", name) is not None:
                 raise Refused(409, "user already exists")
             _checked(check_user_name, name)
-            record = {**new.fields, "pwhash": pwhash, "created": _timestamp(self.wall_clock())}
+            record = {**new.fields, "pwhash": pwhash, "created": timestamp(self.wall_clock())}
             tx.put("user", name, record)
             return record
 
@@ -158,7 +160,7 @@ class PrivateData:
                 record.pop("pwsalt", None)
             if record == current:
                 return False
-            record["modified"] = _timestamp(self.wall_clock())
+            record["modified"] = timestamp(self.wall_clock())
             tx.put("user", name, record)
             return True
 
@@ -250,12 +252,37 @@ class PrivateData:
 
     # -- API tokens ------------------------------------------------------------------
 
+    def create_token(
+        self,
+        user: str,
+        indexes: Iterable[str],
+        lifetime: int,
+        description: str,
+        who: str | None,
+    ) -> tuple[NewApiToken, dict[str, Any], int]:
+        """A new API token of ``user``: the token (its secret shown once), the record
+        stored (a digest, never the secret) and the serial."""
+        token = new_api_token()
+        now = self.wall_clock()
+        record = {
+            "digest": token.digest,
+            "indexes": sorted(set(indexes)),
+            "created": int(now),
+            "expires": int(now + lifetime),
+            "description": description,
+        }
+        serial = self.add_token(token.token_id, user, record, who)
+        return token, record, serial
+
     def add_token(
         self, token_id: str, user: str, record: Mapping[str, Any], who: str | None
     ) -> int:
         def change(tx: Transaction) -> None:
             if tx.get("user", user) is None:
                 raise Refused(404, f"no user '{user}'")
+            missing = [i for i in record.get("indexes") or () if tx.get("index", i) is None]
+            if missing:
+                raise Refused(404, f"no index {missing[0][:200]!r}")
             tx.put("token", token_id, {**record, "user": user})
 
         return self.database.write(f"create token for {user}", who, change)[1]
@@ -300,4 +327,4 @@ def _checked(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         raise Refused(400, str(e)) from None
 
 
-__all__ = ["USER_FIELDS", "PrivateData", "Refused"]
+__all__ = ["USER_FIELDS", "PrivateData", "Refused", "timestamp"]

@@ -20,12 +20,12 @@ from devpid.auth.acl import Action, Principal
 from devpid.http.devpi import envelope, json_body, root_url, set_serial
 from devpid.http.errors import HTTPError
 from devpid.http.request import is_installer
-from devpid.private.data import PrivateData, Refused
+from devpid.private.data import PrivateData
 from devpid.private.indexconfig import MIRROR, visible_index
-from devpid.private.names import InvalidConfig, check_index_name
+from devpid.private.names import check_index_name
 from devpid.routes import labelled
 from devpid.routes.access import Access
-from devpid.routes.users import not_for_browsers, refused
+from devpid.routes.users import not_for_browsers
 
 #: What /+api advertises (sorted): the list-form PATCH, and push's options.
 FEATURES = ["push-no-docs", "push-only-docs", "push-register-project", "server-keyvalue-parsing"]
@@ -123,14 +123,8 @@ class IndexRoutes:
         who = await self.access.require(
             request, Action.INDEX_CREATE, f"no permission to create index {name}", user=user
         )
-        try:
-            check_index_name(index)
-        except InvalidConfig as e:
-            raise HTTPError(400, str(e)) from None
-        try:
-            config, serial = self.data.create_index(user, index, body or {}, who.user)
-        except Refused as e:
-            raise refused(e) from None
+        check_index_name(index)
+        config, serial = self.data.create_index(user, index, body or {}, who.user)
         set_serial(request, serial)
         return envelope(request, result=visible_index(config), type="indexconfig")
 
@@ -138,20 +132,14 @@ class IndexRoutes:
         body = json_body(request)
         name = f"{user}/{index}"
         who = await self._may(request, Action.INDEX_MODIFY, name, "modify")
-        try:
-            config, serial = self.data.patch_index(name, body, who.user)
-        except Refused as e:
-            raise refused(e) from None
+        config, serial = self.data.patch_index(name, body, who.user)
         set_serial(request, serial)
         return envelope(request, result=visible_index(config), type="indexconfig")
 
     async def delete_index(self, request: Request, user: str, index: str) -> bytes:
         name = f"{user}/{index}"
         who = await self._may(request, Action.INDEX_DELETE, name, "delete")
-        try:
-            serial = self.data.delete_index(name, who.user)
-        except Refused as e:
-            raise refused(e) from None
+        serial = self.data.delete_index(name, who.user)
         set_serial(request, serial)
         return envelope(request, 201, message=f"index {name} deleted")
 

@@ -76,7 +76,7 @@ class SimpleRoutes:
 
     async def project_page(self, request: Request, user: str, index: str, project: str) -> bytes:
         name = f"{user}/{index}"
-        self._list_source(user, index)  # 404 for an unknown index
+        self._must_exist(user, index)
         if not is_valid_project_name(project):
             raise HTTPError(400, f"invalid project name {project[:100]!r}")
         normalized = canonicalize_name(project)
@@ -98,7 +98,7 @@ class SimpleRoutes:
     async def refresh(self, request: Request, user: str, index: str, project: str) -> bytes:
         """devpi's refresh: revalidate one project's page now (on the index, or the mirror
         its pages come from), then show it."""
-        self._list_source(user, index)
+        self._must_exist(user, index)
         if not is_valid_project_name(project):
             raise HTTPError(400, f"invalid project name {project[:100]!r}")
         normalized = canonicalize_name(project)
@@ -118,6 +118,14 @@ class SimpleRoutes:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return b"refreshed; see " + location.encode("utf-8") + b"\n"
 
+    def _must_exist(self, user: str, index: str) -> None:
+        """A 404 unless ``user/index`` is a mirror or one of the users' indexes."""
+        name = f"{user}/{index}"
+        if name in self.indexes:
+            return
+        if self.private is None or self.private.index(name) is None:
+            raise HTTPError(404, f"no index {name}")
+
     def _list_source(self, user: str, index: str) -> MirrorIndex | None:
         """The mirror whose project list the index shows (a stage: its first mirror base);
         None for a stage without one; 404 for no such index."""
@@ -125,8 +133,8 @@ class SimpleRoutes:
         mirror = self.indexes.get(name)
         if mirror is not None:
             return mirror
-        if self.private is None or self.private.index(name) is None:
-            raise HTTPError(404, f"no index {name}")
+        self._must_exist(user, index)
+        assert self.private is not None
         for stage in resolution_order(name, self.private.stages()):
             if stage in self.indexes:
                 return self.indexes[stage]

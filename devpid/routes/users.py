@@ -9,7 +9,6 @@ stored as a hash, listed without their secret and revoked by id.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,23 +19,20 @@ from twisted.web.server import Request
 
 from devpid.auth.acl import Action
 from devpid.auth.passwords import PasswordChecker, hash_password, looks_like_hash
-from devpid.auth.tokens import LOGIN_EXPIRATION, LoginTokens, new_api_token
+from devpid.auth.tokens import (
+    DEFAULT_API_TOKEN_LIFETIME,
+    LOGIN_EXPIRATION,
+    MAX_API_TOKEN_LIFETIME,
+    LoginTokens,
+)
 from devpid.http.devpi import envelope, json_body, set_serial, wants_json
 from devpid.http.errors import HTTPError
-from devpid.private.data import PrivateData, Refused
+from devpid.private.data import PrivateData
 from devpid.private.indexconfig import visible_index
-from devpid.private.names import InvalidConfig, check_user_name
+from devpid.private.names import check_user_name
 from devpid.private.userconfig import parse_new_user, parse_user_patch, visible_user
 from devpid.routes import labelled, unrouted
 from devpid.routes.access import Access
-
-#: The longest an API token may live (a year), and the default.
-MAX_TOKEN_LIFETIME = 365 * 24 * 3600
-DEFAULT_TOKEN_LIFETIME = 90 * 24 * 3600
-
-
-def refused(error: Refused) -> HTTPError:
-    return HTTPError(error.code, error.message)
 
 
 def not_for_browsers(request: Request) -> None:
@@ -98,19 +94,13 @@ class UserRoutes:
         body = json_body(request)
         if self.data.user(user) is not None:
             raise HTTPError(409, "user already exists")
-        try:
-            check_user_name(user)
-            new = parse_new_user(body)
-        except InvalidConfig as e:
-            raise HTTPError(400, str(e)) from None
+        check_user_name(user)
+        new = parse_new_user(body)
         who = await self.access.require(
             request, Action.USER_CREATE, f"no permission to create user {user}", user=user
         )
         pwhash = await self._hashed(new.password, new.pwhash)
-        try:
-            record, serial = self.data.create_user(user, new, pwhash, who.user)
-        except Refused as e:
-            raise refused(e) from None
+        record, serial = self.data.create_user(user, new, pwhash, who.user)
         set_serial(request, serial)
         result = visible_user(user, record, {})
         return envelope(request, 201, result=result, type="userconfig")
@@ -119,10 +109,7 @@ class UserRoutes:
         body = json_body(request)
         if self.data.user(user) is None:
             raise HTTPError(404, f"no user '{user}'")
-        try:
-            change = parse_user_patch(body)
-        except InvalidConfig as e:
-            raise HTTPError(400, str(e)) from None
+        change = parse_user_patch(body)
         if change.only_password:
             action, denial = (
                 Action.USER_MODIFY_PASSWORD,
@@ -134,10 +121,7 @@ class UserRoutes:
         pwhash = None
         if change.password is not None or change.pwhash is not None:
             pwhash = await self._hashed(change.password, change.pwhash)
-        try:
-            _, serial = self.data.modify_user(user, change, pwhash, who.user)
-        except Refused as e:
-            raise refused(e) from None
+        _, serial = self.data.modify_user(user, change, pwhash, who.user)
         set_serial(request, serial)
         if pwhash is not None:
             self.passwords.forget(user)
@@ -152,10 +136,7 @@ class UserRoutes:
         who = await self.access.require(
             request, Action.USER_DELETE, f"no permission to delete user '{user}'", user=user
         )
-        try:
-            serial = self.data.delete_user(user, who.user)
-        except Refused as e:
-            raise refused(e) from None
+        serial = self.data.delete_user(user, who.user)
         set_serial(request, serial)
         self.passwords.forget(user)
         return envelope(request, message=f"user '{user}' deleted")
@@ -190,34 +171,21 @@ class UserRoutes:
             indexes = [i.strip() for i in indexes.split(",") if i.strip()]
         if not isinstance(indexes, list) or not all(isinstance(i, str) for i in indexes):
             raise HTTPError(400, "'indexes' is a list of user/index names")
-        missing = [i for i in indexes if self.data.index(i) is None]
-        if missing:
-            raise HTTPError(404, f"no index {missing[0][:200]!r}")
-        lifetime = body.get("expires_in", DEFAULT_TOKEN_LIFETIME)
+        lifetime = body.get("expires_in", DEFAULT_API_TOKEN_LIFETIME)
         if isinstance(lifetime, str) and lifetime.isdigit():
             lifetime = int(lifetime)
         if (
             isinstance(lifetime, bool)
             or not isinstance(lifetime, int)
-            or not (0 < lifetime <= MAX_TOKEN_LIFETIME)
+            or not (0 < lifetime <= MAX_API_TOKEN_LIFETIME)
         ):
-            raise HTTPError(400, f"'expires_in' is seconds, from 1 to {MAX_TOKEN_LIFETIME}")
+            raise HTTPError(400, f"'expires_in' is seconds, from 1 to {MAX_API_TOKEN_LIFETIME}")
         description = body.get("description", "")
         if not isinstance(description, str) or len(description) > 200:
             raise HTTPError(400, "'description' is text of at most 200 characters")
-        token = new_api_token()
-        now = time.time()
-        record = {
-            "digest": token.digest,
-            "indexes": sorted(set(indexes)),
-            "created": int(now),
-            "expires": int(now + lifetime),
-            "description": description,
-        }
-        try:
-            serial = self.data.add_token(token.token_id, user, record, who.user)
-        except Refused as e:
-            raise refused(e) from None
+        token, record, serial = self.data.create_token(
+            user, indexes, lifetime, description, who.user
+        )
         set_serial(request, serial)
         result = {"id": token.token_id, "token": token.plaintext, **_visible_token(record)}
         return envelope(
@@ -226,10 +194,7 @@ class UserRoutes:
 
     async def revoke_token(self, request: Request, user: str, token_id: str) -> bytes:
         who = await self._may_manage_tokens(request, user)
-        try:
-            serial = self.data.revoke_token(user, token_id, who.user)
-        except Refused as e:
-            raise refused(e) from None
+        serial = self.data.revoke_token(user, token_id, who.user)
         set_serial(request, serial)
         return envelope(request, message=f"token {token_id} revoked")
 
@@ -246,4 +211,4 @@ def _visible_token(record: dict[str, Any] | Any) -> dict[str, Any]:
     return {k: record.get(k) for k in ("indexes", "created", "expires", "description")}
 
 
-__all__ = ["UserRoutes", "not_for_browsers", "refused"]
+__all__ = ["UserRoutes", "not_for_browsers"]
