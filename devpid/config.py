@@ -63,7 +63,15 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
         "bytes a request's header fields may take in all (431 beyond); at least 1024",
     ),
     "max-url-length": (8192, "bytes a request's URL may take (414 beyond); at least 256"),
-    "max-body-size": (65536, "bytes a request body may take (413 beyond; 0: no limit)"),
+    "max-body-size": (
+        65536,
+        "bytes a request body may take (413 beyond; 0: no limit); uploads have their own",
+    ),
+    "max-upload-size": (
+        "1G",
+        "bytes an upload may take (413 beyond), with an optional K, M or G suffix; "
+        "uploads are streamed to disk, never held in memory",
+    ),
     "max-connections-per-client": (
         0,
         "connections one client address may hold open at once (503 beyond; 0: no limit; "
@@ -148,6 +156,7 @@ class Settings:
     max_header_size: int = 16384
     max_url_length: int = 8192
     max_body_size: int = 65536
+    max_upload_size: int = 1 << 30
     max_connections_per_client: int = 0
     idle_timeout: float = 75.0
     upstream_origin: UpstreamOrigin = UpstreamOrigin()
@@ -295,6 +304,24 @@ def _as_int(name: str, raw: Any, minimum: int) -> int:
     return value
 
 
+_SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _as_size(name: str, raw: Any, minimum: int) -> int:
+    """Bytes, as a whole number with an optional K, M, G or T suffix (powers of 1024)."""
+    text = str(raw).strip().upper().removesuffix("B")
+    suffix = text[-1:] if text[-1:] in _SIZE_SUFFIXES else ""
+    try:
+        value = int(text[: len(text) - len(suffix)]) * _SIZE_SUFFIXES[suffix]
+    except ValueError:
+        raise ConfigError(
+            f"--{name} must be a size such as 1073741824 or 1G, not {raw!r}"
+        ) from None
+    if value < minimum:
+        raise ConfigError(f"--{name} must be at least {minimum} bytes, not {raw!r}")
+    return value
+
+
 def _as_bool(name: str, raw: Any) -> bool:
     if isinstance(raw, bool):
         return raw
@@ -431,6 +458,7 @@ def build_settings(
         max_header_size=_as_int("max-header-size", pick("max-header-size"), 1024),
         max_url_length=_as_int("max-url-length", pick("max-url-length"), 256),
         max_body_size=_as_int("max-body-size", pick("max-body-size"), 0),
+        max_upload_size=_as_size("max-upload-size", pick("max-upload-size"), 1024),
         max_connections_per_client=_as_int(
             "max-connections-per-client", pick("max-connections-per-client"), 0
         ),

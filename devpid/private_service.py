@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -116,5 +117,12 @@ class PrivateDataService(Service):
 
     name = "private"
 
-    def __init__(self, data: PrivateData) -> None:
+    def __init__(self, data: PrivateData, at_start: Callable[[], object] | None = None) -> None:
         self.data = data
+        #: Run once when the service starts (after the serverdir's clean-up).
+        self.at_start = at_start
+
+    def startService(self) -> None:
+        super().startService()
+        if self.at_start is not None:
+            self.at_start()

@@ -41,10 +41,12 @@ from devpid.config import (
     remember_upstream,
     shown_url,
 )
+from devpid.files.releases import ReleaseFiles
 from devpid.files.store import FileStore
 from devpid.http.app import DevpidRoutes, PrivateApi
 from devpid.http.limits import Limits
 from devpid.http.site import DevpidSite
+from devpid.http.uploads import UploadReceiver
 from devpid.mirror.index import MirrorIndex
 from devpid.mirror.poller import ChangelogPoller
 from devpid.mirror.registry import MirrorRegistry
@@ -53,8 +55,10 @@ from devpid.mirror.tee.peers import SharedDownloads
 from devpid.mirror.upstream import UpstreamClient
 from devpid.ops.metrics import Metrics
 from devpid.ops.status import StatusReport
+from devpid.private.data import PrivateData
 from devpid.private.database import DatabaseError
 from devpid.private.events import Event
+from devpid.private.releases import Releases, doc_hashes
 from devpid.private_service import (
     PrivateDataService,
     RootPasswordWatch,
@@ -65,6 +69,7 @@ from devpid.routes.access import Access
 from devpid.service import CacheService, ListenerService
 from devpid.store import StateStore
 from devpid.store.embedded import EmbeddedStore
+from devpid.upload.form import FormLimits
 
 MIRROR_INDEX = "root/pypi"
 _log = Logger()
@@ -158,6 +163,10 @@ def _is_own_address(upstream: str, listen: str) -> bool:
     parts = urlsplit(upstream)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     return parts.hostname in _LOCAL_HOSTS and port == int(match.group(1))
+
+
+def _doc_hashes_of(data: PrivateData, stage: str, project: str) -> dict[str, str]:
+    return doc_hashes(data.versions(stage, project))
 
 
 def makeService(options: Options | dict[str, Any], reactor: Any = None) -> MultiService:
@@ -330,9 +339,24 @@ def build_service(
     mirrors = MirrorRegistry(make_mirror, start_poller, mirror_removed)
     mirrors.sync(data.mirrors())
 
+    def is_linked(path: str) -> bool:
+        data.catch_up()
+        return data.version_of_file(path) is not None
+
+    release_files = ReleaseFiles(files, is_linked)
+
     def follow_indexes(event: Event) -> None:
-        if any(change.kind == "index" for change in event.changes):
-            mirrors.sync(data.mirrors())
+        changed = [change for change in event.changes if change.kind == "index"]
+        if not changed:
+            return
+        stages_gone = [c.name for c in changed if c.value is None and c.name not in mirrors]
+        mirrors.sync(data.mirrors())
+        for name in stages_gone:  # a deleted stage's files and docs go
+            for trash in release_files.detach_stage(name):
+                if real_reactor:
+                    reactor.callInThread(shutil.rmtree, trash, True)
+                else:
+                    shutil.rmtree(trash, True)
 
     data.database.listeners.append(follow_indexes)
     root_password = RootPasswordWatch(data, listens_beyond_loopback(settings.listen))
@@ -342,7 +366,8 @@ def build_service(
     login_tokens = LoginTokens(secret, reactor)
     authenticator = Authenticator(data, login_tokens, passwords, FailedLogins(reactor), reactor)
     access = Access(authenticator, Policy(restrict_modify=settings.restrict_modify))
-    private = PrivateApi(data, access, passwords, login_tokens, offload)
+    releases = Releases(data.database)
+    private = PrivateApi(data, access, passwords, login_tokens, releases, release_files, offload)
     main_poller = running_pollers.get(MIRROR_INDEX)
     poller = main_poller[0] if main_poller is not None else None
     status = StatusReport(
@@ -368,11 +393,17 @@ def build_service(
         max_header_size=settings.max_header_size,
         max_url_length=settings.max_url_length,
         max_body_size=settings.max_body_size,
+        max_upload_size=settings.max_upload_size,
         max_connections_per_client=settings.max_connections_per_client,
         idle_timeout=settings.idle_timeout,
     )
     site = DevpidSite(routes.resource(), stats, via=via.encode(), limits=limits, reactor=reactor)
     site.noisy = False
+    site.uploads = UploadReceiver(
+        FormLimits(max_file_size=settings.max_upload_size),
+        release_files.create_upload_file,
+        lambda: (data.catch_up(), data.serial)[1],
+    )
     site.requests = metrics.requests
 
     top = MultiService()
@@ -390,7 +421,16 @@ def build_service(
         upstream_origin=settings.upstream_origin.describe(),
         offline=settings.offline,
     ).setServiceParent(top)
-    PrivateDataService(data).setServiceParent(top)
+
+    def sweep_stage_files() -> None:
+        stages = [name for name in data.indexes() if name not in data.mirrors()]
+        removed = release_files.sweep(stages, data.database.records.files)
+        for stage in stages:
+            release_files.prune_all_docs(stage, partial(_doc_hashes_of, data, stage))
+        if removed:
+            _log.info("removed {count} files of stage indexes nothing links", count=removed)
+
+    PrivateDataService(data, sweep_stage_files).setServiceParent(top)
     if settings.redis is not None:
         from devpid.store.redis import RedisStore, RedisSubscriber
 

@@ -17,6 +17,7 @@ import pytest
 from devpid import cli
 from devpid.cli import gen_config as genconfig
 from devpid.cli.gen_config import Options, deployment_from_options
+from devpid.config import _as_size
 from devpid.ops.genconfig import Deployment, render
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -80,6 +81,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         redis="redis://127.0.0.1:6379/0",
         upstream=None,
         shutdown_grace=30.0,
+        max_upload_size=1 << 30,
         devpid_args=(),
     )
     assert options()["out"] == "gen-config"
@@ -100,7 +102,7 @@ def test_every_option(tmp_path: Path) -> None:
         "--redis", "redis://:s%40cret@127.0.0.1:6380/2", "--upstream", "http://localhost:8080/simple/",
         "--nginx-port", "8080", "--nginx-address", "127.0.0.1", "--server-name", "pypi",
         "--server-name", "pypi.internal", "--path-prefix", "pypi/", "--user", "devpid",
-        "--logdir", "/l", "--rundir", "/r", "--shutdown-grace", "5",
+        "--logdir", "/l", "--rundir", "/r", "--shutdown-grace", "5", "--max-upload-size", "2g",
         "--", "--cache-expiry", "600", "--offline",
     )  # fmt: skip
     assert d == Deployment(
@@ -119,6 +121,7 @@ def test_every_option(tmp_path: Path) -> None:
         redis="redis://:s%40cret@127.0.0.1:6380/2",
         upstream="http://localhost:8080/simple/",
         shutdown_grace=5.0,
+        max_upload_size=2 << 30,
         devpid_args=("--cache-expiry", "600", "--offline"),
     )
     assert list(d.worker_ports) == [4000, 4001, 4002]
@@ -172,6 +175,9 @@ def test_one_worker_needs_no_redis() -> None:
         (["--workers", "1", "--", "--bogus"], "--bogus is not a devpid option"),
         (["--workers", "1", "--", "--listen", "tcp:1"], "give --listen to gen-config itself"),
         (["--workers", "1", "--", "--redis=redis://h/0"], "give --redis to gen-config itself"),
+        (["--workers", "1", "--", "--max-upload-size", "2G"], "give --max-upload-size to gen-"),
+        (["--workers", "1", "--max-upload-size", "1Q"], "--max-upload-size must be a size such"),
+        (["--workers", "1", "--max-upload-size", "100"], "--max-upload-size must be at least 1024"),
         (["--nope"], "option --nope not recognized (see: devpid gen-config --help)"),
     ],
 )
@@ -264,6 +270,75 @@ def test_nginx_balances_the_workers_and_serves_cached_files_from_the_serverdir()
     assert conf.index("\\.devpid-partial") < conf.index("(?<devpid_file>")
     assert "rewrite" not in conf
     assert conf.count("{") == conf.count("}")
+
+
+def file_location(conf: str) -> str:
+    start = conf.index("    location ~ ^")
+    return conf[start : conf.index("\n    }\n", start)]
+
+
+def test_nginx_passes_what_is_not_a_plain_download_of_a_file_to_devpid() -> None:
+    """DELETE, tox results (POST) and devpi's JSON about a file are devpid's to answer,
+    never nginx's static module (405, or the bytes); a file not on disk goes to devpid."""
+    location = file_location(render(deployment("--workers", "1"))["nginx-devpid.conf"])
+    assert "error_page 418 = @devpid;" in location
+    assert "if ($request_method !~ ^(GET|HEAD)$) {\n            return 418;" in location
+    assert "if ($http_accept ~ application/json) {\n            return 418;" in location
+    # The ifs only return: try_files, after them, handles every other request.
+    assert location.index("return 418") < location.index("try_files $devpid_file @devpid;")
+
+
+@pytest.mark.parametrize(
+    ("given", "nginx", "devpid"),
+    [
+        (None, "1g", None),
+        ("1G", "1g", None),
+        ("1073741824", "1g", None),
+        ("2g", "2g", "2G"),
+        ("512M", "512m", "512M"),
+        ("1536k", "1536k", "1536K"),
+        ("1T", "1024g", "1024G"),
+        ("100000", "100000", "100000"),
+        ("10000KB", "10000k", "10000K"),
+    ],
+)
+def test_the_upload_limit_is_the_same_for_nginx_and_devpid(
+    given: str | None, nginx: str, devpid: str | None
+) -> None:
+    argv = ["--workers", "1"] + (["--max-upload-size", given] if given else [])
+    files = render(deployment(*argv))
+    assert f"    client_max_body_size {nginx};\n" in files["nginx-devpid.conf"]
+    command = program_command(files["supervisord.conf"])[3141]
+    if devpid is None:
+        assert "--max-upload-size" not in command
+    else:
+        assert command[command.index("--max-upload-size") + 1] == devpid
+        assert "--max-upload-size " + devpid in files["devpid@.service"]
+    # devpid reads back the very number nginx allows.
+    if devpid is not None:
+        assert _as_size("max-upload-size", devpid, 1024) == _as_size("x", nginx, 0)
+
+
+@pytest.mark.parametrize("prefix", ["", "/pypi"])
+def test_uploads_stream_through_nginx(prefix: str) -> None:
+    argv = ["--workers", "1"] + (["--path-prefix", prefix] if prefix else [])
+    conf = render(deployment(*argv))["nginx-devpid.conf"]
+    escaped = prefix.replace(".", "\\.")
+    start = conf.index(f"    location ~ ^{escaped}/[^+/][^/]*/[^+/][^/]*/?$ {{\n")
+    location = conf[start : conf.index("\n    }\n", start)]
+    assert "proxy_request_buffering off;" in location
+    assert "proxy_read_timeout 300s;" in location
+    assert "proxy_pass http://devpid;" in location
+    assert ("rewrite ^/pypi(/.*)$ $1 break;" in location) == bool(prefix)
+    # Only there: other request bodies (logins, JSON) are read whole first, as usual.
+    assert conf.count("proxy_request_buffering") == 1
+    # devpid's upload URLs, and only those of its URLs with a body to stream.
+    regex = re.compile(conf[start:].split()[2])
+    for path in ("/alice/dev", "/alice/dev/", "/root/pypi/"):
+        assert regex.match(prefix + path), path
+    for path in ("/alice/dev/+simple/", "/+login", "/alice/+api", "/+admin/x/", "/alice/"):
+        assert not regex.match(prefix + path), path
+    assert "takes none yet" not in conf
 
 
 def test_nginx_under_a_sub_path() -> None:

@@ -133,7 +133,11 @@ def test_offline_only_a_cached_provenance_is_advertised(tmp_path: Path) -> None:
     path.parent.mkdir(parents=True)
     path.write_bytes(b"a wheel")
     mirror = cast(MirrorIndex, type("Mirror", (), {"name": "root/pypi"})())
-    select = SimpleRoutes({}, files)._cached_only(mirror)
+    routes = SimpleRoutes({"root/pypi": mirror}, files)
+
+    def select(link: Link) -> Link | None:
+        return routes._cached_only(link, mirror_name="root/pypi")
+
     assert select(link) == Link(WHEEL, link.url, link.hashes)
     path.with_name(WHEEL + ".provenance").write_bytes(b"{}")
     assert select(link) == link

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from twisted.python import usage
 
-from devpid.config import DEFAULTS, ConfigError, _as_float, _http_url, _redis_url
+from devpid.config import DEFAULTS, ConfigError, _as_float, _as_size, _http_url, _redis_url
 from devpid.ops.genconfig import DEFAULT_LOGDIR, DEFAULT_RUNDIR, FILES, Deployment, write
 
 #: The command, and what its callers need (``FILES``: the names ``main`` writes).
@@ -37,7 +37,9 @@ EXAMPLE = {
 }
 MAX_WORKERS = 64
 #: Options whose values go into the files for devpid: gen-config sets them itself.
-_MANAGED = frozenset({"listen", "serverdir", "redis", "upstream", "outside-url", "shutdown-grace"})
+_MANAGED = frozenset(
+    {"listen", "serverdir", "redis", "upstream", "outside-url", "shutdown-grace", "max-upload-size"}
+)
 #: Characters that would need a different quoting in nginx, supervisord and systemd.
 _UNSAFE = re.compile(r"[\s\"'\\;#{}$`]")
 _PATH_SEGMENT = re.compile(r"[A-Za-z0-9._~-]+")
@@ -141,6 +143,12 @@ class Options(usage.Options):
         ["logdir", None, DEFAULT_LOGDIR, "where supervisord writes its and devpid's logs"],
         ["rundir", None, DEFAULT_RUNDIR, "where supervisord keeps its socket and pid file"],
         ["shutdown-grace", None, "30", "devpid's --shutdown-grace: seconds on SIGTERM"],
+        [
+            "max-upload-size",
+            None,
+            DEFAULTS["max-upload-size"][0],
+            "devpid's --max-upload-size (1G, 512M, bytes), nginx's client_max_body_size",
+        ],
         ["twistd", None, None, "the twistd to run [default: the one beside this Python]"],
     ]
     optFlags = [["example", None, "the documented example installation, as in etc/"]]
@@ -217,6 +225,9 @@ def deployment_from_options(options: Mapping[str, Any]) -> Deployment:
     twistd_path = given("twistd")
     twistd = (_path("twistd", twistd_path),) if twistd_path is not None else default_twistd()
     shutdown_grace = _as_float("shutdown-grace", given("shutdown-grace") or "30", 0)
+    max_upload_size = _as_size(
+        "max-upload-size", given("max-upload-size") or DEFAULTS["max-upload-size"][0], 1024
+    )
     devpid_args = options.get("devpid-args") or ()
     return Deployment(
         twistd=twistd,
@@ -234,6 +245,7 @@ def deployment_from_options(options: Mapping[str, Any]) -> Deployment:
         redis=redis,
         upstream=upstream,
         shutdown_grace=shutdown_grace,
+        max_upload_size=max_upload_size,
         devpid_args=_devpid_args([str(arg) for arg in devpid_args]),
     )
 

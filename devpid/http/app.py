@@ -8,6 +8,7 @@ area answers errors alike.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import attrs
 from klein import Klein
@@ -17,6 +18,7 @@ from twisted.web.resource import IResource
 from devpid.auth.passwords import PasswordChecker
 from devpid.auth.tokens import LoginTokens
 from devpid.common.stats import Stats
+from devpid.files.releases import ReleaseFiles
 from devpid.files.store import FileStore
 from devpid.http.devpi import NodeHeaders, WithNodeHeaders
 from devpid.http.errors import ErrorAnswers
@@ -25,14 +27,21 @@ from devpid.mirror.tee import DownloadManager
 from devpid.ops.metrics import Metrics
 from devpid.ops.status import StatusReport
 from devpid.private.data import PrivateData
+from devpid.private.releases import Releases
 from devpid.routes import RouteArea
 from devpid.routes.access import Access
+from devpid.routes.docs import DocRoutes
 from devpid.routes.files import FileRoutes
 from devpid.routes.indexes import IndexRoutes
 from devpid.routes.login import LoginRoutes
 from devpid.routes.ops import OpsRoutes
 from devpid.routes.projects import ProjectRoutes
+from devpid.routes.push import Pusher
+from devpid.routes.releases import ReleaseRoutes
 from devpid.routes.simple import SimpleRoutes
+from devpid.routes.stagefiles import StageFiles
+from devpid.routes.stagepages import StagePages
+from devpid.routes.uploads import UploadRoutes
 from devpid.routes.users import UserRoutes
 
 
@@ -58,15 +67,24 @@ class DevpidRoutes:
 
     def __attrs_post_init__(self) -> None:
         data = self.private.data if self.private is not None else None
-        simple = SimpleRoutes(self.indexes, self.files, self.outside_url, data)
+        pages = StagePages(data, self.indexes) if data is not None else None
+        simple = SimpleRoutes(self.indexes, self.files, self.outside_url, data, pages)
+        stages = None
+        if self.private is not None:
+            p = self.private
+            stages = StageFiles(p.data, p.releases, p.release_files, p.access, p.offload)
         areas: list[RouteArea] = [
             OpsRoutes(self.status, self.metrics),
             simple,
-            FileRoutes(self.indexes, self.downloads, self.files, self.stats),
+            FileRoutes(self.indexes, self.downloads, self.files, self.stats, stages),
         ]
         if self.private is not None:
             p = self.private
+            pusher = Pusher(p.data, p.releases, p.release_files, p.access, p.offload)
             areas += [
+                UploadRoutes(p.data, p.releases, p.release_files, p.access, p.offload, pusher),
+                ReleaseRoutes(p.data, p.releases, p.release_files, p.access, p.offload),
+                DocRoutes(p.data, p.release_files, p.offload),
                 LoginRoutes(p.access.authenticator),
                 UserRoutes(p.data, p.access, p.passwords, p.login_tokens, p.offload),
                 IndexRoutes(p.data, p.access, self.indexes, self.outside_url, simple.project_list),
@@ -93,5 +111,8 @@ class PrivateApi:
     access: Access
     passwords: PasswordChecker
     login_tokens: LoginTokens
-    #: Runs argon2 off the reactor.
-    offload: Callable[[Callable[[], str]], Deferred[str]]
+    #: Releases and their files on disk.
+    releases: Releases
+    release_files: ReleaseFiles
+    #: Runs argon2, archive checks and fsyncs off the reactor.
+    offload: Callable[[Callable[[], Any]], Deferred[Any]]

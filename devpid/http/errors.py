@@ -24,6 +24,9 @@ from devpid.private.data import Refused
 from devpid.private.database import DatabaseError
 from devpid.private.names import InvalidConfig
 
+#: JSON answers up to this size are indented, as devpi indents them (for people
+#: reading them with curl); larger ones (a project of thousands of versions) are not.
+INDENT_MAX = 256 * 1024
 #: Reason phrases twisted.web does not know.
 _PHRASES = {429: b"Too Many Requests"}
 
@@ -46,6 +49,10 @@ def json_answer(
     request.setResponseCode(code, phrase)
     request.setHeader(b"content-type", b"application/json")
     request.setHeader(b"cache-control", b"no-store")
+    compact = json.dumps(document, separators=(",", ":"))
+    if len(compact) > INDENT_MAX:
+        # indenting runs in pure Python, ten times slower: big documents go compact
+        return compact.encode("utf-8") + b"\n"
     return (json.dumps(document, indent=2) + "\n").encode("utf-8")
 
 

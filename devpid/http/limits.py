@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
 from devpid.http.accesslog import AccessLog
+from devpid.http.uploads import upload_body_limit
 
 #: Room for the method, the version and the spaces around the URL in a request line.
 REQUEST_LINE_SLACK = 64
@@ -43,6 +44,8 @@ class Limits:
     #: Seconds a connection may sit idle between requests, and a request may take to
     #: arrive once it started; 0: never time out.
     idle_timeout: float = 75.0
+    #: Bytes of an upload's body (``--max-upload-size``): it is streamed to disk.
+    max_upload_size: int = 1 << 30
 
 
 class ChannelSite(Protocol):
@@ -82,6 +85,8 @@ class LimitedChannel(HTTPChannel):
     _header_bytes = 0
     _header_fields = 0
     _body_bytes = 0
+    #: The body limit of the request being received (an upload has its own).
+    _body_limit = 0
     _client: str | None = None
     _counted = False
     _refused = False
@@ -186,18 +191,28 @@ class LimitedChannel(HTTPChannel):
     # -- the body --------------------------------------------------------------------
 
     def allHeadersReceived(self) -> None:
-        limit = self.limits.max_body_size
+        limit = self._body_limit = self._request_body_limit()
         if limit and self.length is not None and self.length > limit:
             self.refuse(413, f"the body is over {limit} bytes")
             return
         super().allHeadersReceived()
+
+    def _request_body_limit(self) -> int:
+        command: bytes = getattr(self, "_command", b"")
+        path: bytes = getattr(self, "_path", b"")
+        headers = self.requests[-1].requestHeaders if self.requests else None
+        if headers is not None:
+            limit = upload_body_limit(command, path, headers, self.limits.max_upload_size)
+            if limit is not None:
+                return limit
+        return self.limits.max_body_size
 
     def accept_body(self, size: int) -> bool:
         """Whether the request body may take ``size`` more bytes (a chunked body's count)."""
         if self._refused:
             return False
         self._body_bytes += size
-        limit = self.limits.max_body_size
+        limit = self._body_limit
         if limit and self._body_bytes > limit:
             self.refuse(413, f"the body is over {limit} bytes")
             return False

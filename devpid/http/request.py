@@ -24,6 +24,13 @@ def header(request: Request, name: bytes) -> str | None:
     return value.decode("latin-1") if value is not None else None
 
 
+def has_query_key(request: Request, key: bytes) -> bool:
+    """Whether the query string names ``key``, with a value or not (``?force``,
+    ``?force=``, ``?force=1``): devpi's flags. twisted.web's ``args`` drops bare keys."""
+    query = request.uri.partition(b"?")[2]
+    return any(part.partition(b"=")[0] == key for part in query.split(b"&"))
+
+
 def is_installer(request: Request) -> bool:
     agent = request.getHeader(b"user-agent") or b""
     accept = request.getHeader(b"accept") or b""

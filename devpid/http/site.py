@@ -14,6 +14,7 @@ and cuts off (``cut_off``) what is still open after the grace.
 
 from __future__ import annotations
 
+import io
 import time
 import weakref
 from collections import Counter
@@ -26,7 +27,9 @@ from devpid.common.stats import Stats
 from devpid.http.accesslog import AccessLog
 from devpid.http.guard import RequestGuard
 from devpid.http.limits import LimitedChannel, Limits
+from devpid.http.uploads import UploadReceiver, attach_form
 from devpid.ops.requests import RequestMetrics
+from devpid.upload.form import StreamingForm
 
 
 class TimedRequest(Request):
@@ -48,6 +51,8 @@ class TimedRequest(Request):
         super().requestReceived(command, path, version)
 
     def connectionLost(self, reason: Any) -> None:
+        if self._form is not None and not self.received:
+            self._form.abort()  # an upload cut off: nothing of it stays
         cut_off = self.received and not self.finished and not self._disconnected
         site = self.site
         super().connectionLost(reason)
@@ -55,10 +60,32 @@ class TimedRequest(Request):
         if cut_off and access_log is not None:
             access_log.answered(self, cut_off=True)
 
+    #: An upload's body goes here, to disk, instead of to ``content``.
+    _form: StreamingForm | None = None
+
+    def gotLength(self, length: int | None) -> None:
+        channel: Any = self.channel
+        receiver: UploadReceiver | None = getattr(getattr(channel, "site", None), "uploads", None)
+        if receiver is not None:
+            self._form = receiver.start(
+                getattr(channel, "_command", b""),
+                getattr(channel, "_path", b""),
+                self.requestHeaders,
+            )
+        if self._form is None:
+            super().gotLength(length)
+            return
+        assert receiver is not None
+        attach_form(self, self._form, receiver.current_serial())
+        self.content = io.BytesIO()
+
     def handleContentChunk(self, data: bytes) -> None:
         accept_body = getattr(self.channel, "accept_body", None)
         if accept_body is None or accept_body(len(data)):
-            super().handleContentChunk(data)
+            if self._form is not None:
+                self._form.feed(data)
+            else:
+                super().handleContentChunk(data)
 
 
 class DevpidSite(Site):
@@ -79,6 +106,8 @@ class DevpidSite(Site):
         self.limits = limits
         self.timeOut = limits.idle_timeout or None
         self.access_log = AccessLog(stats, source=self)
+        #: Streams upload bodies to disk; None: uploads are bodies like any other.
+        self.uploads: UploadReceiver | None = None
         #: True once the process is stopping (see the module's docstring).
         self.draining = False
         self._channels: weakref.WeakSet[Any] = weakref.WeakSet()

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from devpid.config import DEFAULTS
+from devpid.config import DEFAULTS, _as_size
 
 FILES = (
     "nginx-devpid.conf",
@@ -34,6 +34,11 @@ DEFAULT_RUNDIR = "/run/devpid"
 STOP_MARGIN = 10.0
 #: Seconds a supervisord worker must stay up to count as started (devpid listens in < 1 s).
 START_SECONDS = 3
+#: devpid's ``--max-upload-size`` when not given, in bytes.
+DEFAULT_MAX_UPLOAD_SIZE = _as_size("max-upload-size", DEFAULTS["max-upload-size"][0], 1024)
+#: How long nginx waits for devpid's answer to an upload once the body is sent: devpid
+#: fsyncs and checks the file then, which for a big file on a slow disk takes a while.
+UPLOAD_READ_TIMEOUT = 300
 #: Characters that need no quoting in systemd.
 _PLAIN_WORD = re.compile(r"[A-Za-z0-9_@%+=:,./~-]+")
 
@@ -57,6 +62,7 @@ class Deployment:
     redis: str | None = None
     upstream: str | None = None
     shutdown_grace: float = 30.0
+    max_upload_size: int = DEFAULT_MAX_UPLOAD_SIZE  # bytes: devpid's limit, and nginx's
     devpid_args: tuple[str, ...] = ()  # more devpid options, given after ``--``
 
     @property
@@ -98,6 +104,8 @@ class Deployment:
             command += ["--upstream", self.upstream]
         if self.shutdown_grace != DEFAULTS["shutdown-grace"][0]:
             command += ["--shutdown-grace", _number(self.shutdown_grace)]
+        if self.max_upload_size != DEFAULT_MAX_UPLOAD_SIZE:
+            command += ["--max-upload-size", size_text(self.max_upload_size)]
         return command + list(self.devpid_args)
 
 
@@ -114,6 +122,18 @@ def _seconds(value: float) -> str:
     return f"{_number(value)} s"
 
 
+def size_text(size: int) -> str:
+    """Bytes in the largest unit that divides them: 1G, 512M, 1536K, 1000.
+
+    devpid reads it back to the same number (``_as_size``: powers of 1024), and
+    nginx too once in lower case (``1g``): both sides of the proxy agree.
+    """
+    for suffix, unit in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if size % unit == 0:
+            return f"{size // unit}{suffix}"
+    return str(size)
+
+
 # -- nginx -------------------------------------------------------------------------
 
 
@@ -126,8 +146,8 @@ def render_nginx(d: Deployment) -> str:
     servers = "".join(f"    server 127.0.0.1:{port};\n" for port in d.worker_ports)
     outside = d.outside_url or f"$scheme://$http_host{prefix}"
     where = f"under {prefix}/" if prefix else "at the root"
+    strip = f"        rewrite ^{pattern}(/.*)$ $1 break;\n" if prefix else ""
     if prefix:
-        strip = f"        rewrite ^{pattern}(/.*)$ $1 break;\n"
         locations = (
             f"    location {prefix}/ {{\n{strip}        proxy_pass http://devpid;\n    }}\n\n"
             f"    location @devpid {{\n{strip}        proxy_pass http://devpid;\n    }}\n\n"
@@ -143,8 +163,8 @@ def render_nginx(d: Deployment) -> str:
 # nginx in front of devpid, written by `devpid gen-config` (see docs/deployment.md).
 # It holds http-level blocks: include it inside http {{ }}, e.g. on Debian as
 # /etc/nginx/conf.d/devpid.conf, then `nginx -t && nginx -s reload`.
-# devpid is served {where}. nginx serves cached files itself from the
-# serverdir {d.serverdir}, so its worker user (www-data) must be able to read it.
+# devpid is served {where}. nginx serves cached and uploaded files itself from
+# the serverdir {d.serverdir}, so its worker user (www-data) must be able to read it.
 
 upstream devpid {{
 {servers}    # Idle connections kept open to the workers, per nginx worker process: more
@@ -157,8 +177,8 @@ upstream devpid {{
 server {{
     listen {listen};
     server_name {" ".join(d.server_names)};
-    # Room for uploads, for private indexes (devpid takes none yet).
-    client_max_body_size 1g;
+    # Uploads to private indexes: devpid's --max-upload-size, which it enforces too.
+    client_max_body_size {size_text(d.max_upload_size).lower()};
 
     # Every request nginx passes on: keep-alive to the workers, links in devpid's
     # pages under the URL the client used, cache misses streamed as they arrive
@@ -176,14 +196,31 @@ server {{
         return 404;
     }}
 
-    # A cached file's path under +files/ is its URL: nginx serves it from disk, as
-    # bytes, without asking devpid; a file not cached yet goes to devpid.
+    # A file's path under +files/ is its URL, for mirrors' cached files and stages'
+    # uploaded ones: nginx serves it from disk, as bytes, without asking devpid. A
+    # file not there (not cached yet, or deleted: 410) goes to devpid, and so do
+    # DELETE, tox results POSTed to a file and devpi's JSON about a file.
     location ~ ^{pattern}(?<devpid_file>/[^/]+/[^/]+/\\+f/[^/]+/[^/]+/[^/]+)$ {{
+        error_page 418 = @devpid;
+        if ($request_method !~ ^(GET|HEAD)$) {{
+            return 418;
+        }}
+        if ($http_accept ~ application/json) {{
+            return 418;
+        }}
         root {d.serverdir}/+files;
         types {{ }}
         default_type application/octet-stream;
         add_header Cache-Control "max-age=31536000, immutable";
         try_files $devpid_file @devpid;
+    }}
+
+    # Uploads (POST /<user>/<index>/) stream through to devpid as they arrive,
+    # which writes them to the serverdir once: not first to nginx's disk.
+    location ~ ^{pattern}/[^+/][^/]*/[^+/][^/]*/?$ {{
+{strip}        proxy_request_buffering off;
+        proxy_read_timeout {UPLOAD_READ_TIMEOUT}s;
+        proxy_pass http://devpid;
     }}
 
 {locations}}}

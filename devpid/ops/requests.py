@@ -24,6 +24,8 @@ ROUTES = (
     "index",
     "api",
     "login",
+    "upload",
+    "docs",
     "status",
     "metrics",
     "other",

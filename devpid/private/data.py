@@ -103,28 +103,32 @@ class PrivateData:
             self._stages = (serial, stages)
         return self._stages[1]
 
-    def versions(self, index: str, project: str) -> dict[str, Mapping[str, Any]]:
+    def versions(self, index: str, project: str) -> Mapping[str, Mapping[str, Any]]:
         """The version data of ``project`` on the stage ``index`` itself (no bases)."""
-        prefix = f"{index}/{project}/"
-        return {
-            name[len(prefix) :]: data
-            for name, data in self.database.records.of("version").items()
-            if name.startswith(prefix)
-        }
+        return self.database.records.versions(index, project)
 
     def has_private_project(self, index: str, project: str) -> bool:
-        prefix = f"{index}/{project}/"
-        return any(name.startswith(prefix) for name in self.database.records.of("version"))
+        return bool(self.database.records.versions(index, project))
 
     def projects(self, index: str) -> list[str]:
         """The normalised names of the projects on the stage ``index`` itself."""
-        prefix = index + "/"
-        names = {
-            name[len(prefix) :].partition("/")[0]
-            for name in self.database.records.of("version")
-            if name.startswith(prefix)
-        }
-        return sorted(names)
+        return sorted(self.database.records.projects.get(index, ()))
+
+    def project_serial(self, index: str, project: str) -> int:
+        """The serial of the last change to ``project`` on ``index`` (-1: never)."""
+        return self.database.records.project_serials.get((index, project), -1)
+
+    def index_serial(self, index: str) -> int:
+        """The serial of the last change to any version on ``index`` (-1: never)."""
+        return self.database.records.index_serials.get(index, -1)
+
+    def version_of_file(self, path: str) -> str | None:
+        """The version record (``user/index/project/version``) linking the file at ``path``."""
+        return self.database.records.files.get(path)
+
+    def tombstone(self, path: str) -> Mapping[str, Any] | None:
+        """What is left of a deleted file at ``path`` (it answers 410)."""
+        return self.database.records.of("tombstone").get(path)
 
     # -- users ---------------------------------------------------------------------
 

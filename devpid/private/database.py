@@ -57,25 +57,85 @@ class DatabaseError(Exception):
     """The private data cannot be read or written; the message is one line."""
 
 
+def split_version_name(name: str) -> tuple[str, str, str]:
+    """``user/index/project/version`` as ``(user/index, project, version)``."""
+    user, index, project, version = name.split("/", 3)
+    return f"{user}/{index}", project, version
+
+
+def file_paths(value: Mapping[str, Any] | None) -> list[str]:
+    """The paths (``user/index/+f/…``) of the files a version record links to."""
+    if not value:
+        return []
+    return [link["entrypath"] for link in value.get("+links") or () if "entrypath" in link]
+
+
 @attrs.define
 class Records:
-    """The private data in memory: ``kind -> name -> value``, as of ``serial``."""
+    """The private data in memory: ``kind -> name -> value``, as of ``serial``.
+
+    Versions are also kept by index and project, with the serial that last
+    changed each project (what a merged page's cache checks), and every file
+    by its path: reading a project never scans other projects.
+    """
 
     serial: int = -1
     by_kind: dict[str, dict[str, Mapping[str, Any]]] = attrs.field(
         factory=lambda: {kind: {} for kind in KINDS}
     )
     last_commit_at: float | None = None
+    #: ``index -> project -> version -> value``.
+    projects: dict[str, dict[str, dict[str, Mapping[str, Any]]]] = attrs.field(factory=dict)
+    #: ``(index, project) -> serial`` of its last change.
+    project_serials: dict[tuple[str, str], int] = attrs.field(factory=dict)
+    #: ``file path -> version record name``.
+    files: dict[str, str] = attrs.field(factory=dict)
+    #: ``index -> serial`` of the last change to any of its versions.
+    index_serials: dict[str, int] = attrs.field(factory=dict)
 
-    def apply(self, change: Change) -> None:
+    def apply(self, change: Change, serial: int = -1) -> None:
         records = self.by_kind.setdefault(change.kind, {})
+        old = records.get(change.name)
         if change.value is None:
             records.pop(change.name, None)
         else:
             records[change.name] = change.value
+        if change.kind == "version":
+            self._index_version(change.name, old, change.value, serial)
+
+    def _index_version(
+        self,
+        name: str,
+        old: Mapping[str, Any] | None,
+        new: Mapping[str, Any] | None,
+        serial: int,
+    ) -> None:
+        index, project, version = split_version_name(name)
+        for path in file_paths(old):
+            if self.files.get(path) == name:
+                del self.files[path]
+        for path in file_paths(new):
+            self.files[path] = name
+        by_project = self.projects.setdefault(index, {})
+        versions = by_project.setdefault(project, {})
+        if new is None:
+            versions.pop(version, None)
+            if not versions:
+                del by_project[project]
+            if not by_project:
+                del self.projects[index]
+        else:
+            versions[version] = new
+        self.project_serials[(index, project)] = max(
+            serial, self.project_serials.get((index, project), -1)
+        )
+        self.index_serials[index] = max(serial, self.index_serials.get(index, -1))
 
     def of(self, kind: str) -> dict[str, Mapping[str, Any]]:
         return self.by_kind.setdefault(kind, {})
+
+    def versions(self, index: str, project: str) -> dict[str, Mapping[str, Any]]:
+        return self.projects.get(index, {}).get(project, {})
 
 
 @attrs.define
@@ -103,6 +163,24 @@ class Transaction:
             else:
                 present.add(name)
         return sorted(present)
+
+    @property
+    def serial(self) -> int:
+        """The serial this transaction commits as, if it writes anything."""
+        return self.records.serial + 1
+
+    def versions(self, index: str, project: str) -> dict[str, Mapping[str, Any]]:
+        """The version records of ``project`` on ``index``, as this transaction would leave them."""
+        found = dict(self.records.versions(index, project))
+        prefix = f"{index}/{project}/"
+        for (kind, name), value in self._writes.items():
+            if kind == "version" and name.startswith(prefix):
+                version = name[len(prefix) :]
+                if value is None:
+                    found.pop(version, None)
+                else:
+                    found[version] = value
+        return found
 
     def put(self, kind: str, name: str, value: Mapping[str, Any]) -> None:
         if kind not in KINDS:
@@ -179,14 +257,16 @@ class PrivateDatabase:
             self.db.execute("BEGIN")
             try:
                 self._data_version = self._current_data_version()
-                rows = self.db.execute("SELECT kind, name, value FROM records").fetchall()
+                rows = self.db.execute(
+                    "SELECT kind, name, value, serial FROM records ORDER BY serial"
+                ).fetchall()
                 last = self.db.execute(
                     "SELECT serial, at FROM events ORDER BY serial DESC LIMIT 1"
                 ).fetchone()
             finally:
                 self.db.execute("COMMIT")
-            for kind, name, value in rows:
-                records.of(kind)[name] = json.loads(value)
+            for kind, name, value, serial in rows:
+                records.apply(Change(kind, name, json.loads(value)), serial)
         if last is not None:
             records.serial, records.last_commit_at = int(last[0]), float(last[1])
         self.records = records
@@ -231,7 +311,7 @@ class PrivateDatabase:
 
     def _apply(self, event: Event) -> None:
         for change in event.changes:
-            self.records.apply(change)
+            self.records.apply(change, event.serial)
         self.records.serial = event.serial
         self.records.last_commit_at = event.at
         for listener in self.listeners:

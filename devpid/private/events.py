@@ -17,8 +17,10 @@ from typing import Any
 import attrs
 
 #: The kinds of record: ``user`` (name: the user), ``index`` (``user/index``),
-#: ``token`` (the token id), ``version`` (``user/index/project/version``).
-KINDS = ("user", "index", "token", "version")
+#: ``token`` (the token id), ``version`` (``user/index/project/version``, its
+#: metadata and its files' links), ``tombstone`` (the path of a file that was
+#: deleted, so it answers 410 rather than 404).
+KINDS = ("user", "index", "token", "version", "tombstone")
 
 #: Keys that never leave the server, whatever reads the log.
 _SECRET_KEYS = frozenset({"pwhash", "pwsalt", "digest"})

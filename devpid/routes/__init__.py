@@ -40,6 +40,9 @@ def labelled(route: str, handler: Callable[..., _Result]) -> Callable[..., _Resu
         setattr(request, ROUTE_ATTRIBUTE, route)
         return handler(request, *args, **kwargs)
 
+    # Klein names a route's endpoint after its function, and a second function of the
+    # same name silently takes over the first's routes: ``Class.method`` is unique.
+    handle.__name__ = handle.__qualname__
     return handle
 
 

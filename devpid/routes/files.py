@@ -29,6 +29,7 @@ from devpid.http.request import etag_matches, until_finished
 from devpid.mirror.index import IndexUnavailable, MirrorIndex, ProjectNotFound
 from devpid.mirror.tee import DownloadFailed, DownloadManager, FileSpec
 from devpid.routes import labelled, mirror_named
+from devpid.routes.stagefiles import StageFiles
 from devpid.simple.model import (
     METADATA,
     PROVENANCE,
@@ -89,16 +90,48 @@ class FileRoutes:
     downloads: DownloadManager
     files: FileStore
     stats: Stats
+    #: Stage indexes' files; without it only mirrors have files.
+    stages: StageFiles | None = None
     log = Logger()
 
     def register(self, app: Klein) -> None:
-        app.route("/<user>/<index>/+f/<h3>/<h13>/<filename>", methods=["GET", "HEAD"])(
-            labelled("file", self.file)
-        )
+        path = "/<user>/<index>/+f/<h3>/<h13>/<filename>"
+        app.route(path, methods=["GET", "HEAD"])(labelled("file", self.file))
+        app.route(path, methods=["DELETE"])(labelled("api", self.delete))
+        app.route(path, methods=["POST"])(labelled("api", self.post))
+
+    def _stage(self, user: str, index: str) -> StageFiles | None:
+        name = f"{user}/{index}"
+        if name in self.indexes or self.stages is None or not self.stages.is_stage(name):
+            return None
+        return self.stages
+
+    async def delete(
+        self, request: Request, user: str, index: str, h3: str, h13: str, filename: str
+    ) -> bytes:
+        stages = self._stage(user, index)
+        if stages is None:
+            raise HTTPError(404, f"no stage index {user}/{index}")
+        return await stages.delete(request, f"{user}/{index}", f"{h3}/{h13}/{filename}")
+
+    async def post(
+        self, request: Request, user: str, index: str, h3: str, h13: str, filename: str
+    ) -> bytes:
+        """A tox result for the release at this URL."""
+        stages = self._stage(user, index)
+        if stages is None:
+            raise HTTPError(404, f"no stage index {user}/{index}")
+        return await stages.post_toxresult(request, f"{user}/{index}", f"{h3}/{h13}/{filename}")
 
     async def file(
         self, request: Request, user: str, index: str, h3: str, h13: str, filename: str
     ) -> Any:
+        stages = self._stage(user, index)
+        if stages is not None:
+            found = stages.locate(request, f"{user}/{index}", f"{h3}/{h13}/{filename}")
+            if isinstance(found, bytes):
+                return found
+            return await self._cached(request, found, h3 + h13)
         mirror = mirror_named(self.indexes, user, index)
         try:
             path = self.files.file_path(mirror.name, h3, h13, filename)

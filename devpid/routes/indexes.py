@@ -19,7 +19,7 @@ from twisted.web.server import Request
 from devpid.auth.acl import Action, Principal
 from devpid.http.devpi import envelope, json_body, root_url, set_serial
 from devpid.http.errors import HTTPError
-from devpid.http.request import is_installer
+from devpid.http.request import has_query_key, is_installer
 from devpid.private.data import PrivateData
 from devpid.private.indexconfig import MIRROR, visible_index
 from devpid.private.names import check_index_name
@@ -102,7 +102,7 @@ class IndexRoutes:
         if config is None:
             raise stage_not_found(name)
         result = visible_index(config)
-        if b"no_projects" not in request.args:
+        if not has_query_key(request, b"no_projects"):
             result["projects"] = self._projects(name, config)
         return envelope(request, result=result, type="indexconfig")
 

@@ -10,6 +10,7 @@ asking for ``/<user>/<index>/<project>`` get the simple page instead.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -25,14 +26,18 @@ from twisted.web.server import Request
 
 from devpid.http.devpi import envelope, root_url
 from devpid.http.errors import HTTPError
-from devpid.http.request import is_installer
-from devpid.mirror.index import IndexUnavailable, MirrorIndex, ProjectNotFound
+from devpid.http.request import has_query_key, is_installer
+from devpid.mirror.index import CachedPage, IndexUnavailable, MirrorIndex, ProjectNotFound
 from devpid.private.data import PrivateData
 from devpid.private.names import normalize_project
 from devpid.private.resolve import resolve_project
 from devpid.routes import labelled, unrouted
 from devpid.routes.indexes import stage_not_found
+from devpid.routes.stagepages import same_stamp
 from devpid.simple.model import Link, ProjectPage
+
+#: Project answers kept per process.
+MAX_KEPT_ANSWERS = 256
 
 
 def version_of(filename: str) -> str | None:
@@ -69,6 +74,30 @@ def mirror_versions(page: ProjectPage, name: str, href: Callable[[Link], str]) -
     return versions
 
 
+def public_link(link: Mapping[str, Any], root: str) -> dict[str, Any]:
+    """A stored link as devpi answers it: absolute ``href``, ``hash_spec``, ``log``."""
+    sha256 = link.get("hashes", {}).get("sha256", "")
+    public: dict[str, Any] = {
+        "rel": link.get("rel"),
+        "hash_spec": f"sha256={sha256}" if sha256 else "",
+        "hashes": dict(link.get("hashes") or {}),
+        "href": f"{root}/{link.get('entrypath')}",
+        "log": list(link.get("log") or ()),
+    }
+    if link.get("for_entrypath"):
+        public["for_href"] = f"{root}/{link['for_entrypath']}"
+    return public
+
+
+def public_version(value: Mapping[str, Any], root: str) -> dict[str, Any]:
+    """A stored version as devpi answers it; a version with no files has no ``+links``."""
+    public = {key: item for key, item in value.items() if key != "+links"}
+    links = value.get("+links")
+    if links:
+        public["+links"] = [public_link(link, root) for link in links]
+    return public
+
+
 @attrs.define
 class ProjectRoutes:
     data: PrivateData
@@ -76,6 +105,10 @@ class ProjectRoutes:
     outside_url: str | None
     #: The simple page route, for installers asking for ``/<user>/<index>/<project>``.
     simple_page: Callable[[Request, str, str, str], Awaitable[bytes]]
+    #: Answers kept per process: ``(index, project, root, ignore_bases) -> (stamp, body)``.
+    _answers: OrderedDict[tuple[str, str, str, bool], tuple[tuple[Any, ...], bytes]] = attrs.field(
+        factory=OrderedDict
+    )
 
     def register(self, app: Klein) -> None:
         project = "/<user>/<index>/<project>"
@@ -91,11 +124,24 @@ class ProjectRoutes:
             return await self.simple_page(request, user, index, project)
         normalized = self._normalized(request, user, index, project, "")
         name = f"{user}/{index}"
-        ignore_bases = b"ignore_bases" in request.args
-        versions = await self._versions(request, name, normalized, ignore_bases)
+        ignore_bases = has_query_key(request, b"ignore_bases")
+        root = root_url(request, self.outside_url)
+        order = self._order(name, normalized, ignore_bases)
+        pages = await self._mirror_pages(order, normalized)
+        stamp = (order, tuple(self.data.project_serial(s, normalized) for s in order), *pages)
+        key = (name, normalized, root, ignore_bases)
+        kept = self._answers.get(key)
+        if kept is not None and same_stamp(kept[0], stamp):
+            self._answers.move_to_end(key)
+            return json_document(request, kept[1])
+        versions = self._merged(order, pages, normalized, root, None)
         if not versions and not ignore_bases:
             raise HTTPError(404, f"no project '{normalized}'")
-        return envelope(request, result=versions, type="projectconfig")
+        body = envelope(request, result=versions, type="projectconfig")
+        self._answers[key] = (stamp, body)
+        while len(self._answers) > MAX_KEPT_ANSWERS:
+            self._answers.popitem(last=False)
+        return body
 
     async def get_version(
         self, request: Request, user: str, index: str, project: str, version: str
@@ -103,8 +149,10 @@ class ProjectRoutes:
         if any(part.startswith("+") for part in (user, index, project, version)):
             raise unrouted(request)
         normalized = self._normalized(request, user, index, project, f"/{version}")
-        versions = await self._versions(request, f"{user}/{index}", normalized, False)
-        data = versions.get(version)
+        order = self._order(f"{user}/{index}", normalized, False)
+        pages = await self._mirror_pages(order, normalized)
+        root = root_url(request, self.outside_url)
+        data = self._merged(order, pages, normalized, root, version).get(version)
         if data is None:
             raise HTTPError(
                 404, f"The version {version[:100]} of project {normalized} does not exist."
@@ -122,36 +170,69 @@ class ProjectRoutes:
             raise HTTPError(302, f"moved to {location}", {b"location": location.encode()})
         return normalized
 
-    async def _versions(
-        self, request: Request, index: str, project: str, ignore_bases: bool
-    ) -> dict[str, Any]:
-        stages = self.data.stages()
+    def _order(self, index: str, project: str, ignore_bases: bool) -> tuple[str, ...]:
         if ignore_bases:
-            order: tuple[str, ...] = (index,)
-        else:
-            order = resolve_project(index, project, stages, self.data.has_private_project).stages
-        root = root_url(request, self.outside_url)
+            return (index,)
+        stages = self.data.stages()
+        return resolve_project(index, project, stages, self.data.has_private_project).stages
+
+    async def _mirror_pages(
+        self, order: tuple[str, ...], project: str
+    ) -> tuple[CachedPage | None, ...]:
+        """The page of each mirror of ``order`` (None: the mirror has no such project)."""
+        pages: list[CachedPage | None] = []
+        for stage in order:
+            mirror = self.mirrors.get(stage)
+            if mirror is None:
+                continue
+            try:
+                pages.append(await mirror.project_page(project))
+            except ProjectNotFound:
+                pages.append(None)
+            except IndexUnavailable as e:
+                raise HTTPError(502, str(e)) from None
+        return tuple(pages)
+
+    def _merged(
+        self,
+        order: tuple[str, ...],
+        pages: tuple[CachedPage | None, ...],
+        project: str,
+        root: str,
+        only: str | None,
+    ) -> dict[str, Any]:
+        """Every version (or ``only`` that one) along ``order``: the nearest index's data,
+        the others under ``+shadowing``."""
+        mirror_pages = iter(pages)
         merged: dict[str, Any] = {}
         for stage in order:
-            found = await self._stage_versions(stage, project, root)
+            if stage in self.mirrors:
+                entry = next(mirror_pages)
+                page = entry.content if entry is not None else None
+                if not isinstance(page, ProjectPage):
+                    continue
+                found: Mapping[str, Any] = mirror_versions(page, project, _hrefs(root, stage))
+            else:
+                stored = self.data.versions(stage, project)
+                if only is not None:
+                    stored = {only: stored[only]} if only in stored else {}
+                found = {version: public_version(value, root) for version, value in stored.items()}
             for version, data in found.items():
+                if only is not None and version != only:
+                    continue
                 if version not in merged:
                     merged[version] = dict(data)
                 else:
                     merged[version].setdefault("+shadowing", []).append(data)
         return merged
 
-    async def _stage_versions(self, stage: str, project: str, root: str) -> Mapping[str, Any]:
-        mirror = self.mirrors.get(stage)
-        if mirror is None:
-            return self.data.versions(stage, project)
-        try:
-            entry = await mirror.project_page(project)
-        except ProjectNotFound:
-            return {}
-        except IndexUnavailable as e:
-            raise HTTPError(502, str(e)) from None
-        page = entry.content
-        if not isinstance(page, ProjectPage):
-            return {}
-        return mirror_versions(page, project, lambda link: f"{root}/{stage}/+f/{link.relpath}")
+
+def _hrefs(root: str, stage: str) -> Callable[[Link], str]:
+    return lambda link: f"{root}/{stage}/+f/{link.relpath}"
+
+
+def json_document(request: Request, body: bytes) -> bytes:
+    """An answer made earlier by ``envelope``, sent again."""
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    return body

@@ -10,6 +10,7 @@ unless the name is not normalized.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import partial
 
 import attrs
 from klein import Klein
@@ -22,17 +23,15 @@ from devpid.http.request import accepts_gzip, etag_matches, is_installer, links_
 from devpid.mirror.index import CachedPage, IndexUnavailable, MirrorIndex, ProjectNotFound
 from devpid.mirror.pages import GZIP_MIN_BYTES, gzip_etag
 from devpid.private.data import PrivateData
-from devpid.private.resolve import resolution_order, resolve_project
+from devpid.private.resolve import resolve_project
 from devpid.routes import labelled
+from devpid.routes.stagepages import StagePages
 from devpid.simple.model import METADATA, PROVENANCE, Link, is_valid_project_name
 from devpid.simple.render import CONTENT_TYPES, LinkRenderer
 
 #: Keeps pip's and uv's HTTP caches from re-asking more than once a minute,
 #: and lets them revalidate cheaply (ETag) after that.
 PAGE_CACHE_CONTROL = b"max-age=60, public"
-
-#: The project list of a stage without a mirror base (until uploads, it has no projects).
-_NOTHING = CachedPage(content=(), etag=None, serial=None, fetched_at=0.0)
 
 
 @attrs.define
@@ -43,6 +42,8 @@ class SimpleRoutes:
     outside_url: str | None = None
     #: Users' indexes: a stage's pages come from its bases.
     private: PrivateData | None = None
+    #: A stage's pages: its own files merged with its bases'.
+    stage_pages: StagePages | None = None
 
     def register(self, app: Klein) -> None:
         simple = "/<user>/<index>/+simple"
@@ -58,15 +59,18 @@ class SimpleRoutes:
 
     async def project_list(self, request: Request, user: str, index: str) -> bytes:
         name = f"{user}/{index}"
-        mirror = self._list_source(user, index)
+        mirror = self.indexes.get(name)
+        if mirror is None:
+            self._must_exist(user, index)
         if not request.path.endswith(b"/") and not is_installer(request):
             return self._redirect(request, name, "+simple/")
         answer_type = media_type(request)
-        if mirror is None:
-            urls = links_for(request, self.outside_url, name)
-            return await self._send_page(request, None, _NOTHING, answer_type, urls)
         try:
-            entry = await mirror.project_list()
+            if mirror is not None:
+                entry = await mirror.project_list()
+            else:
+                assert self.stage_pages is not None
+                entry = await self.stage_pages.project_list(name)
         except IndexUnavailable as e:
             raise HTTPError(502, str(e)) from None
         except ProjectNotFound as e:
@@ -83,17 +87,32 @@ class SimpleRoutes:
         trailing = request.path.endswith(b"/")
         if normalized != project or (not trailing and not is_installer(request)):
             return self._redirect(request, name, f"+simple/{normalized}/")
-        mirror = self._page_source(user, index, normalized)
         answer_type = media_type(request)
-        urls = links_for(request, self.outside_url, mirror.name)
+        mirror = self.indexes.get(name)
         try:
+            if mirror is None:
+                assert self.stage_pages is not None
+                source = await self.stage_pages.project_page(name, normalized)
+                if source.merged is not None:
+                    urls = links_for(request, self.outside_url, name)
+                    select = self._cached_only if self._offline else None
+                    return await self._send_page(
+                        request, None, source.merged, answer_type, urls, select
+                    )
+                assert source.mirror is not None
+                mirror = source.mirror
             entry = await mirror.project_page(normalized)
         except ProjectNotFound as e:
             raise HTTPError(404, str(e)) from None
         except IndexUnavailable as e:
             raise HTTPError(502, str(e)) from None
-        select = self._cached_only(mirror) if mirror.offline else None
+        urls = links_for(request, self.outside_url, mirror.name)
+        select = partial(self._cached_only, mirror_name=mirror.name) if mirror.offline else None
         return await self._send_page(request, mirror, entry, answer_type, urls, select)
+
+    @property
+    def _offline(self) -> bool:
+        return any(mirror.offline for mirror in self.indexes.values())
 
     async def refresh(self, request: Request, user: str, index: str, project: str) -> bytes:
         """devpi's refresh: revalidate one project's page now (on the index, or the mirror
@@ -125,20 +144,6 @@ class SimpleRoutes:
             return
         if self.private is None or self.private.index(name) is None:
             raise HTTPError(404, f"no index {name}")
-
-    def _list_source(self, user: str, index: str) -> MirrorIndex | None:
-        """The mirror whose project list the index shows (a stage: its first mirror base);
-        None for a stage without one; 404 for no such index."""
-        name = f"{user}/{index}"
-        mirror = self.indexes.get(name)
-        if mirror is not None:
-            return mirror
-        self._must_exist(user, index)
-        assert self.private is not None
-        for stage in resolution_order(name, self.private.stages()):
-            if stage in self.indexes:
-                return self.indexes[stage]
-        return None
 
     def _page_source(self, user: str, index: str, project: str) -> MirrorIndex:
         """The mirror a project's page comes from: the index itself, or for a stage the
@@ -203,23 +208,23 @@ class SimpleRoutes:
         request.setHeader(b"content-length", b"%d" % len(body))
         return body
 
-    def _cached_only(self, mirror: MirrorIndex) -> Callable[[Link], Link | None]:
-        def select(link: Link) -> Link | None:
-            """Offline, only cached files are links (their metadata and provenance only if
-            cached)."""
-            h = link.storage_hash
-            try:
-                path = self.files.file_path(mirror.name, h[:3], h[3:16], link.filename)
-            except UnsafePath:
-                return None
-            if not path.is_file():
-                return None
-            metadata = path.with_name(path.name + METADATA)
-            if link.core_metadata is not False and not metadata.is_file():
-                link = attrs.evolve(link, core_metadata=False)
-            provenance = path.with_name(path.name + PROVENANCE)
-            if link.provenance is not None and not provenance.is_file():
-                link = attrs.evolve(link, provenance=None)
+    def _cached_only(self, link: Link, mirror_name: str | None = None) -> Link | None:
+        """Offline, only a mirror's cached files are links (their metadata and provenance
+        only if cached); a stage's files are all here."""
+        index = link.index or mirror_name
+        if index is None or index not in self.indexes:
             return link
-
-        return select
+        h = link.storage_hash
+        try:
+            path = self.files.file_path(index, h[:3], h[3:16], link.filename)
+        except UnsafePath:
+            return None
+        if not path.is_file():
+            return None
+        metadata = path.with_name(path.name + METADATA)
+        if link.core_metadata is not False and not metadata.is_file():
+            link = attrs.evolve(link, core_metadata=False)
+        provenance = path.with_name(path.name + PROVENANCE)
+        if link.provenance is not None and not provenance.is_file():
+            link = attrs.evolve(link, provenance=None)
+        return link

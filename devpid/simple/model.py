@@ -82,6 +82,8 @@ class Link:
     upload_time: str | None = None
     #: The upstream's absolute URL of the file's provenance (PEP 740), if it has one.
     provenance: str | None = None
+    #: The index the file is served from, when not the page's own (a stage's merged page).
+    index: str | None = None
 
     @property
     def sha256(self) -> str | None:

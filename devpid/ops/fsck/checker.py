@@ -1,4 +1,5 @@
-"""One fsck run over a serverdir: every file against its page, every page, and repair.
+"""One fsck run over a serverdir: every file against its page (a stage's against its
+links), every page, and repair.
 
 The checks of files and of pages share the run's report, its page cache and its
 repair rule, so they stay one class; what they read (pages) and how they touch
@@ -16,11 +17,13 @@ from pathlib import Path
 
 import attrs
 
+from devpid.files.releases import split_entrypath
 from devpid.files.store import (
     PARTIAL_SUFFIX,
     PROJECT_LIST,
     FileStore,
     UnsafePath,
+    lock_for_writing,
     page_partial_in_use,
     probe_partial,
 )
@@ -28,7 +31,14 @@ from devpid.ops.fsck.disk import OPEN_FLAGS, identity, remove_if_unchanged, walk
 from devpid.ops.fsck.pages import Expectation, PageCache
 from devpid.ops.fsck.private import check_private
 from devpid.ops.fsck.report import Problem, Report, Severity
+from devpid.ops.fsck.stages import StageLinks
+from devpid.private.database import FILENAME
 from devpid.simple.model import METADATA, PROVENANCE, project_of_filename
+
+#: Why a stage's missing or damaged file is only reported.
+_PRIVATE = "not repaired: private data has no other copy; restore it from a backup"
+#: Leftover candidates held at once while the links are read again.
+_BATCH = 256
 
 
 @attrs.define
@@ -40,6 +50,12 @@ class Checker:
     report: Report = attrs.field(init=False)
     _store: FileStore = attrs.field(init=False)
     _pages: PageCache = attrs.field(init=False)
+    #: The stage indexes and their links (devpid.ops.fsck.stages), read at the start.
+    _links: StageLinks = attrs.field(init=False, factory=StageLinks)
+    #: Entrypaths of the stage files found on disk.
+    _seen: set[str] = attrs.field(init=False, factory=set)
+    #: Stage files no link named in ``_links``: ``(path, entrypath)``, decided after the walk.
+    _unlinked: list[tuple[Path, str]] = attrs.field(init=False, factory=list)
 
     def __attrs_post_init__(self) -> None:
         self.serverdir = self.serverdir.resolve()
@@ -48,7 +64,9 @@ class Checker:
         self.report = Report(self.serverdir, self.repair)
 
     def check(self) -> Report:
+        self._links = StageLinks.read(self.serverdir)
         self._check_files()
+        self._check_stage_links()
         self._check_pages()
         check_private(self.serverdir, self.report)
         return self.report
@@ -128,6 +146,14 @@ class Checker:
         except UnsafePath:
             self._problem("warning", "unexpected", path, "not a name devpid would store")
             return
+        relpath = f"{h3}/{h13}/{filename}"
+        stage = index in self._links.stages
+        if stage:
+            entrypath = f"{index}/+f/{relpath}"
+            self._seen.add(entrypath)
+            if self._links.expected(entrypath) is None:
+                self._unlinked.append((path, entrypath))
+                return
         try:
             fd = os.open(path, os.O_RDONLY | OPEN_FLAGS)
         except FileNotFoundError:  # removed meanwhile: nothing to check
@@ -142,18 +168,23 @@ class Checker:
                 return
             self.report.counts.files += 1
             self.report.counts.bytes += status.st_size
-            project = project_of_filename(filename)
-            expected = self._expected(index, project, f"{h3}/{h13}/{filename}")
+            linked = self._links.expected(f"{index}/+f/{relpath}") if stage else None
+            if linked is not None:
+                expected: Expectation | None = linked.expectation
+            else:
+                expected = self._expected(index, project_of_filename(filename), relpath)
             try:
-                wrong = self._verify(f, status, expected, h3 + h13, filename)
+                wrong = self._verify(f, status, expected, h3 + h13, filename, stage)
             except OSError as e:
                 self._problem("error", "unreadable", path, f"cannot read it: {e.strerror}")
                 return
         if wrong is None:
             return
         severity, kind, detail = wrong
+        if linked is not None:
+            detail += f" (of {linked.version}; {_PRIVATE})"
         problem = self._problem(severity, kind, path, detail)
-        if severity == "error":
+        if severity == "error" and linked is None:
             checked = identity(status)
             self._repaired(problem, lambda: remove_if_unchanged(path, checked))
 
@@ -164,9 +195,11 @@ class Checker:
         expected: Expectation | None,
         path_hash: str,
         filename: str,
+        stage: bool = False,
     ) -> tuple[Severity, str, str] | None:
         """What is wrong with one committed file, if anything; counts how it was checked."""
         counts = self.report.counts
+        source = "its link" if stage else "its page"
         if expected is None:
             counts.orphans += 1
             if filename.endswith(METADATA):
@@ -182,14 +215,14 @@ class Checker:
                 )
             return "warning", "orphan", f"no cached page lists it; {how}"
         if expected.size is not None and status.st_size != expected.size:
-            return "error", "corrupt", f"{status.st_size} bytes, its page says {expected.size}"
+            return "error", "corrupt", f"{status.st_size} bytes, {source} says {expected.size}"
         if expected.algorithm is not None and expected.digest is not None:
             digest = hashlib.file_digest(f, expected.algorithm).hexdigest()
             if digest != expected.digest:
                 return (
                     "error",
                     "corrupt",
-                    f"{expected.algorithm} {digest}, its page says {expected.digest}",
+                    f"{expected.algorithm} {digest}, {source} says {expected.digest}",
                 )
             counts.by_hash += 1
         elif expected.size is not None:
@@ -201,6 +234,109 @@ class Checker:
     def _expected(self, index: str, project: str | None, relpath: str) -> Expectation | None:
         """What the page of ``project`` says about ``relpath``, reading the page as needed."""
         return self._pages.expected(index, project, relpath)
+
+    # -- stage indexes --------------------------------------------------------
+
+    def _check_stage_links(self) -> None:
+        """Decide the stage files no link named, then report linked files not on disk.
+
+        A running devpid links a file after fsck read the links (the upload
+        ``flock``-s it until then) and unlinks one before removing it, so both
+        are decided on the links read again. A leftover is ``flock``-ed here
+        while they are: one the uploader still holds is being linked, and one
+        linked meanwhile is checked as linked.
+        """
+        unlinked, self._unlinked = self._unlinked, []
+        if self._links.problem is not None:
+            self._problem(
+                "warning",
+                "unchecked",
+                self.serverdir / FILENAME,
+                f"cannot read the stage indexes' links ({self._links.problem}): "
+                "their files are checked as a mirror's",
+            )
+        missing = [path for path in self._links.files if path not in self._seen]
+        if not unlinked and not missing:
+            return
+        for start in range(0, max(len(unlinked), 1), _BATCH):
+            self._decide_unlinked(unlinked[start : start + _BATCH])
+        for entrypath in missing:
+            self._check_missing(entrypath)
+
+    def _decide_unlinked(self, batch: list[tuple[Path, str]]) -> None:
+        held: list[tuple[Path, str, int]] = []
+        try:
+            for path, entrypath in batch:
+                fd = self._hold(path)
+                if fd is not None:
+                    held.append((path, entrypath, fd))
+            self._links = StageLinks.read(self.serverdir)
+            for path, entrypath, fd in held:
+                if self._links.expected(entrypath) is None:
+                    self._leftover(path, entrypath, fd)
+        finally:
+            for _path, _entrypath, fd in held:
+                os.close(fd)  # releases the flock
+        for path, entrypath, _fd in held:
+            if self._links.expected(entrypath) is not None:
+                self._check_committed(path, *split_entrypath(entrypath))
+
+    def _hold(self, path: Path) -> int | None:
+        """``path`` opened and ``flock``-ed, or None (gone, or its writer holds it)."""
+        try:
+            try:
+                fd = os.open(path, os.O_WRONLY | OPEN_FLAGS)
+            except PermissionError:  # not ours to write: flock works on a reading descriptor
+                fd = os.open(path, os.O_RDONLY | OPEN_FLAGS)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            self._problem("error", "unreadable", path, f"cannot open it: {e.strerror}")
+            return None
+        if not lock_for_writing(fd):
+            os.close(fd)
+            self.report.counts.in_progress += 1  # being linked right now
+            return None
+        return fd
+
+    def _leftover(self, path: Path, entrypath: str, fd: int) -> None:
+        index = split_entrypath(entrypath)[0]
+        problem = self._problem(
+            "error",
+            "leftover",
+            path,
+            f"a file of stage {index} that no version links (an upload or push a crash cut off)",
+        )
+
+        def remove() -> bool:
+            held, named = os.fstat(fd), os.lstat(path)
+            if (held.st_dev, held.st_ino) != (named.st_dev, named.st_ino):
+                return False  # replaced meanwhile
+            os.unlink(path)
+            return True
+
+        self._repaired(problem, remove)
+
+    def _check_missing(self, entrypath: str) -> None:
+        linked = self._links.expected(entrypath)
+        if linked is None:  # unlinked since the first read
+            return
+        try:
+            path = self._store.file_path(*split_entrypath(entrypath))
+        except UnsafePath:
+            self._problem(
+                "error",
+                "missing",
+                self.serverdir / FILENAME,
+                f"{linked.version} links {entrypath!r}, a path devpid would never store "
+                f"({_PRIVATE})",
+            )
+            return
+        if os.path.lexists(path):
+            return  # appeared since the walk: the next run checks it
+        self._problem(
+            "error", "missing", path, f"linked by {linked.version} but not on disk ({_PRIVATE})"
+        )
 
     # -- pages ---------------------------------------------------------------
 

@@ -23,7 +23,8 @@ class Problem:
     """One thing fsck found; an ``error`` makes the exit status 1 unless it was repaired."""
 
     severity: Severity
-    #: corrupt, unreadable, leftover, bad-page, orphan, unexpected or unchecked.
+    #: corrupt, unreadable, leftover, missing, bad-page, orphan, unexpected, unchecked
+    #: or private.
     kind: str
     #: Relative to the serverdir.
     path: str

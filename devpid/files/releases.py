@@ -1,0 +1,316 @@
+"""The files of stage indexes on disk: uploads put in place, side files, copies, removal.
+
+A stage's files live where a mirror's do (``+files/<user>/<index>/+f/<h3>/<h13>/<name>``),
+so nginx serves both alike. An upload arrives as a temporary file under
+``+files/+uploads/`` (``flock``-ed by its writer); ``place`` makes it durable
+(fsync) and renames it to its final name *before* the transaction that links
+it commits.
+
+The ``flock`` of a final file is the protocol between the processes:
+
+- whoever is about to link a file holds its ``flock`` from putting it in
+  place (or finding the same file there) until its transaction committed;
+- whoever removes a file that is not linked (after a transaction unlinked it,
+  the start-up sweep, ``devpid fsck --repair``) takes the ``flock`` without
+  waiting, asks the private data again whether the file is linked, and only
+  then removes it.
+
+So a file is never removed between being found and being linked, nor after
+being linked again by another upload of the same bytes.
+
+``place``, ``write_file`` and ``copy`` block on the disk (the routes run them
+in a thread); ``remove`` asks the private data and runs on the reactor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import itertools
+import os
+import shutil
+from collections.abc import Callable, Container, Iterable, Mapping
+from pathlib import Path
+
+import attrs
+
+from devpid.files.store import (
+    PARTIAL_SUFFIX,
+    FileStore,
+    UnsafePath,
+    lock_for_writing,
+)
+from devpid.simple.model import METADATA, dist_filename_of
+
+UPLOADS = "+uploads"
+DOCS = "+docs"
+
+
+def split_entrypath(path: str) -> tuple[str, str, str, str]:
+    """``user/index/+f/h3/h13/name`` as ``(user/index, h3, h13, name)``; UnsafePath otherwise."""
+    parts = path.split("/")
+    if len(parts) != 6 or parts[2] != "+f":
+        raise UnsafePath(f"not a file path: {path[:200]!r}")
+    user, index, _f, h3, h13, name = parts
+    return f"{user}/{index}", h3, h13, name
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``fd`` is still the file named ``path`` (not removed or replaced)."""
+    try:
+        named = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return held.st_nlink > 0 and (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
+
+
+class FileBusy(Exception):
+    """Another request is putting the same file in place right now."""
+
+
+def _hold_existing(path: Path) -> int | None:
+    """The existing file at ``path``, open and ``flock``-ed; None when there is none.
+
+    Never waits (a thread waiting here could be the one its holder needs):
+    ``FileBusy`` when another request holds it, about to link it.
+    """
+    for _attempt in range(3):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return None
+        try:
+            if not lock_for_writing(fd):
+                raise FileBusy(f"{path.name} is being stored by another request")
+            if _same_file(fd, path):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # removed or replaced meanwhile: look again
+    raise FileBusy(f"{path.name} keeps changing")
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@attrs.define
+class Placed:
+    """An upload in its final place, still ``flock``-ed until ``release``."""
+
+    path: Path
+    fd: int | None
+    #: False when an identical file was there already (nothing of ours was renamed).
+    created: bool
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+@attrs.define
+class ReleaseFiles:
+    store: FileStore
+    #: Whether a file (by its path) is linked by a version now, caught up with every process.
+    is_linked: Callable[[str], bool]
+    _names: itertools.count[int] = attrs.field(factory=itertools.count)
+
+    @property
+    def uploads_root(self) -> Path:
+        return self.store.files_root / UPLOADS
+
+    @property
+    def docs_root(self) -> Path:
+        return self.store.serverdir / DOCS
+
+    def create_upload_file(self) -> tuple[Path, int]:
+        """A fresh temporary file for an upload's body (``StreamingForm``'s ``create_file``)."""
+        self.uploads_root.mkdir(parents=True, exist_ok=True)
+        return self.store.create_partial(self.uploads_root / f"upload-{next(self._names)}")
+
+    def path_of(self, entrypath: str) -> Path:
+        return self.store.file_path(*split_entrypath(entrypath))
+
+    def place(self, partial: Path, fd: int, entrypath: str) -> Placed:
+        """Make the upload durable and give it its final name, ``flock``-ed (blocking).
+
+        The same file there already (the same name under the same hash) is
+        kept, held, and the temporary one removed.
+        """
+        final = self.path_of(entrypath)
+        os.fsync(fd)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        existing = _hold_existing(final)
+        if existing is not None:
+            os.close(fd)
+            partial.unlink(missing_ok=True)
+            return Placed(final, existing, created=False)
+        os.rename(partial, final)
+        _fsync_directory(final.parent)
+        self.store.counts.files += 1
+        self.store.counts.bytes += os.fstat(fd).st_size
+        return Placed(final, fd, created=True)
+
+    def write_file(self, entrypath: str, content: bytes, suffix: str = "") -> Placed:
+        """A small file (a wheel's ``.metadata``, a tox result) written durably (blocking)."""
+        final = self.path_of(entrypath)
+        final = final.with_name(final.name + suffix)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        partial, fd = self.store.create_partial(final)
+        try:
+            view = memoryview(content)
+            while view:
+                view = view[os.write(fd, view) :]
+        except BaseException:
+            os.close(fd)
+            partial.unlink(missing_ok=True)
+            raise
+        return (
+            self.place(partial, fd, entrypath)
+            if not suffix
+            else self._place_side(partial, fd, final)
+        )
+
+    def _place_side(self, partial: Path, fd: int, final: Path) -> Placed:
+        os.fsync(fd)
+        os.rename(partial, final)
+        _fsync_directory(final.parent)
+        return Placed(final, fd, created=True)
+
+    def copy(self, source: str, target: str) -> Placed:
+        """``source``'s file (and its ``.metadata``) under ``target`` too, for a push, held
+        like an upload (blocking): a hard link where the file system allows, else a copy."""
+        src, dst = self.path_of(source), self.path_of(target)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        existing = _hold_existing(dst)
+        if existing is not None:
+            return Placed(dst, existing, created=False)
+        side = src.with_name(src.name + METADATA)
+        if side.exists():
+            self._copy_one(side, dst.with_name(dst.name + METADATA))
+        partial = self.store.partial_path(dst)
+        partial.unlink(missing_ok=True)
+        try:
+            os.link(src, partial)
+        except OSError:
+            shutil.copyfile(src, partial)
+        fd = os.open(partial, os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.rename(partial, dst)
+        _fsync_directory(dst.parent)
+        return Placed(dst, fd, created=True)
+
+    def _copy_one(self, source: Path, target: Path) -> None:
+        partial = self.store.partial_path(target)
+        partial.unlink(missing_ok=True)
+        try:
+            os.link(source, partial)
+        except OSError:
+            shutil.copyfile(source, partial)
+        os.rename(partial, target)
+
+    def remove(self, entrypaths: Iterable[str]) -> int:
+        """Remove the files (with their side files) that no version links, unless someone
+        is about to link them (holds their ``flock``); the number removed. On the reactor:
+        ``is_linked`` catches up with the private data."""
+        removed = 0
+        for entrypath in entrypaths:
+            try:
+                path = self.path_of(entrypath)
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except (UnsafePath, OSError):
+                continue
+            try:
+                if not lock_for_writing(fd) or self.is_linked(entrypath):
+                    continue
+                if not _same_file(fd, path):
+                    continue
+                size = os.fstat(fd).st_size
+                os.unlink(path)
+                path.with_name(path.name + METADATA).unlink(missing_ok=True)
+            except OSError:
+                continue
+            finally:
+                os.close(fd)
+            self.store.counts.files -= 1
+            self.store.counts.bytes -= size
+            removed += 1
+        return removed
+
+    def detach_stage(self, index: str) -> list[Path]:
+        """Move a deleted stage's files and docs out of the layout; the directories moved,
+        for the caller to remove off the reactor."""
+        moved = self.store.detach_index(index, files_too=True)
+        user, _, name = index.partition("/")
+        docs = self.docs_root / user / name
+        trash = docs.with_name(f".{name}.{self.store.identity.token}.deleted")
+        try:
+            docs.rename(trash)
+            moved.append(trash)
+        except OSError:
+            pass
+        return moved
+
+    def sweep(self, stages: Iterable[str], linked: Container[str]) -> int:
+        """Remove the files of ``stages`` that nothing links (an upload or a push a crash
+        cut off before its transaction, a removal cut off after it), and unpacked docs
+        no doc zip names; ``linked`` is a first guess, ``remove`` asks again. On the
+        reactor, at start-up; the number of files removed."""
+        candidates = []
+        for index in stages:
+            user, _, name = index.partition("/")
+            root = self.store.files_root / user / name / "+f"
+            for path in root.glob("*/*/*") if root.is_dir() else ():
+                if path.name.endswith(PARTIAL_SUFFIX):
+                    continue
+                dist = dist_filename_of(path.name)
+                entry = f"{index}/+f/{path.parent.parent.name}/{path.parent.name}/{dist}"
+                if entry in linked:
+                    continue
+                if dist != path.name and not path.with_name(dist).exists():
+                    # a side file left alone: its file is gone
+                    if not self.is_linked(entry):
+                        path.unlink(missing_ok=True)
+                    continue
+                candidates.append(entry)
+        return self.remove(candidates)
+
+    def prune_all_docs(self, index: str, keep_of: Callable[[str], Mapping[str, str]]) -> None:
+        """``prune_docs`` for every project with unpacked docs on ``index`` (start-up)."""
+        user, _, name = index.partition("/")
+        root = self.docs_root / user / name
+        for project in root.iterdir() if root.is_dir() else ():
+            self.prune_docs(index, project.name, keep_of(project.name))
+
+    def prune_docs(self, index: str, project: str, keep: Mapping[str, str]) -> None:
+        """Remove the unpacked docs of ``project`` on ``index`` but those of ``keep``
+        (version -> the sha256 of its current doc zip). Blocking."""
+        user, _, name = index.partition("/")
+        root = self.docs_root / user / name / project
+        if not root.is_dir() or ".." in project or "/" in project:
+            return
+        for version_dir in root.iterdir():
+            current = keep.get(version_dir.name)
+            for unpacked in version_dir.iterdir() if version_dir.is_dir() else ():
+                if current is None or unpacked.name != current[:16]:
+                    shutil.rmtree(unpacked, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                version_dir.rmdir()  # only when empty
+        with contextlib.suppress(OSError):
+            root.rmdir()
+
+    def docs_dir(self, index: str, project: str, version: str, sha256: str) -> Path:
+        """Where the doc zip with ``sha256`` of a version is unpacked."""
+        user, _, name = index.partition("/")
+        path = self.docs_root / user / name / project / version / sha256[:16]
+        resolved = path.resolve()
+        if not resolved.is_relative_to(self.docs_root.resolve()) or ".." in path.parts:
+            raise UnsafePath(f"{path} is outside the serverdir")
+        return path

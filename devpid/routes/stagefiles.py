@@ -1,0 +1,161 @@
+"""The files of stage indexes at ``/<user>/<index>/+f/...``: find, delete, post tox results.
+
+``FileRoutes`` serves the bytes (Range, HEAD, ETag) for mirrors and stages
+alike; this finds a stage's file through the version that links it (a file
+that is on disk but linked by nothing is not served), answers 410 for one
+that was deleted, devpi's ``releasefilemeta`` JSON to ``application/json``
+clients, and handles ``DELETE`` and the tox results ``POST``ed to a release.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.web.server import Request
+
+from devpid.auth.acl import Action
+from devpid.files.releases import ReleaseFiles
+from devpid.files.store import UnsafePath
+from devpid.http.devpi import envelope, set_serial, wants_json
+from devpid.http.errors import HTTPError
+from devpid.http.request import has_query_key
+from devpid.private.data import PrivateData
+from devpid.private.database import split_version_name
+from devpid.private.releases import TOXRESULT, NewFile, Releases, basename, doc_hashes
+from devpid.routes.access import Access
+from devpid.simple.model import METADATA, dist_filename_of
+
+Offload = Callable[[Callable[[], Any]], Deferred[Any]]
+
+
+@attrs.define
+class StageFiles:
+    data: PrivateData
+    releases: Releases
+    files: ReleaseFiles
+    access: Access
+    offload: Offload
+    outside_url: str | None = None
+
+    def is_stage(self, index: str) -> bool:
+        config = self.data.index(index)
+        return config is not None and config.get("type") != "mirror"
+
+    def _link(self, path: str) -> tuple[str, dict[str, Any]] | None:
+        """The version record name and the link of the file at ``path``."""
+        name = self.data.version_of_file(path)
+        if name is None:
+            return None
+        index, project, version = split_version_name(name)
+        value = self.data.versions(index, project).get(version) or {}
+        for link in value.get("+links") or ():
+            if link.get("entrypath") == path:
+                return name, dict(link)
+        return None
+
+    def locate(self, request: Request, index: str, relpath: str) -> Path | bytes:
+        """The file to send, or the JSON answer; 404 or 410 when it is not linked."""
+        path = f"{index}/+f/{relpath}"
+        side = relpath[len(dist_filename_of(relpath)) :]
+        found = self._link(path[: len(path) - len(side)] if side else path)
+        if found is None or (side == METADATA and "core_metadata" not in found[1]):
+            if self.data.tombstone(path) is not None:
+                raise HTTPError(410, "file existed, deleted in later serial")
+            raise HTTPError(404, "no such file")
+        if side and side != METADATA:
+            raise HTTPError(404, "no such file")
+        name, link = found
+        if wants_json(request) and not side:
+            _, project, version = split_version_name(name)
+            sha256 = link.get("hashes", {}).get("sha256", "")
+            return envelope(
+                request,
+                result={
+                    "last_modified": time.strftime(
+                        "%Y-%m-%d %H:%M:%S", time.gmtime(link.get("last_modified", 0))
+                    ),
+                    "hash_spec": f"sha256={sha256}",
+                    "hashes": link.get("hashes", {}),
+                    "project": project,
+                    "version": version,
+                },
+                type="releasefilemeta",
+            )
+        try:
+            return self.files.path_of(path)
+        except UnsafePath as e:
+            raise HTTPError(400, str(e)) from None
+
+    async def delete(self, request: Request, index: str, relpath: str) -> bytes:
+        path = f"{index}/+f/{relpath}"
+        config = self.data.index(index)
+        who = await self.access.require(
+            request,
+            Action.DEL_ENTRY,
+            f"no permission to delete {basename(path)}",
+            index=index,
+            index_config=config,
+        )
+        force = has_query_key(request, b"force")
+        version_name = self.data.version_of_file(path)
+        change = self.releases.delete_file(index, path, force, who.user)
+        set_serial(request, change.serial)
+        self.files.remove(change.unlinked)
+        if version_name is not None:
+            _, project, _ = split_version_name(version_name)
+            keep = doc_hashes(self.data.versions(index, project))
+            await self.offload(partial(self.files.prune_docs, index, project, keep))
+        return envelope(request, message=f"package {path!r} deleted")
+
+    async def post_toxresult(self, request: Request, index: str, relpath: str) -> bytes:
+        release = f"{index}/+f/{relpath}"
+        config = self.data.index(index)
+        who = await self.access.who(request)
+        if not self.access.policy.permits(
+            who, Action.TOXRESULT_UPLOAD, index=index, index_config=config
+        ):
+            raise HTTPError(
+                403,
+                "No permission to upload tox results. "
+                "You can use the devpi test --no-upload option to skip the upload.",
+            )
+        found = self._link(release)
+        if found is None or found[1].get("rel") != "releasefile":
+            raise HTTPError(404, f"no release file found at {release}")
+        raw = request.content.read() if request.content is not None else b""
+        try:
+            json.loads(raw)
+        except ValueError:
+            raise HTTPError(400, "Bad request: could not decode json") from None
+        name, _link = found
+        index_name, project, version = split_version_name(name)
+        value = self.data.versions(index_name, project).get(version) or {}
+        earlier = sum(
+            1
+            for other in value.get("+links") or ()
+            if other.get("rel") == TOXRESULT and other.get("for_entrypath") == release
+        )
+        stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime())
+        path = f"{release}.toxresult-{stamp}-{earlier}"
+        sha256 = hashlib.sha256(raw).hexdigest()
+        placed = await self.offload(lambda: self.files.write_file(path, raw))
+        try:
+            new = NewFile(TOXRESULT, path, sha256, len(raw), for_entrypath=release)
+            try:
+                change = self.releases.store_toxresult(index, release, new, who.user)
+            except BaseException:
+                placed.release()
+                self.files.remove([path])
+                raise
+        finally:
+            placed.release()
+        set_serial(request, change.serial)
+        return envelope(request, result=f"{path}#sha256={sha256}", type="toxresultpath")

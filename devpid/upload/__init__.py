@@ -1,0 +1,1 @@
+"""Package uploads without the reactor: the streamed form, archive checks, doc zips."""
