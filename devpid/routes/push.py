@@ -15,8 +15,10 @@ from typing import Any
 
 import attrs
 import treq
+from treq.multipart import MultiPartProducer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.web.client import FileBodyProducer
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 
@@ -204,21 +206,32 @@ class Pusher:
         fields: Mapping[str, Any],
         file: tuple[str, str] | None,
     ) -> tuple[int, str]:
-        data = [(key, value) for key, value in _form_items(fields)]
+        """One multipart POST (always multipart, as twine's protocol is, with a
+        ``Content-Length``: the file's size is known); the status and the answer's text."""
+        parts: list[tuple[str, Any]] = list(_form_items(fields))
         handle = None
         try:
-            files: Any = None
             if file is not None:
                 filename, path = file
                 handle = open(self.files.path_of(path), "rb")  # noqa: SIM115 (closed below)
-                files = {"content": (filename, "application/octet-stream", handle)}
+                parts.append(
+                    ("content", (filename, "application/octet-stream", FileBodyProducer(handle)))
+                )
+            body = MultiPartProducer(parts)
+            headers = Headers(
+                {
+                    b"user-agent": [f"devpid/{__version__}".encode()],
+                    b"content-type": [b"multipart/form-data; boundary=" + body.boundary],
+                }
+            )
             response = await treq.post(
                 url,
-                data=data,
-                files=files,
+                data=body,
                 auth=auth,
-                headers=Headers({b"user-agent": [f"devpid/{__version__}".encode()]}),
+                headers=headers,
                 timeout=EXTERNAL_TIMEOUT,
+                # a connection per upload: legacy endpoints often close after answering
+                persistent=False,
             )
             text = (await response.text()).strip()
             return response.code, " ".join(text.split())[:500] or response.phrase.decode()
