@@ -270,8 +270,8 @@ def test_render_json_is_pep_691() -> None:
     assert "upload-time" not in sdist
 
     no_hash = files["demo-2.0-py3-none-any.whl"]
-    relpath = page.links[2].relpath
-    assert no_hash["url"] == f"/root/pypi/+f/{relpath}"
+    # no sha256: devpi's +e URL, named by the upstream's directory
+    assert no_hash["url"] == "/root/pypi/+e/http_127.0.0.1_9_files/demo-2.0-py3-none-any.whl"
     assert no_hash["hashes"] == {}
     assert no_hash["core-metadata"] is True
     assert no_hash["dist-info-metadata"] is True
@@ -287,7 +287,7 @@ def test_render_json_every_url_is_under_the_prefix() -> None:
     page = _page()
     data = _json(render_project_page(page, JSON_V1, URLS))
     for entry, link in zip(data["files"], page.links, strict=True):
-        assert entry["url"] == f"/root/pypi/+f/{link.relpath}"
+        assert entry["url"] == f"/root/pypi/{link.url_path}"
         assert "127.0.0.1:9" not in entry["url"]
 
 
@@ -380,13 +380,13 @@ def test_outside_url_prefix_makes_absolute_links() -> None:
     page = _page()
     data = _json(render_project_page(page, JSON_V1, OUTSIDE))
     for entry, link in zip(data["files"], page.links, strict=True):
-        assert entry["url"] == f"http://localhost:8080/pypi/root/pypi/+f/{link.relpath}"
+        assert entry["url"] == f"http://localhost:8080/pypi/root/pypi/{link.url_path}"
 
     body = render_project_page(page, TEXT_HTML, OUTSIDE)
     # Absolute links do not depend on where the page was fetched from.
     parsed = parse_project_html("demo", body, "http://127.0.0.1:1/elsewhere/")
     assert [link.url for link in parsed.links] == [
-        f"http://localhost:8080/pypi/root/pypi/+f/{link.relpath}" for link in page.links
+        f"http://localhost:8080/pypi/root/pypi/{link.url_path}" for link in page.links
     ]
 
 

@@ -194,27 +194,26 @@ class ReleaseFiles:
             return Placed(dst, existing, created=False)
         side = src.with_name(src.name + METADATA)
         if side.exists():
-            self._copy_one(side, dst.with_name(dst.name + METADATA))
-        partial = self.store.partial_path(dst)
-        partial.unlink(missing_ok=True)
-        try:
-            os.link(src, partial)
-        except OSError:
-            shutil.copyfile(src, partial)
-        fd = os.open(partial, os.O_RDONLY)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        os.rename(partial, dst)
+            self._copy_one(side, dst.with_name(dst.name + METADATA), hold=False)
+        fd = self._copy_one(src, dst, hold=True)
         _fsync_directory(dst.parent)
         return Placed(dst, fd, created=True)
 
-    def _copy_one(self, source: Path, target: Path) -> None:
+    def _copy_one(self, source: Path, target: Path, hold: bool) -> int | None:
+        """Link (or copy) ``source`` to ``target`` through a temporary name; with ``hold``,
+        the new file's descriptor, ``flock``-ed before it gets its name."""
         partial = self.store.partial_path(target)
         partial.unlink(missing_ok=True)
         try:
             os.link(source, partial)
         except OSError:
             shutil.copyfile(source, partial)
+        fd = None
+        if hold:
+            fd = os.open(partial, os.O_RDONLY)
+            fcntl.flock(fd, fcntl.LOCK_EX)
         os.rename(partial, target)
+        return fd
 
     def remove(self, entrypaths: Iterable[str]) -> int:
         """Remove the files (with their side files) that no version links, unless someone

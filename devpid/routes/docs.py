@@ -34,7 +34,7 @@ from devpid.private.names import normalize_project
 from devpid.private.releases import DOCZIP
 from devpid.private.resolve import resolution_order
 from devpid.routes import labelled
-from devpid.upload.docs import BadDocZip, DocLimits, unpack_doc_zip
+from devpid.upload.docs import BadDocZip, DocLimits, unpack_docs
 
 Offload = Callable[[Callable[[], Any]], Deferred[Any]]
 
@@ -93,7 +93,8 @@ class DocRoutes:
                 directory = self.files.docs_dir(stage, project, version, sha256)
                 if not directory.is_dir():
                     zip_path = self.files.path_of(str(link["entrypath"]))
-                    await self.offload(partial(unpack_doc_zip, zip_path, directory, self.limits))
+                    size = int(link.get("size") or 0)
+                    await self.offload(partial(unpack_docs, zip_path, size, directory, self.limits))
             except (UnsafePath, BadDocZip, OSError) as e:
                 raise HTTPError(404, f"the documentation cannot be read: {e}") from None
             return directory

@@ -8,6 +8,7 @@ from the shared download of the tee while that download fills the cache.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -24,7 +25,7 @@ from twisted.web.static import File
 from devpid.common.stats import Stats
 from devpid.files.sender import FileSender
 from devpid.files.store import FileStore, UnsafePath
-from devpid.http.errors import HTTPError, plain_error
+from devpid.http.errors import HTTPError
 from devpid.http.request import etag_matches, until_finished
 from devpid.mirror.index import IndexUnavailable, MirrorIndex, ProjectNotFound
 from devpid.mirror.tee import DownloadFailed, DownloadManager, FileSpec
@@ -34,6 +35,7 @@ from devpid.simple.model import (
     METADATA,
     PROVENANCE,
     Link,
+    ProjectPage,
     dist_filename_of,
     project_of_filename,
 )
@@ -84,6 +86,15 @@ def _content_type(filename: str) -> bytes:
     return b"application/json" if filename.endswith(PROVENANCE) else b"application/octet-stream"
 
 
+def download_error(request: Request, code: int, reason: str) -> bytes:
+    """A download that failed before the client got a byte: devpi's ``{"message"}`` JSON
+    whatever ``Accept`` says (devpi-client reads it), on one line."""
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    return json.dumps({"message": " ".join(reason.split())}).encode() + b"\n"
+
+
 @attrs.define
 class FileRoutes:
     indexes: Mapping[str, MirrorIndex]
@@ -99,6 +110,9 @@ class FileRoutes:
         app.route(path, methods=["GET", "HEAD"])(labelled("file", self.file))
         app.route(path, methods=["DELETE"])(labelled("api", self.delete))
         app.route(path, methods=["POST"])(labelled("api", self.post))
+        app.route("/<user>/<index>/+e/<directory>/<filename>", methods=["GET", "HEAD"])(
+            labelled("file", self.external_file)
+        )
 
     def _stage(self, user: str, index: str) -> StageFiles | None:
         name = f"{user}/{index}"
@@ -106,22 +120,47 @@ class FileRoutes:
             return None
         return self.stages
 
-    async def delete(
-        self, request: Request, user: str, index: str, h3: str, h13: str, filename: str
-    ) -> bytes:
+    def _stage_only(self, user: str, index: str) -> StageFiles:
         stages = self._stage(user, index)
         if stages is None:
             raise HTTPError(404, f"no stage index {user}/{index}")
+        return stages
+
+    async def delete(
+        self, request: Request, user: str, index: str, h3: str, h13: str, filename: str
+    ) -> bytes:
+        stages = self._stage_only(user, index)
         return await stages.delete(request, f"{user}/{index}", f"{h3}/{h13}/{filename}")
 
     async def post(
         self, request: Request, user: str, index: str, h3: str, h13: str, filename: str
     ) -> bytes:
         """A tox result for the release at this URL."""
-        stages = self._stage(user, index)
-        if stages is None:
-            raise HTTPError(404, f"no stage index {user}/{index}")
+        stages = self._stage_only(user, index)
         return await stages.post_toxresult(request, f"{user}/{index}", f"{h3}/{h13}/{filename}")
+
+    async def external_file(
+        self, request: Request, user: str, index: str, directory: str, filename: str
+    ) -> Any:
+        """A mirror's file whose link had no hash, at devpi's ``+e`` URL: found on its
+        project's page by name and upstream directory, then served as any other."""
+        mirror = mirror_named(self.indexes, user, index)
+        project = project_of_filename(filename)
+        if project is None:
+            raise HTTPError(404, f"{filename} is not a distribution file name")
+        try:
+            entry = await mirror.project_page(project)
+        except ProjectNotFound as e:
+            raise HTTPError(404, str(e)) from None
+        except IndexUnavailable as e:
+            raise HTTPError(502, str(e)) from None
+        page = entry.content
+        links = page.links if isinstance(page, ProjectPage) else ()
+        for link in links:
+            if link.filename == filename and link.url_path == f"+e/{directory}/{filename}":
+                h = link.storage_hash
+                return await self.file(request, user, index, h[:3], h[3:16], filename)
+        raise HTTPError(404, f"{filename} is not on the index under +e/{directory[:100]}")
 
     async def file(
         self, request: Request, user: str, index: str, h3: str, h13: str, filename: str
@@ -172,7 +211,7 @@ class FileRoutes:
         try:
             await download.wait_for_headers()
         except DownloadFailed as e:
-            raise HTTPError(e.status, str(e)) from None
+            return download_error(request, e.status, str(e))
         if download.verified:
             return await self._cached(request, path, h3 + h13)
         request.setHeader(b"content-type", _content_type(filename))
@@ -188,9 +227,9 @@ class FileRoutes:
 
     def _refuse(self, request: Request, code: int, reason: str) -> None:
         """A download failed before its first byte reached this client: a one-line error."""
-        for name in (b"etag", b"x-accel-buffering", b"content-length"):
+        for name in (b"etag", b"x-accel-buffering", b"content-length", b"cache-control"):
             request.responseHeaders.removeHeader(name)
-        body = plain_error(request, code, reason)
+        body = download_error(request, code, reason)
         request.setHeader(b"content-length", b"%d" % len(body))
         request.write(body)
         request.finish()

@@ -135,7 +135,7 @@ class ProjectRoutes:
             self._answers.move_to_end(key)
             return json_document(request, kept[1])
         versions = self._merged(order, pages, normalized, root, None)
-        if not versions and not ignore_bases:
+        if not versions and not ignore_bases and not self._exists(order, pages, normalized):
             raise HTTPError(404, f"no project '{normalized}'")
         body = envelope(request, result=versions, type="projectconfig")
         self._answers[key] = (stamp, body)
@@ -169,6 +169,18 @@ class ProjectRoutes:
             location = f"{root_url(request, self.outside_url)}/{user}/{index}/{normalized}{rest}"
             raise HTTPError(302, f"moved to {location}", {b"location": location.encode()})
         return normalized
+
+    def _exists(
+        self, order: tuple[str, ...], pages: tuple[CachedPage | None, ...], project: str
+    ) -> bool:
+        """devpi's ``has_project``: a mirror has a page for it, or a stage registered it."""
+        if any(page is not None for page in pages):
+            return True
+        return any(
+            self.data.has_private_project(stage, project)
+            for stage in order
+            if stage not in self.mirrors
+        )
 
     def _order(self, index: str, project: str, ignore_bases: bool) -> tuple[str, ...]:
         if ignore_bases:
@@ -228,7 +240,7 @@ class ProjectRoutes:
 
 
 def _hrefs(root: str, stage: str) -> Callable[[Link], str]:
-    return lambda link: f"{root}/{stage}/+f/{link.relpath}"
+    return lambda link: f"{root}/{stage}/{link.url_path}"
 
 
 def json_document(request: Request, body: bytes) -> bytes:

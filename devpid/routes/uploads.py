@@ -59,7 +59,7 @@ from devpid.upload.archive import (
     merged_metadata,
     metadata_from_form,
 )
-from devpid.upload.docs import BadDocZip, DocLimits, check_doc_zip, unpack_doc_zip
+from devpid.upload.docs import BadDocZip, DocLimits, unpack_docs
 from devpid.upload.form import FormError, ReceivedFile, UploadForm
 
 _T = TypeVar("_T")
@@ -174,7 +174,7 @@ class UploadRoutes:
         name, version = _checked_name_version(metadata.get("name"), metadata.get("version"))
         change = self.releases.register(index, normalize_project(name), version, metadata, who)
         set_serial(request, change.serial)
-        return submit_answer(request, 200, "OK")[:0]
+        return _accepted(request)
 
     async def _file_upload(
         self,
@@ -192,7 +192,10 @@ class UploadRoutes:
         _check_name_in(filename, name)
         _check_digests(form, received)
         try:
-            info = await self.offload(lambda: inspect_distribution(received.path, filename))
+            filetype = form.first("filetype")
+            info = await self.offload(
+                lambda: inspect_distribution(received.path, filename, filetype=filetype)
+            )
         except BadArchive as e:
             raise SubmitError(400, str(e)) from None
         metadata = merged_metadata(metadata_from_form(form.fields), info)
@@ -240,9 +243,10 @@ class UploadRoutes:
         path = entrypath(index, received.sha256, doczip_name(project, version))
         try:
             try:
-                await self.offload(lambda: check_doc_zip(received.path, self.doc_limits))
                 target = self.files.docs_dir(index, project, version, received.sha256)
-                await self.offload(lambda: unpack_doc_zip(received.path, target, self.doc_limits))
+                await self.offload(
+                    partial(unpack_docs, received.path, received.size, target, self.doc_limits)
+                )
             except (BadDocZip, UnsafePath) as e:
                 raise SubmitError(400, str(e)) from None
             placed = await self._place(received, path)
@@ -300,15 +304,20 @@ class UploadRoutes:
         self.files.remove(change.unlinked)
         if change.stored is Stored.IDENTICAL:
             return submit_answer(request, 200, "Upload of identical file to non volatile index.")
-        request.setResponseCode(200)
-        request.setHeader(b"content-type", b"text/html; charset=UTF-8")
-        return b""
+        return _accepted(request)
 
     def _forget(self, placed: Placed, path: str) -> None:
         """An upload that was not linked: its file goes, unless something links it (or is
         about to: ``remove`` asks both)."""
         placed.release()
         self.files.remove([path])
+
+
+def _accepted(request: Request) -> bytes:
+    """devpi's answer to a successful upload: 200 with an empty HTML body."""
+    request.setResponseCode(200)
+    request.setHeader(b"content-type", b"text/html; charset=UTF-8")
+    return b""
 
 
 def _discard(received: ReceivedFile | None) -> None:

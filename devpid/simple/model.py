@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import attrs
 from packaging.utils import (
@@ -36,6 +37,18 @@ HEX = re.compile(r"^[0-9a-f]+\Z")
 METADATA = ".metadata"
 PROVENANCE = ".provenance"
 SIDE_FILE_SUFFIXES = (METADATA, PROVENANCE)
+
+
+_NOT_IN_EXTERNAL_DIR = re.compile(r"[^a-zA-Z0-9_.-]")
+
+
+def external_dir(url: str) -> str:
+    """devpi's ``+e`` directory of a file URL without a hash: ``http://host:80/pkg/x.zip``
+    gives ``http_host_80_pkg``."""
+    parts = urlsplit(url)
+    directory = f"{parts.scheme}/{parts.netloc}{parts.path.rpartition('/')[0]}"
+    joined = "_".join(part for part in directory.split("/") if part)
+    return unquote(_NOT_IN_EXTERNAL_DIR.sub("_", joined))
 
 
 def is_valid_project_name(name: str) -> bool:
@@ -99,6 +112,15 @@ class Link:
         """``<h3>/<h13>/<filename>``, devpi's layout under ``+f/``."""
         h = self.storage_hash
         return f"{h[:3]}/{h[3:16]}/{self.filename}"
+
+    @property
+    def url_path(self) -> str:
+        """Its path under its index's URL, as devpi names it: ``+f/<relpath>`` for a file
+        with a sha256, ``+e/<the upstream's directory>/<filename>`` for one without (it is
+        stored under ``+f/`` by its URL's hash all the same)."""
+        if self.sha256:
+            return f"+f/{self.relpath}"
+        return f"+e/{external_dir(self.url)}/{self.filename}"
 
     @property
     def metadata_sha256(self) -> str | None:

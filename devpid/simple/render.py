@@ -119,7 +119,7 @@ class LinkRenderer:
     index: str
 
     def file_url(self, link: Link) -> str:
-        return f"{self.prefix}/{link.index or self.index}/+f/{link.relpath}"
+        return f"{self.prefix}/{link.index or self.index}/{link.url_path}"
 
     def provenance_url(self, link: Link) -> str:
         """devpid's URL of the file's provenance (PEP 740): the file's, plus ``.provenance``."""

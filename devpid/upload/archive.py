@@ -62,11 +62,13 @@ def has_archive_extension(filename: str) -> bool:
 
 
 def inspect_distribution(
-    path: Path, filename: str, max_metadata_size: int = 4 << 20
+    path: Path, filename: str, max_metadata_size: int = 4 << 20, filetype: str | None = None
 ) -> DistributionInfo:
     """Check that ``path`` is the archive its ``filename`` says, and read its metadata.
 
-    Blocking: the caller runs it in a thread. Raises ``BadArchive``.
+    A tar archive must hold a ``PKG-INFO`` unless the form says it is not an sdist
+    (``filetype`` ``bdist_dumb``, say: a binary archive has none). Blocking: the
+    caller runs it in a thread. Raises ``BadArchive``.
     """
     try:
         size = path.stat().st_size
@@ -78,7 +80,8 @@ def inspect_distribution(
     if lowered.endswith(".whl"):
         return _inspect_wheel(path, filename, max_metadata_size)
     if lowered.endswith((".tar.gz", ".tgz", ".bz2")):
-        return _inspect_tar_sdist(path, filename, max_metadata_size)
+        sdist = filetype in (None, "", "sdist")
+        return _inspect_tar_sdist(path, filename, max_metadata_size, sdist)
     if lowered.endswith(".zip"):
         return _inspect_zip_sdist(path, filename, max_metadata_size)
     if lowered.endswith(".egg"):
@@ -149,8 +152,11 @@ def _inspect_wheel(path: Path, filename: str, limit: int) -> DistributionInfo:
 
 
 def _is_top_pkg_info(name: str) -> bool:
-    """``<top>/PKG-INFO``: the sdist's own metadata, not an egg-info's copy deeper down."""
+    """``<top>/PKG-INFO`` (or ``PKG-INFO`` at the root, as hand-made archives have it): the
+    sdist's own metadata, not an egg-info's copy deeper down."""
     parts = name.split("/")
+    if len(parts) == 1:
+        return parts[0] == "PKG-INFO"
     return len(parts) == 2 and parts[0] not in ("", ".", "..") and parts[1] == "PKG-INFO"
 
 
@@ -170,7 +176,9 @@ def _inspect_zip_sdist(path: Path, filename: str, limit: int) -> DistributionInf
     return DistributionInfo(name=None, version=None, metadata={}, core_metadata=None)
 
 
-def _inspect_tar_sdist(path: Path, filename: str, limit: int) -> DistributionInfo:
+def _inspect_tar_sdist(
+    path: Path, filename: str, limit: int, sdist: bool = True
+) -> DistributionInfo:
     kind = "sdist"
     try:
         with tarfile.open(path, "r:*") as archive:
@@ -189,6 +197,8 @@ def _inspect_tar_sdist(path: Path, filename: str, limit: int) -> DistributionInf
     except _ARCHIVE_ERRORS as err:
         raise BadArchive(f"{filename} is not a valid {kind}: {_one_line(err)}") from None
     if raw is None:
+        if not sdist:
+            return DistributionInfo(name=None, version=None, metadata={}, core_metadata=None)
         raise BadArchive(f"{filename} is not a valid sdist: no PKG-INFO")
     return _info_from(raw, core_metadata=None)
 

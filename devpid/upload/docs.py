@@ -179,3 +179,13 @@ def _swap_in(fresh: Path, destination: Path) -> None:
         return
     os.rename(fresh, destination)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def unpack_docs(path: Path, size: int, target: Path, limits: DocLimits) -> None:
+    """Check and unpack a doc zip; an empty file is an empty documentation set (devpi-client
+    uploads one for a project without docs). Blocking."""
+    if size == 0:
+        target.mkdir(parents=True, exist_ok=True)
+        return
+    check_doc_zip(path, limits)
+    unpack_doc_zip(path, target, limits)

@@ -150,7 +150,7 @@ class Download(DownloadState):
                 return
         if response.code not in (200, 206) or (response.code == 206 and not offset):
             response.deliverBody(Protocol())
-            self.fail(f"upstream answered {response.code} for {self.spec.url}")
+            self.fail(f"error {response.code} getting {self.spec.url}")
             return
         self._start_streaming(response, upstream)
 
