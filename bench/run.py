@@ -1,7 +1,8 @@
 """Benchmark devpid against devpi-server, both mirroring the same local upstream.
 
 Run from anywhere as ``python bench/run.py [--quick] [--skip-devpi] [--json FILE]``, or
-``--cluster-only`` for issue 3 alone, or ``--private-only`` for devpi's JSON API alone;
+``--cluster-only`` for issue 3 alone, ``--private-only`` for devpi's JSON API alone, or
+``--uploads-only`` for uploads, merged pages and private installs alone (issue 13);
 see bench/README.md for what it measures and how.
 """
 
@@ -19,7 +20,7 @@ import attrs
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fixtures
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for devpid_bench
 
-from devpid_bench import cluster, devpi, measure, private, procs, repository, wrk
+from devpid_bench import cluster, devpi, measure, private, procs, repository, uploads, wrk
 from devpid_bench.report import Results, format_table
 from devpid_bench.session import (
     add_common_options,
@@ -54,6 +55,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--private-only",
         action="store_true",
         help="only the private section: logins, authenticated reads, index round trips, start-up",
+    )
+    parser.add_argument(
+        "--uploads-only",
+        action="store_true",
+        help="only the uploads section: twine, a big upload, merged pages, pip (issue 13)",
     )
     parser.add_argument(
         "--no-wrk", action="store_true", help="use the pure-Python load generator, not wrk"
@@ -144,6 +150,14 @@ def run(args: argparse.Namespace, workdir: Path, results: Results) -> None:
             run_private(args, workdir, fast_up, page_project, results, wrk_path, wrk_script)
             check_children(group, results)
             return
+        if args.uploads_only:
+            requirements, _ = repository.build_base(root, args.corpus, MiB)
+            repository.write_root_index(root)
+            fast_up = procs.start_upstream(group, "upstream-fast", root)
+            say(f"upstream: {fast_up.url}")
+            run_uploads(args, workdir, fast_up, root, requirements, results, wrk_path, wrk_script)
+            check_children(group, results)
+            return
         if args.cluster_only:
             cluster_files = repository.build_cluster(root, args.corpus, BIG_FILE)
         else:
@@ -206,6 +220,21 @@ def run(args: argparse.Namespace, workdir: Path, results: Results) -> None:
                     ),
                 )
             )
+            steps.append(
+                (
+                    "uploads: uploads, merged pages, private installs",
+                    lambda: run_uploads(
+                        args,
+                        workdir,
+                        fast_up,
+                        root,
+                        repo.requirements,
+                        results,
+                        wrk_path,
+                        wrk_script,
+                    ),
+                )
+            )
         if not args.skip_devpid:
             steps.append(
                 (
@@ -250,6 +279,37 @@ def run_private(
         if args.private_only:
             raise
         results.problems.append(f"private section stopped: {exc}")
+
+
+def run_uploads(
+    args: argparse.Namespace,
+    workdir: Path,
+    upstream: procs.Upstream,
+    root: Path,
+    requirements: list[str],
+    results: Results,
+    wrk_path: str | None,
+    wrk_script: Path,
+) -> None:
+    """The uploads section (devpid_bench/uploads.py), with servers of its own; in the full
+    run, a failure to start them is a problem seen, and the run goes on."""
+    try:
+        uploads.measure_uploads(
+            workdir,
+            upstream,
+            root,
+            requirements,
+            results,
+            quick=args.quick,
+            wrk=wrk_path,
+            wrk_script=wrk_script,
+            devpi_venv=None if args.skip_devpi else args.devpi_venv,
+            skip_devpid=args.skip_devpid,
+        )
+    except procs.BenchError as exc:
+        if args.uploads_only:
+            raise
+        results.problems.append(f"uploads section stopped: {exc}")
 
 
 def main(argv: list[str] | None = None) -> int:

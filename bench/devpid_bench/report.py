@@ -44,6 +44,15 @@ TABLES: dict[str, tuple[Column, ...]] = {
         Column("devpi", "devpi"),
         Column("devpi/devpid", "devpi", "devpid"),
     ),
+    # issue 13: uploads, merged pages of stage indexes, project JSON, private installs;
+    # "baseline" is cp of the same file (MB/s) or nginx serving the same files (pip)
+    "uploads": (
+        Column("devpid", "devpid"),
+        Column("devpi", "devpi"),
+        Column("devpid/devpi", "devpid", "devpi"),
+        Column("baseline", "baseline"),
+        Column("devpid/baseline", "devpid", "baseline"),
+    ),
     # issue 4: devpid behind the nginx file devpid gen-config writes, against nginx
     # serving the same file from the same directory with nothing else in its way
     "front": (

@@ -196,7 +196,8 @@ class FileStore:
         user, _, name = index.partition("/")
         _check_component(user, _INDEX_PART)
         _check_component(name, _INDEX_PART)
-        if len(h3) != 3 or len(h13) != 13 or not HEX.match(h3) or not HEX.match(h13):
+        if len(h3) != 3 or not 1 <= len(h13) <= 13 or not HEX.match(h3) or not HEX.match(h13):
+            # (fewer than 13: an upstream's short digest, as devpi names it)
             raise UnsafePath("file hashes in the path must be 3 and 13 lowercase hex digits")
         _check_component(filename, FILENAME)
         return self._inside(self.files_root / user / name / "+f" / h3 / h13 / filename)

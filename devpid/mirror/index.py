@@ -248,11 +248,15 @@ class MirrorIndex:
         await self._tell_others("fresh", [project])
 
     async def _gone(self, project: str, entry: CachedPage | None) -> CachedPage:
-        self._missing[project] = self.clock.seconds() + self.missing_ttl
+        """The upstream says 404 or 410. A page cached before is kept and served (devpi's
+        rule: what was installable stays installable, and an upstream that loses a
+        project by mistake takes nothing from the cache); else the project is missing."""
         if entry is not None:
-            self.log.info("upstream no longer has {project}; dropping its page", project=project)
-            await self._pages.delete(project)
-            await self._tell_others("fresh", [project])
+            self.log.info(
+                "upstream no longer has {project}; serving its last page", project=project
+            )
+            return await self._confirmed(project, entry)
+        self._missing[project] = self.clock.seconds() + self.missing_ttl
         raise ProjectNotFound(f"project {project!r} is not on the upstream index")
 
     def _stale_or_fail(self, project: str, entry: CachedPage | None, reason: str) -> CachedPage:

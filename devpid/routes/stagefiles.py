@@ -25,7 +25,7 @@ from devpid.auth.acl import Action
 from devpid.files.releases import ReleaseFiles
 from devpid.files.store import UnsafePath
 from devpid.http.devpi import envelope, set_serial, wants_json
-from devpid.http.errors import HTTPError
+from devpid.http.errors import HTTPError, json_answer
 from devpid.http.request import has_query_key
 from devpid.private.data import PrivateData
 from devpid.private.database import split_version_name
@@ -119,22 +119,23 @@ class StageFiles:
         release = f"{index}/+f/{relpath}"
         config = self.data.index(index)
         who = await self.access.who(request)
+        # devpi answers these in JSON whatever Accept says; devpi-client reads the message
         if not self.access.policy.permits(
             who, Action.TOXRESULT_UPLOAD, index=index, index_config=config
         ):
-            raise HTTPError(
-                403,
+            message = (
                 "No permission to upload tox results. "
-                "You can use the devpi test --no-upload option to skip the upload.",
+                "You can use the devpi test --no-upload option to skip the upload."
             )
+            return json_answer(request, 403, {"message": message})
         found = self._link(release)
         if found is None or found[1].get("rel") != "releasefile":
-            raise HTTPError(404, f"no release file found at {release}")
+            return json_answer(request, 404, {"message": f"no release file found at {release}"})
         raw = request.content.read() if request.content is not None else b""
         try:
             json.loads(raw)
         except ValueError:
-            raise HTTPError(400, "Bad request: could not decode json") from None
+            return json_answer(request, 400, {"message": "Bad request: could not decode json"})
         name, _link = found
         index_name, project, version = split_version_name(name)
         value = self.data.versions(index_name, project).get(version) or {}

@@ -20,6 +20,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
@@ -190,7 +191,7 @@ class UploadRoutes:
         if not has_archive_extension(filename):
             raise SubmitError(400, f"{filename!r} is not a valid archive name")
         _check_name_in(filename, name)
-        _check_digests(form, received)
+        await _check_digests(form, received, self.offload)
         try:
             filetype = form.first("filetype")
             info = await self.offload(
@@ -338,12 +339,24 @@ _DIGEST_FIELDS = (
 )
 
 
-def _check_digests(form: UploadForm, received: ReceivedFile) -> None:
+def _file_digest(path: Path, algorithm: str) -> str:
+    """A digest the form announced only after the file (blocking)."""
+    with open(path, "rb") as f:
+        if algorithm == "blake2_256":
+            return hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=32)).hexdigest()
+        return hashlib.file_digest(f, algorithm).hexdigest()
+
+
+async def _check_digests(form: UploadForm, received: ReceivedFile, offload: Offload[str]) -> None:
     """A digest the client sent must be the file's: a mismatch is a damaged upload."""
     for field, attribute in _DIGEST_FIELDS:
         claimed = (form.first(field) or "").strip().lower()
+        if not claimed:
+            continue
         actual = getattr(received, attribute)
-        if claimed and claimed != actual:
+        if actual is None:
+            actual = await offload(partial(_file_digest, received.path, attribute))
+        if claimed != actual:
             raise SubmitError(
                 400, f"the file's {attribute} is {actual}, the form says {claimed[:128]}"
             )

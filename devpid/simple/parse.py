@@ -47,8 +47,17 @@ def _filename_of(url: str) -> str:
     return unquote(urlsplit(url).path.rsplit("/", 1)[-1])
 
 
+#: The shortest digest kept: enough for ``<h3>/<h13>`` to have both parts.
+MIN_DIGEST_DIGITS = 4
+
+
 def _valid_hashes(hashes: dict[Any, Any]) -> dict[str, str]:
-    """Only well-formed digests of known algorithms: a bad one must not name a path."""
+    """Only hex digests of known algorithms: a bad one must not name a path.
+
+    A digest shorter than its algorithm's (but of 4 hex digits at least) is kept,
+    as devpi keeps it: it names the file's ``+f/<h3>/<h13>`` directory as devpi
+    would, and a download of that file fails its verification (502), as it should.
+    """
     valid = {}
     for name, value in hashes.items():
         if not isinstance(name, str) or not isinstance(value, str):
@@ -57,7 +66,7 @@ def _valid_hashes(hashes: dict[Any, Any]) -> dict[str, str]:
         if name not in hashlib.algorithms_guaranteed or not HEX.match(value):
             continue
         hasher = hashlib.new(name)
-        if hasher.digest_size and len(value) == hasher.digest_size * 2:
+        if hasher.digest_size and MIN_DIGEST_DIGITS <= len(value) <= hasher.digest_size * 2:
             valid[name] = value
     return valid
 

@@ -60,8 +60,10 @@ class ReceivedFile:
     fd: int
     size: int
     sha256: str
-    md5: str
-    blake2_256: str
+    #: Computed only when the form announced that digest before the file (twine does):
+    #: each costs as much as the sha256 again. None: not computed while streaming.
+    md5: str | None = None
+    blake2_256: str | None = None
 
 
 @attrs.define
@@ -117,8 +119,8 @@ class _FilePart:
     fd: int
     size: int = 0
     sha256: _Hasher = attrs.field(factory=hashlib.sha256)
-    md5: _Hasher = attrs.field(factory=lambda: hashlib.md5(usedforsecurity=False))
-    blake2_256: _Hasher = attrs.field(factory=lambda: hashlib.blake2b(digest_size=32))
+    md5: _Hasher | None = None
+    blake2_256: _Hasher | None = None
 
 
 @attrs.define
@@ -205,8 +207,8 @@ class StreamingForm:
                 fd=part.fd,
                 size=part.size,
                 sha256=part.sha256.hexdigest(),
-                md5=part.md5.hexdigest(),
-                blake2_256=part.blake2_256.hexdigest(),
+                md5=part.md5.hexdigest() if part.md5 is not None else None,
+                blake2_256=part.blake2_256.hexdigest() if part.blake2_256 is not None else None,
             )
         return UploadForm(fields=self._fields, file=received)
 
@@ -248,7 +250,12 @@ class StreamingForm:
             raise FormError(400, "more than one file in the form")
         check_filename(segment.filename)
         path, fd = self._create_file()
-        self._file = self._part = _FilePart(field=name, filename=segment.filename, path=path, fd=fd)
+        part = _FilePart(field=name, filename=segment.filename, path=path, fd=fd)
+        if "md5_digest" in self._fields:
+            part.md5 = hashlib.md5(usedforsecurity=False)
+        if "blake2_256_digest" in self._fields:
+            part.blake2_256 = hashlib.blake2b(digest_size=32)
+        self._file = self._part = part
 
     def _take(self, chunk: bytes) -> None:
         part = self._part
@@ -261,8 +268,10 @@ class StreamingForm:
                 written = os.write(part.fd, view)
                 view = view[written:]
             part.sha256.update(chunk)
-            part.md5.update(chunk)
-            part.blake2_256.update(chunk)
+            if part.md5 is not None:
+                part.md5.update(chunk)
+            if part.blake2_256 is not None:
+                part.blake2_256.update(chunk)
         elif isinstance(part, _FieldPart):
             part.size += len(chunk)
             if part.size > self.limits.max_field_size:
