@@ -22,6 +22,8 @@ from twisted.web.http import HTTPChannel
 from devpid.http.accesslog import AccessLog
 from devpid.http.uploads import upload_body_limit
 
+#: Bytes read from a connection at once (twisted.web's default is 64 KiB).
+READ_SIZE = 256 * 1024
 #: Room for the method, the version and the spaces around the URL in a request line.
 REQUEST_LINE_SLACK = 64
 #: Seconds a refused connection is read (and what arrives dropped) after the answer,
@@ -100,6 +102,9 @@ class LimitedChannel(HTTPChannel):
         self.totalHeadersSize = self.MAX_LENGTH + limits.max_header_size
         super().connectionMade()
         transport: Any = self.transport
+        if hasattr(transport, "bufferSize"):
+            # Larger reads: an upload's body arrives in fewer, cheaper reactor turns.
+            transport.bufferSize = READ_SIZE
         self._client = getattr(transport.getPeer(), "host", None)
         if self._client is None:  # a UNIX socket: no client address to count by
             return
