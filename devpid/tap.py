@@ -393,7 +393,6 @@ def build_service(
         max_header_size=settings.max_header_size,
         max_url_length=settings.max_url_length,
         max_body_size=settings.max_body_size,
-        max_upload_size=settings.max_upload_size,
         max_connections_per_client=settings.max_connections_per_client,
         idle_timeout=settings.idle_timeout,
     )
@@ -403,6 +402,7 @@ def build_service(
         FormLimits(max_file_size=settings.max_upload_size),
         release_files.create_upload_file,
         lambda: (data.catch_up(), data.serial)[1],
+        lambda index: (data.catch_up(), index in data.indexes() and index not in mirrors)[1],
     )
     site.requests = metrics.requests
 

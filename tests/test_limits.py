@@ -151,10 +151,9 @@ def test_the_defaults_match_the_settings() -> None:
         max_body_size=DEFAULTS["max-body-size"][0],
         max_connections_per_client=DEFAULTS["max-connections-per-client"][0],
         idle_timeout=DEFAULTS["idle-timeout"][0],
-        max_upload_size=1 << 30,
     )
     assert DEFAULTS["max-upload-size"][0] == "1G"
-    assert Limits() == Limits(16384, 8192, 65536, 0, 75.0, 1 << 30)
+    assert Limits() == Limits(16384, 8192, 65536, 0, 75.0)
 
 
 def padding(total: int) -> list[bytes]:

@@ -261,3 +261,13 @@ def test_an_unreachable_endpoint_and_a_bad_body(setup: Setup) -> None:
     assert status == 400 and "posturl" in answer["message"]
     status, answer = call(setup.source.url + "/alice/dev", "PUSH", {"name": "acme-push"}, alice)
     assert status == 400
+
+
+def test_pushing_out_needs_a_user(setup: Setup) -> None:
+    """devpid makes the server POST elsewhere only for a user it knows."""
+    status, answer = call(
+        setup.source.url + "/alice/dev",
+        "PUSH",
+        {"name": "acme-push", "version": "1.0", "posturl": setup.recorder_url},
+    )
+    assert status == 401 and "log in" in answer["message"]

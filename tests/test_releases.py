@@ -221,3 +221,12 @@ def test_another_process_sees_the_indexes_after_catching_up(tmp_path: Path) -> N
     data.delete_index("alice/dev", "alice")
     assert other.catch_up() and other.projects("alice/dev") == []
     assert other.version_of_file(path) is None
+
+
+def test_one_file_links_one_version(setup: tuple) -> None:
+    _, releases = setup
+    path = entrypath("alice/dev", SHA_A, "hello-1.0.zip")
+    releases.store("alice/dev", "hello", "1.0", META, NewFile(RELEASE, path, SHA_A, 3), None, -1)
+    with pytest.raises(Refused) as refused:
+        releases.store("alice/dev", "hello", "1", META, NewFile(RELEASE, path, SHA_A, 3), None, -1)
+    assert refused.value.code == 409 and "hello 1.0" in refused.value.message

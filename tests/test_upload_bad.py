@@ -606,3 +606,35 @@ def test_racing_uploads_of_one_file_name(setup: Setup) -> None:
     done = fsck(setup.server.serverdir)
     assert done.returncode == 0, done.stdout + done.stderr
     assert len(race_files()) == 1, race_files()
+
+
+def test_an_upload_the_guard_refuses_leaves_no_temporary_file(
+    setup: Setup, unchanged: None
+) -> None:
+    """The body streams to disk before any route runs; an answer from the guard (here a
+    URL over the length limit) must still remove it."""
+    body = multipart(upload_fields(), ("content", GOOD_SDIST.filename, sdist_bytes(setup)))
+    reply = post(setup.server, "/alice/dev/?" + "x" * 9000, body)
+    assert reply.status == 414, reply
+
+
+def test_the_same_file_cannot_belong_to_two_versions(setup: Setup) -> None:
+    """A plain zip's version comes from the form: ``1.0`` and ``1`` both appear in
+    ``bad-zip-1.0.zip``, but one file links one version, or deleting one would take the
+    other's file."""
+    content = io.BytesIO()
+    with zipfile.ZipFile(content, "w") as archive:
+        archive.writestr("readme.txt", "a plain zip")
+    data = content.getvalue()
+    first = post(
+        setup.server,
+        "/alice/dev/",
+        multipart(upload_fields("bad-zip", "1.0"), ("content", "bad-zip-1.0.zip", data)),
+    )
+    assert first.status == 200, first
+    second = post(
+        setup.server,
+        "/alice/dev/",
+        multipart(upload_fields("bad-zip", "1"), ("content", "bad-zip-1.0.zip", data)),
+    )
+    check_refused(second, 409, "already belongs to bad-zip 1.0")

@@ -192,10 +192,10 @@ class ReleaseFiles:
         existing = _hold_existing(dst)
         if existing is not None:
             return Placed(dst, existing, created=False)
+        fd = self._copy_one(src, dst, hold=True)  # held first: the side file goes with it
         side = src.with_name(src.name + METADATA)
         if side.exists():
             self._copy_one(side, dst.with_name(dst.name + METADATA), hold=False)
-        fd = self._copy_one(src, dst, hold=True)
         _fsync_directory(dst.parent)
         return Placed(dst, fd, created=True)
 
@@ -208,6 +208,8 @@ class ReleaseFiles:
             os.link(source, partial)
         except OSError:
             shutil.copyfile(source, partial)
+            with open(partial, "rb+") as copied:  # durable before it is linked
+                os.fsync(copied.fileno())
         fd = None
         if hold:
             fd = os.open(partial, os.O_RDONLY)
@@ -232,8 +234,9 @@ class ReleaseFiles:
                 if not _same_file(fd, path):
                     continue
                 size = os.fstat(fd).st_size
-                os.unlink(path)
+                # the side file first: gone with its file, never after another put it back
                 path.with_name(path.name + METADATA).unlink(missing_ok=True)
+                os.unlink(path)
             except OSError:
                 continue
             finally:

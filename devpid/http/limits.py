@@ -20,7 +20,6 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
 from devpid.http.accesslog import AccessLog
-from devpid.http.uploads import upload_body_limit
 
 #: Bytes read from a connection at once (twisted.web's default is 64 KiB).
 READ_SIZE = 256 * 1024
@@ -46,8 +45,6 @@ class Limits:
     #: Seconds a connection may sit idle between requests, and a request may take to
     #: arrive once it started; 0: never time out.
     idle_timeout: float = 75.0
-    #: Bytes of an upload's body (``--max-upload-size``): it is streamed to disk.
-    max_upload_size: int = 1 << 30
 
 
 class ChannelSite(Protocol):
@@ -206,10 +203,11 @@ class LimitedChannel(HTTPChannel):
         command: bytes = getattr(self, "_command", b"")
         path: bytes = getattr(self, "_path", b"")
         headers = self.requests[-1].requestHeaders if self.requests else None
-        if headers is not None:
-            limit = upload_body_limit(command, path, headers, self.limits.max_upload_size)
+        receiver = getattr(self.site, "uploads", None)
+        if headers is not None and receiver is not None:
+            limit = receiver.body_limit(command, path, headers)
             if limit is not None:
-                return limit
+                return int(limit)
         return self.limits.max_body_size
 
     def accept_body(self, size: int) -> bool:

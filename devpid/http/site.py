@@ -77,6 +77,10 @@ class TimedRequest(Request):
             return
         assert receiver is not None
         attach_form(self, self._form, receiver.current_serial())
+        form = self._form
+        # answered by anything before the route took the file over (a refusal of the
+        # guard, say): its temporary file goes; after ``finish`` this does nothing
+        self.notifyFinish().addBoth(lambda _: form.abort())
         self.content = io.BytesIO()
 
     def handleContentChunk(self, data: bytes) -> None:

@@ -30,23 +30,16 @@ _SUBMIT_PATH = re.compile(rb"^/[^+/?][^/?]*/[^+/?][^/?]*/?(\?.*)?\Z")
 _FILE_PATH = re.compile(rb"^/[^+/?][^/?]*/[^+/?][^/?]*/(\+|%2[bB])f/")
 #: Bytes of a tox result (the JSON ``tox --result-json`` writes).
 MAX_TOXRESULT_SIZE = 16 << 20
+#: Room for an upload's fields and part headers beside its file, in the body limit.
+FORM_SLACK = 16 << 20
 
 _ATTRIBUTE = "devpid_upload_form"
 _SERIAL = "devpid_upload_serial"
 
 
-def upload_body_limit(
-    command: bytes, path: bytes, headers: Headers, max_upload_size: int
-) -> int | None:
-    """The body limit of a request that is an upload or a tox result; None for any other."""
-    if command != b"POST":
-        return None
-    if _SUBMIT_PATH.match(path):
-        content_type = headers.getRawHeaders(b"content-type", [None])[0]
-        return max_upload_size if boundary_of(content_type) is not None else None
-    if _FILE_PATH.match(path):
-        return MAX_TOXRESULT_SIZE
-    return None
+def _index_of(path: bytes) -> str:
+    user, _, rest = path.partition(b"?")[0].lstrip(b"/").partition(b"/")
+    return (user + b"/" + rest.partition(b"/")[0]).decode("utf-8", "replace")
 
 
 @attrs.frozen
@@ -57,14 +50,33 @@ class UploadReceiver:
     create_file: Callable[[], tuple[Path, int]]
     #: The private data's serial, caught up: when an upload starts, for the race check.
     current_serial: Callable[[], int]
+    #: Whether ``user/index`` is a stage (caught up): only a stage's uploads are streamed
+    #: to disk; one to a mirror or to no index is held to the small body limit.
+    is_stage: Callable[[str], bool]
+
+    def body_limit(self, command: bytes, path: bytes, headers: Headers) -> int | None:
+        """The body limit of a request that is an upload or a tox result; None for others."""
+        if command != b"POST":
+            return None
+        if _SUBMIT_PATH.match(path):
+            if self._boundary(headers) is None or not self.is_stage(_index_of(path)):
+                return None
+            return self.limits.max_file_size + FORM_SLACK
+        if _FILE_PATH.match(path):
+            return MAX_TOXRESULT_SIZE
+        return None
 
     def start(self, command: bytes, path: bytes, headers: Headers) -> StreamingForm | None:
         if command != b"POST" or not _SUBMIT_PATH.match(path):
             return None
-        boundary = boundary_of(headers.getRawHeaders(b"content-type", [None])[0])
-        if boundary is None:
+        boundary = self._boundary(headers)
+        if boundary is None or not self.is_stage(_index_of(path)):
             return None
         return StreamingForm(boundary, self.limits, self.create_file)
+
+    @staticmethod
+    def _boundary(headers: Headers) -> bytes | None:
+        return boundary_of(headers.getRawHeaders(b"content-type", [None])[0])
 
 
 def attach_form(request: Request, form: StreamingForm, serial: int) -> None:

@@ -81,6 +81,12 @@ def check_name_and_version(name: str | None, version: str | None) -> tuple[str, 
         raise InvalidConfig("invalid metadata: missing version")
     if len(name) > MAX_NAME_LENGTH or not _NAME.match(name):
         raise InvalidConfig(f"invalid metadata: invalid project name {name[:100]!r}")
-    if len(version) > MAX_NAME_LENGTH or _FORBIDDEN.search(version) or version.strip() != version:
+    if (
+        len(version) > MAX_NAME_LENGTH
+        or _FORBIDDEN.search(version)
+        or version.strip() != version
+        or version in (".", "..")
+        or version.startswith("+")  # a URL segment devpi's routes never take as a version
+    ):
         raise InvalidConfig(f"invalid metadata: invalid version {version[:100]!r}")
     return name, version

@@ -27,7 +27,7 @@ from typing import Any
 import attrs
 
 from devpid.private.data import Refused
-from devpid.private.database import PrivateDatabase, Transaction
+from devpid.private.database import PrivateDatabase, Transaction, split_version_name
 from devpid.private.indexconfig import MIRROR
 from devpid.private.metadata import METADATA_KEYS, with_defaults
 
@@ -214,6 +214,9 @@ class Releases:
                 if link["entrypath"] != new.entrypath:
                     unlinked = (link["entrypath"],)
                 break
+            _not_linked_elsewhere(
+                self.database, new.entrypath, _version_name(index, project, version)
+            )
             links.append(self._link(new, log, tx.serial, now))
             value["+links"] = links
             tx.put("version", _version_name(index, project, version), value)
@@ -422,6 +425,7 @@ class Releases:
                 }
                 if link.get("for_entrypath"):
                     pushed["for_entrypath"] = _retarget(link["for_entrypath"], target)
+                _not_linked_elsewhere(self.database, path, _version_name(target, project, version))
                 links.append(pushed)
                 tx.delete("tombstone", path)
                 if link["rel"] == DOCZIP:
@@ -440,6 +444,16 @@ class Releases:
             f"push {project} {version} from {source} to {target}", who, change
         )
         return Change(serial, unlinked), actions
+
+
+def _not_linked_elsewhere(database: PrivateDatabase, path: str, version_name: str) -> None:
+    """One file, one version: a file name the form gave another version (a plain zip's
+    version comes from the form) must not link the same file twice, or deleting one
+    version would take the other's file."""
+    other = database.records.files.get(path)
+    if other is not None and other != version_name:
+        _, project, version = split_version_name(other)
+        raise Refused(409, f"{basename(path)} already belongs to {project} {version}")
 
 
 def _retarget(path: str, target: str) -> str:

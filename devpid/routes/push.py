@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 import treq
@@ -38,6 +39,9 @@ _KNOWN_KEYS = frozenset({"name", "version", "targetindex", "no_docs", "only_docs
 _EXTERNAL_KEYS = frozenset({"posturl", "username", "password", "register_project"})
 #: Seconds an external upload URL may take to answer one file.
 EXTERNAL_TIMEOUT = 300.0
+#: Bytes of an external upload URL's answer kept for the action log.
+MAX_ANSWER = 64 * 1024
+_BASIC = {b"www-authenticate": b'Basic realm="pypi"'}
 
 Offload = Callable[[Callable[[], Any]], Deferred[Any]]
 
@@ -106,6 +110,8 @@ class Pusher:
         target_config = self.data.index(target)
         if target_config is None:
             raise HTTPError(404, f"The stage {target} could not be found.")
+        if target_config.get("type") == MIRROR:
+            raise HTTPError(404, "cannot push to mirror index")
         who = await self.access.who(request)
         if not self.access.policy.permits(
             who, Action.UPLOAD, index=target, index_config=target_config
@@ -131,16 +137,18 @@ class Pusher:
                 try:
                     copied = await self.offload(partial(self.files.copy, source, path))
                 except FileBusy:
+                    self._forget(placed)
                     raise HTTPError(
                         409, f"{path.rpartition('/')[2]} is being stored by another request"
                     ) from None
+                except BaseException:
+                    self._forget(placed)
+                    raise
                 placed.append((copied, path))
             try:
                 change, actions = self.releases.push(index, target, project, version, copies, who)
             except BaseException:
-                for copied, path in placed:
-                    copied.release()
-                    self.files.remove([path])
+                self._forget(placed)
                 raise
         finally:
             for copied, _ in placed:
@@ -148,6 +156,12 @@ class Pusher:
         self.files.remove(change.unlinked)
         set_serial(request, change.serial)
         return envelope(request, result=actions, type="actionlog")
+
+    def _forget(self, placed: list[tuple[Placed, str]]) -> None:
+        """Copies a push made but did not link: they go (unless something links them)."""
+        for copied, path in placed:
+            copied.release()
+            self.files.remove([path])
 
     async def _push_out(
         self,
@@ -165,7 +179,10 @@ class Pusher:
             raise HTTPError(400, f"unknown additional options: {', '.join(extra)[:200]}")
         username = str(body.get("username") or "")
         password = str(body.get("password") or "")
-        await self.access.who(request)
+        if not (await self.access.who(request)).authenticated:
+            # devpi lets anyone with pkg_read push out; devpid makes the server POST
+            # elsewhere only for a user it knows
+            raise HTTPError(401, "log in to push to another server", _BASIC)
         metadata = _form_metadata(source)
         name, version = str(source.get("name")), str(source.get("version"))
         rows: list[list[Any]] = []
@@ -233,14 +250,38 @@ class Pusher:
                 # a connection per upload: legacy endpoints often close after answering
                 persistent=False,
             )
-            text = (await response.text()).strip()
+            answer = _Bounded(MAX_ANSWER)
+            await treq.collect(response, answer)
+            text = b"".join(answer.parts).decode("utf-8", "replace").strip()
             return response.code, " ".join(text.split())[:500] or response.phrase.decode()
         except Exception as e:
-            self.log.warn("push to {url} failed: {error}", url=url, error=str(e))
+            self.log.warn("push to {url} failed: {error}", url=_without_userinfo(url), error=str(e))
             return -1, f"exception on {url}: {str(e)[:200]}"
         finally:
             if handle is not None:
                 handle.close()
+
+
+@attrs.define
+class _Bounded:
+    """Keeps the first ``limit`` bytes of an answer (the rest is read and dropped)."""
+
+    limit: int
+    parts: list[bytes] = attrs.field(factory=list)
+    size: int = 0
+
+    def __call__(self, data: bytes) -> None:
+        if self.size < self.limit:
+            self.parts.append(data[: self.limit - self.size])
+            self.size += len(data)
+
+
+def _without_userinfo(url: str) -> str:
+    """A URL fit for the log: no ``user:password@``."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit((parts.scheme, host + port, parts.path, "", ""))
 
 
 def _form_metadata(source: Mapping[str, Any]) -> dict[str, Any]:

@@ -22,18 +22,27 @@ from twisted.internet.defer import Deferred
 from twisted.web.server import Request
 
 from devpid.auth.acl import Action
-from devpid.files.releases import ReleaseFiles
+from devpid.files.releases import FileBusy, ReleaseFiles
 from devpid.files.store import UnsafePath
 from devpid.http.devpi import envelope, set_serial, wants_json
 from devpid.http.errors import HTTPError, json_answer
 from devpid.http.request import has_query_key
-from devpid.private.data import PrivateData
+from devpid.private.data import PrivateData, Refused
 from devpid.private.database import split_version_name
-from devpid.private.releases import TOXRESULT, NewFile, Releases, basename, doc_hashes
+from devpid.private.releases import (
+    TOXRESULT,
+    Change,
+    NewFile,
+    Releases,
+    basename,
+    doc_hashes,
+)
 from devpid.routes.access import Access
 from devpid.simple.model import METADATA, dist_filename_of
 
 Offload = Callable[[Callable[[], Any]], Deferred[Any]]
+#: Names a tox result may try when others are posted for the same release at once.
+TOXRESULT_ATTEMPTS = 20
 
 
 @attrs.define
@@ -145,18 +154,31 @@ class StageFiles:
             if other.get("rel") == TOXRESULT and other.get("for_entrypath") == release
         )
         stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime())
-        path = f"{release}.toxresult-{stamp}-{earlier}"
         sha256 = hashlib.sha256(raw).hexdigest()
-        placed = await self.offload(lambda: self.files.write_file(path, raw))
+        # devpi's name counts the earlier results; results posted at the same second
+        # take the next number
+        for number in range(earlier, earlier + TOXRESULT_ATTEMPTS):
+            path = f"{release}.toxresult-{stamp}-{number}"
+            try:
+                change = await self._store_toxresult(index, release, path, raw, sha256, who.user)
+            except (FileBusy, Refused) as e:
+                if isinstance(e, Refused) and e.code != 409:
+                    raise
+                continue
+            set_serial(request, change.serial)
+            return envelope(request, result=f"{path}#sha256={sha256}", type="toxresultpath")
+        raise HTTPError(503, "too many tox results at once for this release; post it again")
+
+    async def _store_toxresult(
+        self, index: str, release: str, path: str, raw: bytes, sha256: str, who: str | None
+    ) -> Change:
+        placed = await self.offload(partial(self.files.write_file, path, raw))
         try:
             new = NewFile(TOXRESULT, path, sha256, len(raw), for_entrypath=release)
-            try:
-                change = self.releases.store_toxresult(index, release, new, who.user)
-            except BaseException:
-                placed.release()
-                self.files.remove([path])
-                raise
+            return self.releases.store_toxresult(index, release, new, who)
+        except BaseException:
+            placed.release()
+            self.files.remove([path])
+            raise
         finally:
             placed.release()
-        set_serial(request, change.serial)
-        return envelope(request, result=f"{path}#sha256={sha256}", type="toxresultpath")

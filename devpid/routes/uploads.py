@@ -61,7 +61,7 @@ from devpid.upload.archive import (
     metadata_from_form,
 )
 from devpid.upload.docs import BadDocZip, DocLimits, unpack_docs
-from devpid.upload.form import FormError, ReceivedFile, UploadForm
+from devpid.upload.form import FormError, ReceivedFile, UploadForm, boundary_of
 
 _T = TypeVar("_T")
 Offload = Callable[[Callable[[], _T]], Deferred[_T]]
@@ -113,6 +113,11 @@ class UploadRoutes:
     async def upload_or_push(self, request: Request, user: str, index: str) -> bytes:
         streamed = received_form(request)
         if streamed is None:
+            if boundary_of(request.getHeader(b"content-type")) is not None:
+                # a form to what takes none (a mirror, no index): not streamed, refused
+                return await self._refuse_early(
+                    request, user, index, 404, f"The stage {user}/{index} could not be found."
+                )
             return await self.push(request, user, index)
         try:
             form = streamed.finish()

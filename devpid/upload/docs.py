@@ -187,5 +187,8 @@ def unpack_docs(path: Path, size: int, target: Path, limits: DocLimits) -> None:
     if size == 0:
         target.mkdir(parents=True, exist_ok=True)
         return
-    check_doc_zip(path, limits)
-    unpack_doc_zip(path, target, limits)
+    try:
+        check_doc_zip(path, limits)
+        unpack_doc_zip(path, target, limits)
+    except OSError as e:  # a member name too long for the file system, say
+        raise BadDocZip(f"the doc zip cannot be unpacked: {e.strerror or e}") from None
