@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -261,24 +262,15 @@ def run_private(
     wrk_path: str | None,
     wrk_script: Path,
 ) -> None:
-    """The private section (devpid_bench/private.py), with servers of its own; in the full
-    run, a failure to start them is a problem seen, and the run goes on."""
-    try:
-        private.measure_private(
-            workdir,
-            upstream,
-            project,
-            results,
-            quick=args.quick,
-            wrk=wrk_path,
-            wrk_script=wrk_script,
-            devpi_venv=None if args.skip_devpi else args.devpi_venv,
-            skip_devpid=args.skip_devpid,
-        )
-    except procs.BenchError as exc:
-        if args.private_only:
-            raise
-        results.problems.append(f"private section stopped: {exc}")
+    """The private section (devpid_bench/private.py)."""
+    run_section(
+        "private",
+        args.private_only,
+        results,
+        lambda: private.measure_private(
+            workdir, upstream, project, results, **section_options(args, wrk_path, wrk_script)
+        ),
+    )
 
 
 def run_uploads(
@@ -291,25 +283,44 @@ def run_uploads(
     wrk_path: str | None,
     wrk_script: Path,
 ) -> None:
-    """The uploads section (devpid_bench/uploads.py), with servers of its own; in the full
-    run, a failure to start them is a problem seen, and the run goes on."""
-    try:
-        uploads.measure_uploads(
+    """The uploads section (devpid_bench/uploads.py)."""
+    run_section(
+        "uploads",
+        args.uploads_only,
+        results,
+        lambda: uploads.measure_uploads(
             workdir,
             upstream,
             root,
             requirements,
             results,
-            quick=args.quick,
-            wrk=wrk_path,
-            wrk_script=wrk_script,
-            devpi_venv=None if args.skip_devpi else args.devpi_venv,
-            skip_devpid=args.skip_devpid,
-        )
+            **section_options(args, wrk_path, wrk_script),
+        ),
+    )
+
+
+def section_options(
+    args: argparse.Namespace, wrk_path: str | None, wrk_script: Path
+) -> dict[str, Any]:
+    """What every section with servers of its own takes from the command line."""
+    return {
+        "quick": args.quick,
+        "wrk": wrk_path,
+        "wrk_script": wrk_script,
+        "devpi_venv": None if args.skip_devpi else args.devpi_venv,
+        "skip_devpid": args.skip_devpid,
+    }
+
+
+def run_section(name: str, alone: bool, results: Results, measure: Callable[[], None]) -> None:
+    """A section with servers of its own: run alone, a failure to start them is the run's
+    failure; in the full run, it is a problem seen, and the run goes on."""
+    try:
+        measure()
     except procs.BenchError as exc:
-        if args.uploads_only:
+        if alone:
             raise
-        results.problems.append(f"uploads section stopped: {exc}")
+        results.problems.append(f"{name} section stopped: {exc}")
 
 
 def main(argv: list[str] | None = None) -> int:

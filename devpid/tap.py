@@ -402,7 +402,7 @@ def build_service(
         FormLimits(max_file_size=settings.max_upload_size),
         release_files.create_upload_file,
         lambda: (data.catch_up(), data.serial)[1],
-        lambda index: (data.catch_up(), index in data.indexes() and index not in mirrors)[1],
+        lambda index: (data.catch_up(), data.is_stage(index))[1],
     )
     site.requests = metrics.requests
 

@@ -21,17 +21,14 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from devpid.common.coalesce import Coalescer
+from devpid.common.offload import Offload
 from devpid.files.store import PROJECT_LIST, FileStore
 from devpid.simple.model import Link, ProjectPage
 from devpid.simple.render import LinkRenderer, render_project_list, render_project_page
 from devpid.store import StateStore, StoreUnavailable
-
-#: Runs a function in a thread (``deferToThread``); see ``MirrorIndex.offload``.
-Offload = Callable[[Callable[[], Any]], Deferred[Any]]
 
 #: Smaller bodies are sent as they are: gzip would save next to nothing.
 GZIP_MIN_BYTES = 1024

@@ -86,6 +86,11 @@ class PrivateData:
             if name.startswith(prefix)
         }
 
+    def is_stage(self, index: str) -> bool:
+        """Whether ``index`` exists and is not a mirror (it takes uploads)."""
+        config = self.index(index)
+        return config is not None and config.get("type") != MIRROR
+
     def mirrors(self) -> dict[str, Mapping[str, Any]]:
         return {n: c for n, c in self.indexes().items() if c.get("type") == MIRROR}
 

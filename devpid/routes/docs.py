@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import mimetypes
 import re
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import attrs
 from klein import Klein
-from twisted.internet.defer import Deferred
 from twisted.web.server import Request
 from twisted.web.static import File
 
+from devpid.common.offload import Offload
 from devpid.files.releases import ReleaseFiles
 from devpid.files.store import UnsafePath
 from devpid.http.errors import HTTPError
@@ -35,8 +34,6 @@ from devpid.private.releases import DOCZIP
 from devpid.private.resolve import resolution_order
 from devpid.routes import labelled
 from devpid.upload.docs import BadDocZip, DocLimits, unpack_docs
-
-Offload = Callable[[Callable[[], Any]], Deferred[Any]]
 
 _PART = re.compile(r"^[^/\x00-\x1f\\]{1,255}\Z")
 SANDBOX = b"sandbox allow-scripts allow-popups allow-forms"

@@ -116,7 +116,7 @@ class FileRoutes:
 
     def _stage(self, user: str, index: str) -> StageFiles | None:
         name = f"{user}/{index}"
-        if name in self.indexes or self.stages is None or not self.stages.is_stage(name):
+        if name in self.indexes or self.stages is None or not self.stages.data.is_stage(name):
             return None
         return self.stages
 

@@ -9,7 +9,7 @@ the version's metadata, and each answer becomes a row of the action log.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from functools import partial
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -17,7 +17,6 @@ from urllib.parse import urlsplit, urlunsplit
 import attrs
 import treq
 from treq.multipart import MultiPartProducer
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.client import FileBodyProducer
 from twisted.web.http_headers import Headers
@@ -25,6 +24,7 @@ from twisted.web.server import Request
 
 from devpid import __version__
 from devpid.auth.acl import Action
+from devpid.common.offload import Offload
 from devpid.files.releases import FileBusy, Placed, ReleaseFiles
 from devpid.http.devpi import envelope, json_body, set_serial
 from devpid.http.errors import HTTPError
@@ -42,8 +42,6 @@ EXTERNAL_TIMEOUT = 300.0
 #: Bytes of an external upload URL's answer kept for the action log.
 MAX_ANSWER = 64 * 1024
 _BASIC = {b"www-authenticate": b'Basic realm="pypi"'}
-
-Offload = Callable[[Callable[[], Any]], Deferred[Any]]
 
 
 def links_to_push(

@@ -10,16 +10,14 @@ reason string, or ``false`` to un-yank; installers then see PEP 592's
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import partial
-from typing import Any
 
 import attrs
 from klein import Klein
-from twisted.internet.defer import Deferred
 from twisted.web.server import Request
 
 from devpid.auth.acl import Action
+from devpid.common.offload import Offload
 from devpid.files.releases import ReleaseFiles
 from devpid.http.devpi import envelope, json_body, set_serial
 from devpid.http.errors import HTTPError
@@ -31,7 +29,6 @@ from devpid.routes import labelled, unrouted
 from devpid.routes.access import Access
 from devpid.routes.indexes import stage_not_found
 
-Offload = Callable[[Callable[[], Any]], Deferred[Any]]
 #: The longest yank reason kept.
 MAX_REASON = 1000
 

@@ -12,16 +12,15 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred
 from twisted.web.server import Request
 
 from devpid.auth.acl import Action
+from devpid.common.offload import Offload
 from devpid.files.releases import FileBusy, ReleaseFiles
 from devpid.files.store import UnsafePath
 from devpid.http.devpi import envelope, set_serial, wants_json
@@ -40,7 +39,6 @@ from devpid.private.releases import (
 from devpid.routes.access import Access
 from devpid.simple.model import METADATA, dist_filename_of
 
-Offload = Callable[[Callable[[], Any]], Deferred[Any]]
 #: Names a tox result may try when others are posted for the same release at once.
 TOXRESULT_ATTEMPTS = 20
 
@@ -53,10 +51,6 @@ class StageFiles:
     access: Access
     offload: Offload
     outside_url: str | None = None
-
-    def is_stage(self, index: str) -> bool:
-        config = self.data.index(index)
-        return config is not None and config.get("type") != "mirror"
 
     def _link(self, path: str) -> tuple[str, dict[str, Any]] | None:
         """The version record name and the link of the file at ``path``."""

@@ -13,27 +13,26 @@ to another index of this server, or to a legacy upload URL elsewhere.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import html
-import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import attrs
 from klein import Klein
 from packaging.version import InvalidVersion, Version
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.server import Request
 
 from devpid.auth.acl import Action
+from devpid.common.offload import Offload
 from devpid.files.releases import FileBusy, Placed, ReleaseFiles
 from devpid.files.store import UnsafePath
 from devpid.http.devpi import set_serial
+from devpid.http.errors import HTTPError
 from devpid.http.uploads import received_form, upload_started_at
 from devpid.private.data import PrivateData, Refused
 from devpid.private.indexconfig import MIRROR
@@ -63,21 +62,19 @@ from devpid.upload.archive import (
 from devpid.upload.docs import BadDocZip, DocLimits, unpack_docs
 from devpid.upload.form import FormError, ReceivedFile, UploadForm, boundary_of
 
-_T = TypeVar("_T")
-Offload = Callable[[Callable[[], _T]], Deferred[_T]]
-
 _NOT_IN_VERSION = re.compile(r"[^\w\d.]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-class SubmitError(Exception):
-    """An upload refused: ``code`` and a one-line message for the reason phrase."""
+class SubmitError(HTTPError):
+    """An upload refused: answered by ``refusal`` (its reason as the reason phrase, devpi's
+    way for uploads), not as the other routes' errors are."""
 
-    def __init__(self, code: int, message: str, headers: dict[bytes, bytes] | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.headers = headers or {}
+
+def refusal(request: Request, error: SubmitError) -> bytes:
+    for name, value in error.headers.items():
+        request.setHeader(name, value)
+    return submit_answer(request, error.code, error.reason)
 
 
 def submit_answer(request: Request, code: int, message: str) -> bytes:
@@ -98,7 +95,7 @@ class UploadRoutes:
     releases: Releases
     files: ReleaseFiles
     access: Access
-    offload: Offload[Any]
+    offload: Offload
     pusher: Pusher
     doc_limits: DocLimits = attrs.field(factory=DocLimits)
     log = Logger()
@@ -127,11 +124,10 @@ class UploadRoutes:
         try:
             return await self._upload(request, f"{user}/{index}", form)
         except SubmitError as e:
-            for name, value in e.headers.items():
-                request.setHeader(name, value)
-            return submit_answer(request, e.code, e.message)
+            return refusal(request, e)
         finally:
-            _discard(form.file)
+            if form.file is not None:
+                form.file.discard()
 
     async def push(self, request: Request, user: str, index: str) -> bytes:
         return await self.pusher.push(request, f"{user}/{index}")
@@ -143,9 +139,7 @@ class UploadRoutes:
         try:
             await self._may_upload(request, f"{user}/{index}")
         except SubmitError as e:
-            code, message = e.code, e.message
-            for name, value in e.headers.items():
-                request.setHeader(name, value)
+            return refusal(request, e)
         return submit_answer(request, code, message)
 
     async def _may_upload(self, request: Request, index: str) -> str | None:
@@ -326,14 +320,12 @@ def _accepted(request: Request) -> bytes:
     return b""
 
 
-def _discard(received: ReceivedFile | None) -> None:
-    """The temporary file of an upload that was not put in place."""
-    if received is None or received.fd < 0:
-        return
-    with contextlib.suppress(OSError):
-        os.close(received.fd)
-    received.fd = -1
-    received.path.unlink(missing_ok=True)
+def _file_digest(path: Path, algorithm: str) -> str:
+    """A digest the form announced only after the file (blocking)."""
+    with open(path, "rb") as f:
+        if algorithm == "blake2_256":
+            return hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=32)).hexdigest()
+        return hashlib.file_digest(f, algorithm).hexdigest()
 
 
 #: The digests twine sends, and the attribute of ``ReceivedFile`` each must equal.
@@ -344,15 +336,7 @@ _DIGEST_FIELDS = (
 )
 
 
-def _file_digest(path: Path, algorithm: str) -> str:
-    """A digest the form announced only after the file (blocking)."""
-    with open(path, "rb") as f:
-        if algorithm == "blake2_256":
-            return hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=32)).hexdigest()
-        return hashlib.file_digest(f, algorithm).hexdigest()
-
-
-async def _check_digests(form: UploadForm, received: ReceivedFile, offload: Offload[str]) -> None:
+async def _check_digests(form: UploadForm, received: ReceivedFile, offload: Offload) -> None:
     """A digest the client sent must be the file's: a mismatch is a damaged upload."""
     for field, attribute in _DIGEST_FIELDS:
         claimed = (form.first(field) or "").strip().lower()

@@ -65,6 +65,15 @@ class ReceivedFile:
     md5: str | None = None
     blake2_256: str | None = None
 
+    def discard(self) -> None:
+        """Close and remove the temporary file, unless it was put in place (``fd`` -1)."""
+        if self.fd < 0:
+            return
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        self.fd = -1
+        self.path.unlink(missing_ok=True)
+
 
 @attrs.define
 class UploadForm:
