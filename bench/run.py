@@ -2,8 +2,9 @@
 
 Run from anywhere as ``python bench/run.py [--quick] [--skip-devpi] [--json FILE]``, or
 ``--cluster-only`` for issue 3 alone, ``--private-only`` for devpi's JSON API alone, or
-``--uploads-only`` for uploads, merged pages and private installs alone (issue 13);
-see bench/README.md for what it measures and how.
+``--uploads-only`` for uploads, merged pages and private installs alone (issue 13), or
+``--web-only`` for the pages for people against devpi-web's (issue 14); see
+bench/README.md for what it measures and how.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import attrs
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fixtures
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for devpid_bench
 
-from devpid_bench import cluster, devpi, measure, private, procs, repository, uploads, wrk
+from devpid_bench import cluster, devpi, measure, private, procs, repository, uploads, web, wrk
 from devpid_bench.report import Results, format_table
 from devpid_bench.session import (
     add_common_options,
@@ -61,6 +62,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--uploads-only",
         action="store_true",
         help="only the uploads section: twine, a big upload, merged pages, pip (issue 13)",
+    )
+    parser.add_argument(
+        "--web-only",
+        action="store_true",
+        help="only the web section: devpid's pages against devpi-web's, warm (issue 14)",
     )
     parser.add_argument(
         "--no-wrk", action="store_true", help="use the pure-Python load generator, not wrk"
@@ -159,6 +165,14 @@ def run(args: argparse.Namespace, workdir: Path, results: Results) -> None:
             run_uploads(args, workdir, fast_up, root, requirements, results, wrk_path, wrk_script)
             check_children(group, results)
             return
+        if args.web_only:
+            requirements, _ = repository.build_base(root, args.corpus, MiB)
+            repository.write_root_index(root)
+            fast_up = procs.start_upstream(group, "upstream-fast", root)
+            say(f"upstream: {fast_up.url}")
+            run_web(args, workdir, fast_up, requirements[0], results)
+            check_children(group, results)
+            return
         if args.cluster_only:
             cluster_files = repository.build_cluster(root, args.corpus, BIG_FILE)
         else:
@@ -236,6 +250,12 @@ def run(args: argparse.Namespace, workdir: Path, results: Results) -> None:
                     ),
                 )
             )
+            steps.append(
+                (
+                    "web: devpid's pages against devpi-web's",
+                    lambda: run_web(args, workdir, fast_up, repo.requirements[0], results),
+                )
+            )
         if not args.skip_devpid:
             steps.append(
                 (
@@ -295,6 +315,30 @@ def run_uploads(
             requirements,
             results,
             **section_options(args, wrk_path, wrk_script),
+        ),
+    )
+
+
+def run_web(
+    args: argparse.Namespace,
+    workdir: Path,
+    upstream: procs.Upstream,
+    mirror_project: str,
+    results: Results,
+) -> None:
+    """The web section (devpid_bench/web.py); devpi-web has a venv of its own."""
+    run_section(
+        "web",
+        args.web_only,
+        results,
+        lambda: web.measure_web(
+            workdir,
+            upstream,
+            mirror_project,
+            results,
+            quick=args.quick,
+            with_devpi=not args.skip_devpi,
+            skip_devpid=args.skip_devpid,
         ),
     )
 

@@ -43,7 +43,7 @@ from devpid.config import (
 )
 from devpid.files.releases import ReleaseFiles
 from devpid.files.store import FileStore
-from devpid.http.app import DevpidRoutes, PrivateApi
+from devpid.http.app import DevpidRoutes, PrivateApi, WebParts
 from devpid.http.limits import Limits
 from devpid.http.site import DevpidSite
 from devpid.http.uploads import UploadReceiver
@@ -53,6 +53,7 @@ from devpid.mirror.registry import MirrorRegistry
 from devpid.mirror.tee import DownloadManager
 from devpid.mirror.tee.peers import SharedDownloads
 from devpid.mirror.upstream import UpstreamClient
+from devpid.ops.history import HistorySampler, StatusHistory
 from devpid.ops.metrics import Metrics
 from devpid.ops.status import StatusReport
 from devpid.private.data import PrivateData
@@ -66,10 +67,13 @@ from devpid.private_service import (
     open_private_data,
 )
 from devpid.routes.access import Access
+from devpid.search import QueryError, SearchCatalog
 from devpid.service import CacheService, ListenerService
 from devpid.store import StateStore
 from devpid.store.embedded import EmbeddedStore
 from devpid.upload.form import FormLimits
+from devpid.web.searchpage import SearchAnswers
+from devpid.web.statuspage import StatusPageData
 
 MIRROR_INDEX = "root/pypi"
 _log = Logger()
@@ -386,8 +390,15 @@ def build_service(
     )
     metrics = Metrics(status, reactor)
     status.requests = metrics.requests
+    history = StatusHistory(status)
+    catalog = SearchCatalog(data, mirrors, offload, reactor)
+    web = WebParts(
+        secret,
+        StatusPageData(status, history, reactor, catalog.status),
+        SearchAnswers(catalog, QueryError),
+    )
     routes = DevpidRoutes(
-        mirrors, downloads, files, stats, status, settings.outside_url, metrics, private
+        mirrors, downloads, files, stats, status, settings.outside_url, metrics, private, web
     )
     limits = Limits(
         max_header_size=settings.max_header_size,
@@ -441,6 +452,7 @@ def build_service(
         ).setServiceParent(top)
     # After the store opens, before the listener; stopped before the store closes.
     pollers.setServiceParent(top)
+    HistorySampler(history, reactor).setServiceParent(top)
     listener = ListenerService(settings.listen, endpoint, site, reactor)
     listener.setServiceParent(top)
     status.listener = listener  # /+status shows the address it got (the real port of tcp:0)

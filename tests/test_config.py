@@ -595,6 +595,7 @@ def test_make_service(tmp_path: Path) -> None:
         "CacheService",
         "PrivateDataService",
         "MultiService",
+        "HistorySampler",
         "ListenerService",
     ]
     # one changelog poller per mirror index: root/pypi's
@@ -611,14 +612,20 @@ def test_make_service(tmp_path: Path) -> None:
 def test_make_service_accepts_a_plain_dict(tmp_path: Path) -> None:
     options = nothing_given(serverdir=str(tmp_path / "server"), upstream=UPSTREAM)
     service = makeService(options, MemoryReactor())
-    assert len(list(service)) == 4
+    assert len(list(service)) == 5
 
 
 @pytest.mark.parametrize("option", [["--changelog-interval", "0"], ["--offline"]])
 def test_no_changelog_poller_when_off_or_offline(tmp_path: Path, option: list[str]) -> None:
     service = makeService(_options(tmp_path, *option), MemoryReactor())
     names = [type(child).__name__ for child in service]
-    assert names == ["CacheService", "PrivateDataService", "MultiService", "ListenerService"]
+    assert names == [
+        "CacheService",
+        "PrivateDataService",
+        "MultiService",
+        "HistorySampler",
+        "ListenerService",
+    ]
     assert list(service.getServiceNamed("pollers")) == []
 
 

@@ -43,6 +43,10 @@ from devpid.routes.stagefiles import StageFiles
 from devpid.routes.stagepages import StagePages
 from devpid.routes.uploads import UploadRoutes
 from devpid.routes.users import UserRoutes
+from devpid.web.app import Search, StatusPage, WebRoutes
+from devpid.web.dispatch import BrowserDispatch
+from devpid.web.readme import Descriptions
+from devpid.web.security import CrossSiteGuard
 
 
 @attrs.frozen
@@ -63,7 +67,11 @@ class DevpidRoutes:
     metrics: Metrics | None = None
     #: Users, indexes and who asks; without it only the mirrors are served.
     private: PrivateApi | None = None
+    #: The web pages' own parts; with ``private``, browsers get devpi-web's pages.
+    web: WebParts | None = None
     app: Klein = attrs.field(init=False, factory=Klein)
+    #: devpi-web's pages, when ``web`` is given.
+    web_routes: WebRoutes | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         data = self.private.data if self.private is not None else None
@@ -93,14 +101,40 @@ class DevpidRoutes:
         for area in areas:
             area.register(self.app)
         ErrorAnswers().register(self.app)
+        if self.private is not None and self.web is not None:
+            web = WebRoutes(
+                self.private.data,
+                self.indexes,
+                self.files,
+                self.private.release_files,
+                Descriptions(self.private.offload),
+                CrossSiteGuard(self.web.secret),
+                simple.refresh_project,
+                self.web.status_page,
+                self.web.search,
+                self.outside_url,
+            )
+            object.__setattr__(self, "web_routes", web)  # frozen: set once, here
 
     def resource(self) -> IResource:
-        resource = self.app.resource()
+        resource: IResource = self.app.resource()
         if self.private is None:
             return resource
+        if self.web_routes is not None:
+            resource = BrowserDispatch(resource, self.web_routes.app)
         data = self.private.data
         headers = NodeHeaders(data.database.uuid, lambda: data.serial, data.catch_up)
         return WithNodeHeaders(resource, headers)
+
+
+@attrs.frozen
+class WebParts:
+    """What only the web pages need."""
+
+    #: The server secret: the refresh form's tokens are keyed by it.
+    secret: bytes = attrs.field(repr=False)
+    status_page: StatusPage | None = None
+    search: Search | None = None
 
 
 @attrs.frozen

@@ -98,6 +98,25 @@ def links_for(request: Request, outside_url: str | None, index: str) -> LinkRend
     return LinkRenderer(prefix, index)
 
 
+def is_cross_site(request: Request) -> bool:
+    """What the browser itself says: another site's page sent this request."""
+    fetch_site = (request.getHeader(b"sec-fetch-site") or b"").lower()
+    if fetch_site in (b"cross-site", b"same-site"):
+        return True
+    origin = request.getHeader(b"origin")
+    if origin is None or origin == b"null":
+        return origin == b"null"
+    try:
+        netloc = urlsplit(origin.decode("latin-1")).netloc.lower()
+    except ValueError:
+        return True
+    host = (request.getHeader(b"host") or b"").decode("latin-1").lower()
+    if netloc == host:
+        return False
+    # nginx passes ``Host: $host``, without the port the browser used
+    return ":" in host or netloc.rpartition(":")[0] != host
+
+
 def until_finished(request: Request) -> Deferred[None]:
     """Fires when the response is complete or the client has gone.
 

@@ -12,8 +12,10 @@ longer in all.
 
 from __future__ import annotations
 
+import statistics
 import time
 import xmlrpc.client
+from collections import deque
 from typing import Any
 from urllib.parse import urljoin
 
@@ -40,6 +42,8 @@ MIN_PROGRESS = 1024
 #: Seconds to wait after a 429 that gives no (usable) Retry-After header.
 DEFAULT_RETRY_AFTER = 60.0
 USER_AGENT = "devpid/0.1 (twisted; treq)"
+#: How many of the latest upstream latencies ``UpstreamHealth`` keeps for a median.
+RECENT_LATENCIES = 100
 
 
 class UpstreamError(Exception):
@@ -91,6 +95,27 @@ class UpstreamHealth:
     bytes_fetched: int = 0
     #: The highest ``X-PyPI-Last-Serial`` seen on a page: how far the upstream has got.
     highest_serial: int | None = None
+    #: GETs (pages and files) whose response headers arrived, and the seconds
+    #: they took in all: a sampler takes the mean over an interval from the
+    #: differences of the two (``devpid.ops.history``). Only ever grow.
+    latency_count: int = 0
+    latency_total: float = 0.0
+    #: The latest few latencies (seconds), oldest first: bounded, for a median.
+    recent_latencies: deque[float] = attrs.field(
+        factory=lambda: deque(maxlen=RECENT_LATENCIES), eq=False
+    )
+
+    def record_latency(self, seconds: float) -> None:
+        """One GET's time from sending the request to its response headers."""
+        seconds = max(seconds, 0.0)
+        self.latency_count += 1
+        self.latency_total += seconds
+        self.recent_latencies.append(seconds)
+
+    def recent_latency_median(self) -> float | None:
+        """The median (seconds) of the latest ``RECENT_LATENCIES`` GETs, None before any."""
+        recent = list(self.recent_latencies)
+        return statistics.median(recent) if recent else None
 
     def saw_serial(self, serial: int | None) -> None:
         if serial is not None and (self.highest_serial is None or serial > self.highest_serial):
@@ -279,7 +304,7 @@ class UpstreamClient:
         return page
 
     async def _get_page(self, url: str, headers: dict[str, list[str]]) -> PageResponse:
-        response = await self._answer(self.http.get(url, headers=headers, unbuffered=True))
+        response = await self._get(url, headers)
         if response.code == 200:
             body = await read_body(response, self.clock, self.timeout)
         else:
@@ -303,6 +328,14 @@ class UpstreamClient:
         response: IResponse = await request
         return response
 
+    async def _get(self, url: str, headers: dict[str, list[str]]) -> IResponse:
+        """GET ``url`` until its response headers are in; ``health`` records how long
+        that took (the upstream's latency, whatever the body's size), failures not."""
+        started = self.clock.seconds()
+        response = await self._answer(self.http.get(url, headers=headers, unbuffered=True))
+        self.health.record_latency(self.clock.seconds() - started)
+        return response
+
     async def open_file(self, url: str, offset: int = 0) -> IResponse:
         """Start a file GET (from ``offset`` on, with a Range request); the caller
         streams the body with ``deliverBody``."""
@@ -310,7 +343,7 @@ class UpstreamClient:
         if offset:
             headers["Range"] = [f"bytes={offset}-"]
         try:
-            response = await self._answer(self.http.get(url, headers=headers, unbuffered=True))
+            response = await self._get(url, headers)
         except Exception as e:
             reason = f"GET {url}: {describe_failure(e)}"
             self.health.failed(reason)

@@ -28,6 +28,7 @@ ROUTES = (
     "docs",
     "status",
     "metrics",
+    "web",
     "other",
 )
 #: The request attribute a route sets to its label as Klein dispatches to it

@@ -19,7 +19,14 @@ from twisted.web.server import Request
 
 from devpid.files.store import FileStore, UnsafePath
 from devpid.http.errors import HTTPError
-from devpid.http.request import accepts_gzip, etag_matches, is_installer, links_for, media_type
+from devpid.http.request import (
+    accepts_gzip,
+    etag_matches,
+    is_cross_site,
+    is_installer,
+    links_for,
+    media_type,
+)
 from devpid.mirror.index import CachedPage, IndexUnavailable, MirrorIndex, ProjectNotFound
 from devpid.mirror.pages import GZIP_MIN_BYTES, gzip_etag
 from devpid.private.data import PrivateData
@@ -117,6 +124,18 @@ class SimpleRoutes:
     async def refresh(self, request: Request, user: str, index: str, project: str) -> bytes:
         """devpi's refresh: revalidate one project's page now (on the index, or the mirror
         its pages come from), then show it."""
+        if is_cross_site(request):
+            raise HTTPError(403, "cross-site request refused")
+        normalized = await self.refresh_project(user, index, project)
+        prefix = links_for(request, self.outside_url, f"{user}/{index}").prefix
+        location = f"{prefix}/{user}/{index}/+simple/{normalized}/"
+        request.setResponseCode(302)
+        request.setHeader(b"location", location.encode("utf-8"))
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"refreshed; see " + location.encode("utf-8") + b"\n"
+
+    async def refresh_project(self, user: str, index: str, project: str) -> str:
+        """Revalidate ``project``'s page now; its normalized name. 4xx/502 as ``HTTPError``."""
         self._must_exist(user, index)
         if not is_valid_project_name(project):
             raise HTTPError(400, f"invalid project name {project[:100]!r}")
@@ -130,12 +149,7 @@ class SimpleRoutes:
             raise HTTPError(404, str(e)) from None
         except IndexUnavailable as e:
             raise HTTPError(502, str(e)) from None
-        prefix = links_for(request, self.outside_url, mirror.name).prefix
-        location = f"{prefix}/{user}/{index}/+simple/{normalized}/"
-        request.setResponseCode(302)
-        request.setHeader(b"location", location.encode("utf-8"))
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        return b"refreshed; see " + location.encode("utf-8") + b"\n"
+        return normalized
 
     def _must_exist(self, user: str, index: str) -> None:
         """A 404 unless ``user/index`` is a mirror or one of the users' indexes."""

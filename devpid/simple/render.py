@@ -46,7 +46,8 @@ class NotAcceptable(Exception):
     """Nothing devpid can render satisfies the client's Accept header."""
 
 
-def _parse_accept(header: str) -> list[tuple[str, float]]:
+def parse_accept(header: str) -> list[tuple[str, float]]:
+    """``Accept``'s media ranges (lower case) and their q-values, clamped to 0..1."""
     ranges = []
     for part in header.split(","):
         media, *params = (p.strip() for p in part.split(";"))
@@ -93,7 +94,7 @@ def negotiate(accept: str | None, format_param: str | None = None) -> str:
     for offered in CONTENT_TYPES:
         matches = [
             (spec, q)
-            for media_range, q in _parse_accept(accept)
+            for media_range, q in parse_accept(accept)
             if (spec := _specificity(media_range, offered)) >= 0
         ]
         if not matches:

@@ -1,0 +1,1 @@
+"""The web interface for people: HTML pages at the same URLs as the API."""
