@@ -92,6 +92,20 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
         "seconds a connection may sit idle, and a request may take to arrive, "
         "before the connection is closed (0: never)",
     ),
+    "cache-max-size": (
+        None,
+        "bound the mirror indexes' cached files to this size (for example 500M or 50G), "
+        "evicting the least recently used ones; stage files never count nor go "
+        "[default: no limit]",
+    ),
+    "evict-interval": (
+        60.0,
+        "advanced: seconds between checks of the mirror cache against --cache-max-size",
+    ),
+    "evict-grace": (
+        600.0,
+        "advanced: seconds after its last use or download during which a file is never evicted",
+    ),
 }
 
 INI_SECTION = "devpid"
@@ -162,6 +176,10 @@ class Settings:
     upstream_origin: UpstreamOrigin = UpstreamOrigin()
     secretfile: Path | None = None
     restrict_modify: frozenset[str] | None = None
+    #: ``--cache-max-size`` in bytes; None: the mirror cache grows without a bound.
+    cache_max_size: int | None = None
+    evict_interval: float = 60.0
+    evict_grace: float = 600.0
     #: The settings given on the command line or in the INI file (not defaults).
     given: frozenset[str] = attrs.field(default=frozenset(), eq=False)
 
@@ -466,10 +484,20 @@ def build_settings(
         upstream_origin=origin,
         secretfile=Path(str(secretfile)).expanduser() if secretfile else None,
         restrict_modify=_principals("restrict-modify", pick("restrict-modify")),
+        cache_max_size=cache_max_size(pick("cache-max-size")),
+        evict_interval=_as_float("evict-interval", pick("evict-interval"), 0.1),
+        evict_grace=_as_float("evict-grace", pick("evict-grace"), 0),
         given=frozenset(
             name for name in DEFAULTS if given.get(name) not in (None, False) or name in ini
         ),
     )
+
+
+def cache_max_size(raw: Any) -> int | None:
+    """``--cache-max-size`` in bytes (at least 1M), or None when not given."""
+    if raw is None or str(raw).strip() == "":
+        return None
+    return _as_size("cache-max-size", raw, 1 << 20)
 
 
 def _principals(name: str, value: Any) -> frozenset[str] | None:

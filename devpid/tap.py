@@ -41,8 +41,11 @@ from devpid.config import (
     remember_upstream,
     shown_url,
 )
+from devpid.files.eviction import CacheLimit
+from devpid.files.evictor import EvictionService
 from devpid.files.releases import ReleaseFiles
 from devpid.files.store import FileStore
+from devpid.files.usage import FLUSH_INTERVAL
 from devpid.http.app import DevpidRoutes, PrivateApi, WebParts
 from devpid.http.limits import Limits
 from devpid.http.site import DevpidSite
@@ -388,6 +391,24 @@ def build_service(
         identity=identity,
         private=root_password.status,
     )
+
+    def mirror_names() -> list[str]:
+        data.catch_up()
+        return list(data.mirrors())
+
+    status.mirrors = mirror_names
+    evictor = None
+    if settings.cache_max_size is not None:
+        evictor = EvictionService(
+            files,
+            CacheLimit(settings.cache_max_size, settings.evict_grace),
+            mirror_names,
+            reactor,
+            offload,
+            interval=settings.evict_interval,
+            flush_interval=min(FLUSH_INTERVAL, settings.evict_interval),
+        )
+        status.eviction = evictor
     metrics = Metrics(status, reactor)
     status.requests = metrics.requests
     history = StatusHistory(status)
@@ -453,6 +474,8 @@ def build_service(
     # After the store opens, before the listener; stopped before the store closes.
     pollers.setServiceParent(top)
     HistorySampler(history, reactor).setServiceParent(top)
+    if evictor is not None:  # after the CacheService counted the serverdir
+        evictor.setServiceParent(top)
     listener = ListenerService(settings.listen, endpoint, site, reactor)
     listener.setServiceParent(top)
     status.listener = listener  # /+status shows the address it got (the real port of tcp:0)

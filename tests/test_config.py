@@ -111,6 +111,12 @@ def test_options_every_flag() -> None:
         "/etc/devpid.secret",
         "--restrict-modify",
         "root,:admins",
+        "--cache-max-size",
+        "50G",
+        "--evict-interval",
+        "30",
+        "--evict-grace",
+        "120",
         "--config",
         "/etc/devpid.ini",
     ) == {
@@ -134,6 +140,9 @@ def test_options_every_flag() -> None:
         "idle-timeout": "30",
         "secretfile": "/etc/devpid.secret",
         "restrict-modify": "root,:admins",
+        "cache-max-size": "50G",
+        "evict-interval": "30",
+        "evict-grace": "120",
         "config": "/etc/devpid.ini",
     }
 
@@ -279,6 +288,11 @@ def test_outside_url_loses_its_trailing_slash() -> None:
         ("max-connections-per-client", ""),
         ("idle-timeout", "-1"),
         ("idle-timeout", "never"),
+        ("cache-max-size", "lots"),
+        ("cache-max-size", "-5G"),
+        ("cache-max-size", "1K"),
+        ("evict-interval", "0"),
+        ("evict-grace", "-1"),
     ],
 )
 @pytest.mark.parametrize("source", ["command line", "ini"])
@@ -786,3 +800,33 @@ def test_the_default_serverdir_is_under_home(tmp_path: Path) -> None:
 def test_an_unknown_user_in_the_serverdir_is_refused() -> None:
     with pytest.raises(ConfigError, match="cannot expand '~no-such-user-devpid'"):
         build_settings({"serverdir": "~no-such-user-devpid/sd"}, None, ENVIRON)
+
+
+# -- the mirror cache's limit (issue 15) ---------------------------------------
+
+
+def test_cache_max_size_default_and_from_ini_and_command_line() -> None:
+    assert build_settings({"upstream": UPSTREAM}, None, ENVIRON).cache_max_size is None
+    # An empty INI value is no limit, as leaving the key out.
+    ini = {"upstream": UPSTREAM, "cache-max-size": ""}
+    assert build_settings({}, ini, ENVIRON).cache_max_size is None
+    ini = {"upstream": UPSTREAM, "cache-max-size": "500M", "evict-grace": "0"}
+    settings = build_settings({}, ini, ENVIRON)
+    assert (settings.cache_max_size, settings.evict_grace) == (500 << 20, 0.0)
+    assert settings.evict_interval == 60.0
+    given = {"upstream": UPSTREAM, "cache-max-size": "50G", "evict-interval": "2"}
+    settings = build_settings(given, ini, ENVIRON)
+    assert (settings.cache_max_size, settings.evict_interval) == (50 << 30, 2.0)
+
+
+def test_make_service_with_a_cache_limit_adds_the_evictor(tmp_path: Path) -> None:
+    reactor = MemoryReactor()
+    service = makeService(_options(tmp_path, "--cache-max-size", "1G"), reactor)
+    assert [type(child).__name__ for child in service] == [
+        "CacheService",
+        "PrivateDataService",
+        "MultiService",
+        "HistorySampler",
+        "EvictionService",
+        "ListenerService",
+    ]

@@ -7,7 +7,8 @@ password. Wrong, expired or garbage credentials mean anonymous, never an error
 (devpi-client and pip send stale ones next to good ones).
 
 Tokens cost an HMAC or a hash; a password costs argon2, once per distinct
-secret thanks to ``PasswordChecker``'s memory. Repeated wrong passwords for
+secret thanks to ``PasswordChecker``'s memory (a user moved from devpi with a
+legacy ``pwsalt`` costs a salted sha256 instead). Repeated wrong passwords for
 one user or from one address are throttled: while throttled, passwords are not
 checked at all (the request is anonymous), and ``/+login`` answers 429.
 """
@@ -90,6 +91,9 @@ class Authenticator:
         pwhash = record.get("pwhash")
         if not isinstance(pwhash, str):
             return None
+        # devpi's legacy salted sha256 (a user moved from devpi with an old password)
+        salt = record.get("pwsalt")
+        salt = salt if isinstance(salt, str) and salt else None
         if self.failures.retry_after(user, address) is not None:
             return None
         # One password check of a user at a time: concurrent guesses wait, and are
@@ -99,7 +103,7 @@ class Authenticator:
         try:
             if self.failures.retry_after(user, address) is not None:
                 return None
-            right = await self.passwords.check(user, pwhash, secret)
+            right = await self.passwords.check(user, pwhash, secret, salt)
         finally:
             lock.release()
             if not lock.locked and not lock.waiting:

@@ -3,6 +3,13 @@
 Costs are OWASP's minimum for argon2id (19 MiB, t=2, p=1). devpi's defaults (512 MiB, p=8,
 t=16) make each login attempt cost half a gigabyte: a handful of concurrent bad logins is a
 denial of service. Hashes with other parameters still verify (argon2 reads them from the hash).
+
+Users moved from devpi (``devpid import --from-devpi``) keep the hash they had. devpi-server
+6 wrote argon2 hashes (passlib's PHC strings, which argon2-cffi reads as they are); a
+password set before devpi-server 6 is devpi's legacy scheme, a ``pwsalt`` (ASCII) and the hex
+sha256 of the salt followed by the UTF-8 password. Those verify too (``verify_password`` with
+the salt), compared in constant time; the next password change stores argon2 and drops the
+salt (``PrivateData.modify_user``).
 """
 
 from __future__ import annotations
@@ -46,12 +53,35 @@ def hash_password(password: str) -> str:
     return _HASHER.hash(password)
 
 
-def verify_password(pwhash: str, password: str) -> bool:
-    """False on mismatch or a malformed hash; never raises."""
+_LEGACY_HASH_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def verify_password(pwhash: str, password: str, salt: str | None = None) -> bool:
+    """False on mismatch or a malformed hash; never raises. With ``salt``, ``pwhash`` is
+    devpi's legacy salted sha256."""
+    if salt is not None:
+        return verify_legacy_password(pwhash, salt, password)
     try:
         return bool(_HASHER.verify(pwhash, password))
     except Exception:
         return False
+
+
+def legacy_password_hash(salt: str, password: str) -> str:
+    """devpi's hash before argon2 (``getpwhash``): sha256 of the ASCII salt, then the UTF-8
+    password, in hex."""
+    digest = hashlib.sha256(salt.encode("ascii"))
+    digest.update(password.encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()
+
+
+def verify_legacy_password(pwhash: str, salt: str, password: str) -> bool:
+    """Whether ``password`` is the one of devpi's legacy ``pwsalt`` + ``pwhash``."""
+    if not isinstance(pwhash, str) or not isinstance(salt, str):
+        return False
+    if not _LEGACY_HASH_RE.fullmatch(pwhash) or not salt.isascii():
+        return False
+    return hmac.compare_digest(legacy_password_hash(salt, password), pwhash)
 
 
 def looks_like_hash(value: str) -> bool:
@@ -89,11 +119,14 @@ class PasswordChecker:
     _inflight: dict[_Key, list[Deferred[bool]]] = attrs.field(factory=dict)
     _epoch: int = 0
 
-    async def check(self, user: str, pwhash: str, password: str) -> bool:
+    async def check(self, user: str, pwhash: str, password: str, salt: str | None = None) -> bool:
+        """Whether ``password`` is right for ``pwhash`` (devpi's legacy salted hash when
+        ``salt`` is given)."""
         digest = hmac.new(
             self._key, password.encode("utf-8", "surrogatepass"), hashlib.sha256
         ).digest()
-        key = (user, pwhash, digest)
+        # the salt belongs to the hash: both are in the key
+        key = (user, pwhash if salt is None else f"{salt}:{pwhash}", digest)
         now = self.clock.seconds()
         cached = self._cache.get(key)
         if cached is not None:
@@ -105,7 +138,7 @@ class PasswordChecker:
         if waiters is None:
             self._inflight[key] = [waiter]
             epoch = self._epoch
-            self.offload(lambda: verify_password(pwhash, password)).addBoth(
+            self.offload(lambda: verify_password(pwhash, password, salt)).addBoth(
                 self._deliver, key, epoch
             )
         else:

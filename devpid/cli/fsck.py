@@ -23,17 +23,24 @@ class Options(usage.Options):
     synopsis = "Usage: devpid fsck [--serverdir DIR | --config FILE] [--repair] [--json]"
     longdesc = (
         "Verify every cached file against the sha256 and length its cached page "
-        "recorded; report leftover temporary files, unreadable pages, orphans and "
-        "unexpected files; check the private data (users, indexes, the event log; "
-        "never repaired). Safe while devpid runs. Exit status: 0 when nothing is wrong "
-        "(or everything wrong was repaired), 1 when errors remain, 2 for bad usage."
+        "recorded, and every stage file against its version's link; report leftover "
+        "temporary files, unreadable pages, orphans and unexpected files; check the "
+        "unpacked docs against their doc zips, the tools' staging directories under "
+        "+tmp/, and the private data (users, indexes, the event log; never repaired). "
+        "Safe while devpid runs. Exit status: 0 when no error is left (warnings do not "
+        "count), 1 when errors remain, 2 for bad usage."
     )
     optParameters = [
         ["serverdir", None, None, "the serverdir to check [default: the config's, or ~/.devpid]"],
         ["config", "c", None, "read the serverdir from this INI file, as devpid does"],
     ]
     optFlags = [
-        ["repair", None, "remove bad files and leftovers, so that they are fetched again"],
+        [
+            "repair",
+            None,
+            "remove bad files, stale or damaged unpacked docs and leftovers, so that they "
+            "are fetched or unpacked again",
+        ],
         ["json", None, "print one JSON document instead of lines"],
     ]
 

@@ -29,6 +29,7 @@ import fcntl
 import itertools
 import os
 import shutil
+import time
 from collections.abc import Callable, Container, Iterable, Mapping
 from pathlib import Path
 
@@ -90,6 +91,18 @@ def _hold_existing(path: Path) -> int | None:
             raise
         os.close(fd)  # removed or replaced meanwhile: look again
     raise FileBusy(f"{path.name} keeps changing")
+
+
+#: A docs directory being unpacked (``.<sha16>.new-*``) younger than this is another
+#: upload's, still at work; older, a crash's leftover.
+UNPACKING_GRACE = 60.0
+
+
+def _recently_changed(path: Path) -> bool:
+    try:
+        return time.time() - path.lstat().st_mtime < UNPACKING_GRACE
+    except FileNotFoundError:
+        return True  # gone meanwhile: nothing to remove
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -301,6 +314,8 @@ class ReleaseFiles:
         for version_dir in root.iterdir():
             current = keep.get(version_dir.name)
             for unpacked in version_dir.iterdir() if version_dir.is_dir() else ():
+                if unpacked.name.startswith(".") and _recently_changed(unpacked):
+                    continue  # another upload's docs, still being unpacked
                 if current is None or unpacked.name != current[:16]:
                     shutil.rmtree(unpacked, ignore_errors=True)
             with contextlib.suppress(OSError):

@@ -2,14 +2,23 @@
 
 ``twisted.web.static.File`` handles Range and HEAD; for the common whole-file
 GET this push producer moves several times more bytes per reactor turn.
+
+Both send from a descriptor opened once, when the request is found to be a
+hit (``open_cached``): a file evicted (unlinked) after that is still sent
+whole, since the open descriptor keeps its bytes, and a file gone before it
+is a miss, not an error.
 """
 
 from __future__ import annotations
 
 import os
+import stat
+from pathlib import Path
+from typing import IO, Any
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.web.server import Request
+from twisted.web.static import File
 from zope.interface import implementer
 
 CHUNK = 128 * 1024
@@ -51,3 +60,47 @@ class FileSender:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+def open_cached(path: Path) -> int | None:
+    """``path`` opened for reading if it is a regular file; None when it is not there
+    (never cached, or evicted a moment ago: a miss)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return fd
+
+
+def read_whole(fd: int) -> bytes:
+    """A small file's bytes from its descriptor, which is closed."""
+    try:
+        chunks = []
+        while chunk := os.read(fd, CHUNK):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+class OpenedFile(File):
+    """twisted.web's ``File`` (Range, HEAD, If-Modified-Since) over a descriptor already
+    open: it never looks at the path again, so an eviction in between cannot turn the
+    hit into a 404 or a 500. It owns the descriptor (closed by ``File`` once sent)."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        super().__init__(str(path), defaultType="application/octet-stream")
+        self._opened: IO[bytes] = os.fdopen(fd, "rb")
+        self._statinfo = os.fstat(fd)
+        # Files are served byte for byte: no Content-Encoding for .tar.gz.
+        self.type = "application/octet-stream"
+        self.encoding = None
+
+    def restat(self, reraise: bool = True) -> None:
+        """The descriptor's stat, taken once, stays: the path may be gone."""
+
+    def openForReading(self) -> Any:
+        return self._opened

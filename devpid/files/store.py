@@ -20,6 +20,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import attrs
 from twisted.logger import Logger
 
 from devpid.common.identity import ProcessIdentity, pid_alive, pid_of
+from devpid.files.usage import UsageLog
 from devpid.simple.model import FILENAME, HEX
 
 PARTIAL_SUFFIX = ".devpid-partial"
@@ -128,12 +130,28 @@ def _remove_page_leftover(path: str) -> bool:
     return True
 
 
+def _index_of(relative: str) -> str | None:
+    """``user/index`` of a path relative to ``+files/`` (None above an index's directory)."""
+    parts = relative.split(os.sep, 2)
+    if len(parts) < 2 or parts[0] in (".", ".."):
+        return None
+    return f"{parts[0]}/{parts[1]}"
+
+
 @attrs.define
 class FileStore:
     serverdir: Path
     #: Names this process's temporary files, so processes sharing a serverdir never clash.
     identity: ProcessIdentity = attrs.field(factory=ProcessIdentity)
     counts: CacheCounts = attrs.field(factory=CacheCounts)
+    #: Bytes of committed files under each ``+files/<user>/<index>/``, counted at start-up
+    #: and kept up to date for mirror indexes (commits here, evictions); what
+    #: ``--cache-max-size`` is checked against between walks.
+    index_bytes: dict[str, int] = attrs.field(factory=dict)
+    #: Uses of cached files for eviction's LRU order; None when nothing is ever evicted.
+    usage: UsageLog | None = None
+    #: Called after each commit (the evictor: is the cache over its limit now?).
+    grown: Callable[[], None] | None = None
     log = Logger()
 
     @property
@@ -156,8 +174,10 @@ class FileStore:
         self.pages_root.mkdir(parents=True, exist_ok=True)
         removed = 0
         counts = CacheCounts()
+        index_bytes: dict[str, int] = {}
         for root in (self.files_root, self.pages_root):
             for directory, _dirs, names in os.walk(root):
+                index = _index_of(os.path.relpath(directory, root))
                 for name in names:
                     path = os.path.join(directory, name)
                     try:
@@ -169,8 +189,11 @@ class FileStore:
                             )
                             removed += leftover
                         elif root == self.files_root:
+                            size = os.stat(path).st_size
                             counts.files += 1
-                            counts.bytes += os.stat(path).st_size
+                            counts.bytes += size
+                            if index is not None:
+                                index_bytes[index] = index_bytes.get(index, 0) + size
                         elif name.endswith(".json") and not name.startswith("+"):
                             counts.pages += 1
                     except FileNotFoundError:  # another process committed or removed it
@@ -182,6 +205,7 @@ class FileStore:
                             reason=e.strerror or str(e),
                         )
         self.counts = counts
+        self.index_bytes = index_bytes
         if removed:
             self.log.info("removed {count} partial files left by a crash", count=removed)
 
@@ -257,10 +281,32 @@ class FileStore:
         return final.relative_to(self.files_root).as_posix()
 
     def commit(self, partial: Path, final: Path) -> None:
-        """Atomically publish a verified download."""
+        """Atomically publish a verified download (a use of it, for eviction's order)."""
         os.rename(partial, final)
+        size = final.stat().st_size
         self.counts.files += 1
-        self.counts.bytes += final.stat().st_size
+        self.counts.bytes += size
+        self._count(final, size)
+        self.note_use(str(final))
+        if self.grown is not None:
+            self.grown()
+
+    def note_use(self, path: str) -> None:
+        """A cached file was served (or committed): noted in memory, see devpid.files.usage."""
+        if self.usage is not None:
+            self.usage.note(path, time.time())
+
+    def mirror_bytes(self, mirrors: Iterable[str]) -> int:
+        """The committed files of these (mirror) indexes, as counted between walks."""
+        return sum(self.index_bytes.get(name, 0) for name in mirrors)
+
+    def _count(self, final: Path, size: int) -> None:
+        try:
+            index = _index_of(os.path.relpath(final, self.files_root))
+        except ValueError:
+            return
+        if index is not None:
+            self.index_bytes[index] = self.index_bytes.get(index, 0) + size
 
     def discard(self, partial: Path) -> None:
         partial.unlink(missing_ok=True)
@@ -273,6 +319,7 @@ class FileStore:
             return
         self.counts.files -= 1
         self.counts.bytes -= size
+        self._count(final, -size)
 
     # -- pages ---------------------------------------------------------------
 

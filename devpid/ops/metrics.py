@@ -113,6 +113,45 @@ class DevpidCollector:
         yield _gauge("devpid_cache_projects", "project pages in the serverdir", counts.pages)
         yield _gauge("devpid_cache_files", "files in the serverdir", counts.files)
         yield _gauge("devpid_cache_bytes", "size of the files in the serverdir", counts.bytes)
+        if snapshot.mirror_bytes is not None:
+            yield _gauge(
+                "devpid_cache_mirror_bytes",
+                "size of the mirror indexes' cached files (what --cache-max-size bounds)",
+                snapshot.mirror_bytes,
+            )
+        yield from self._eviction(snapshot)
+
+    def _eviction(self, snapshot: Snapshot) -> Iterator[Metric]:
+        eviction = snapshot.eviction
+        if eviction is None:
+            return
+        yield _gauge("devpid_cache_max_bytes", "--cache-max-size, in bytes", eviction["max_bytes"])
+        yield _counter(
+            "devpid_eviction_runs", "eviction runs this process made (walks)", eviction["runs"]
+        )
+        yield _counter(
+            "devpid_eviction_busy",
+            "checks that found another process evicting (evict.lock held)",
+            eviction["busy"],
+        )
+        yield _counter(
+            "devpid_evicted_files", "mirror files this process evicted", eviction["files"]
+        )
+        yield _counter(
+            "devpid_evicted_bytes", "bytes of mirror files this process evicted", eviction["bytes"]
+        )
+        last = eviction["last_run"]
+        if last is not None:
+            yield _gauge(
+                "devpid_eviction_last_run_timestamp_seconds",
+                "when this process's last eviction run started (Unix time)",
+                last["timestamp"],
+            )
+            yield _gauge(
+                "devpid_eviction_last_run_duration_seconds",
+                "how long this process's last eviction run took",
+                last["seconds"],
+            )
 
     def _upstream(self, snapshot: Snapshot) -> Iterator[Metric]:
         health = snapshot.upstream

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -52,6 +52,12 @@ class Peers(Protocol):
     def uncoordinated(self) -> int: ...
     @property
     def lost_locks(self) -> int: ...
+
+
+class Eviction(Protocol):
+    """The ``EvictionService`` (devpid.files.evictor), as read here."""
+
+    def status(self) -> dict[str, Any]: ...
 
 
 class Poller(Protocol):
@@ -109,6 +115,10 @@ class Snapshot:
     #: The changelog poller's status, when one runs.
     poller: dict[str, Any] | None
     health: Health
+    #: The mirror indexes' cached files, in bytes (None when the mirrors are not known).
+    mirror_bytes: int | None = None
+    #: The evictor's status, with --cache-max-size.
+    eviction: dict[str, Any] | None = None
 
 
 @attrs.define
@@ -136,6 +146,10 @@ class Sources:
     requests: RequestMetrics | None = None
     #: Free space of the serverdir's file system.
     disk_usage: Callable[[Path], DiskUsage] = statvfs_usage
+    #: The mirror indexes now: the mirror cache's size is theirs.
+    mirrors: Callable[[], Iterable[str]] | None = None
+    #: The evictor, with --cache-max-size.
+    eviction: Eviction | None = None
 
     def listening_on(self) -> str | None:
         port = getattr(self.listener, "port", None)
@@ -196,4 +210,6 @@ class Sources:
             else PeerCounts(peers.lock_ttl, peers.takeovers, peers.uncoordinated, peers.lost_locks),
             poller=poller,
             health=self._judge(disk, store_health, poller),
+            mirror_bytes=None if self.mirrors is None else self.files.mirror_bytes(self.mirrors()),
+            eviction=None if self.eviction is None else self.eviction.status(),
         )

@@ -53,6 +53,9 @@ def render_status(snapshot: Snapshot) -> dict[str, Any]:
             "files": snapshot.cache.files,
             "bytes": snapshot.cache.bytes,
             "files_without_hash": counters["files_without_hash"],
+            "mirror_bytes": snapshot.mirror_bytes,
+            "max_bytes": None if snapshot.eviction is None else snapshot.eviction["max_bytes"],
+            "eviction": snapshot.eviction,
         },
         "disk": None
         if isinstance(disk, str)

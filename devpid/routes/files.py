@@ -1,9 +1,12 @@
 """A distribution file, its metadata or provenance: from the cache, or joining its download.
 
 A cached file is sent whole by ``FileSender`` or, for a single Range and for
-HEAD, by twisted.web's ``File``. A file not cached yet is looked up on its
-project's page (it must be there under this hash), then streamed to the client
-from the shared download of the tee while that download fills the cache.
+HEAD, by twisted.web's ``File``, both from the descriptor opened when the
+request was found to be a hit (and noted as a use, for eviction's LRU order):
+a mirror file evicted at that moment is either still sent whole or, gone
+before it was opened, a miss like any other. A file not cached yet is looked
+up on its project's page (it must be there under this hash), then streamed to
+the client from the shared download of the tee while that download fills the cache.
 """
 
 from __future__ import annotations
@@ -20,10 +23,9 @@ from klein import Klein
 from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.server import Request
-from twisted.web.static import File
 
 from devpid.common.stats import Stats
-from devpid.files.sender import FileSender
+from devpid.files.sender import FileSender, OpenedFile, open_cached, read_whole
 from devpid.files.store import FileStore, UnsafePath
 from devpid.http.errors import HTTPError
 from devpid.http.request import etag_matches, until_finished
@@ -41,6 +43,13 @@ from devpid.simple.model import (
 )
 
 FILE_CACHE_CONTROL = b"max-age=31536000, immutable"
+#: A mirror file's answer says whether it came from the cache (``hit``) or
+#: from the upstream through the tee (``miss``); ``devpid warm`` counts by it.
+CACHE_HEADER = b"x-devpid-cache"
+
+#: Downloads of one file a request may go through when each is evicted as soon as it
+#: was committed (only possible with a very short --evict-grace).
+MISS_ATTEMPTS = 3
 
 #: One byte range (RFC 9110 14.1.2): ``first-last``, ``first-`` or ``-suffix``.
 _ONE_RANGE = re.compile(rb"bytes[ \t]*=[ \t]*([0-9]{0,18})-([0-9]{0,18})[ \t]*")
@@ -176,9 +185,12 @@ class FileRoutes:
             path = self.files.file_path(mirror.name, h3, h13, filename)
         except UnsafePath as e:
             raise HTTPError(400, str(e)) from None
-        if path.is_file():
+        fd = open_cached(path)
+        if fd is not None:
             self.stats.incr("file_hits")
-            return await self._cached(request, path, h3 + h13)
+            request.setHeader(CACHE_HEADER, b"hit")
+            self.files.note_use(str(path))
+            return await self._cached(request, path, h3 + h13, fd)
         dist_filename = dist_filename_of(filename)
         side = filename[len(dist_filename) :]
         project = project_of_filename(dist_filename)
@@ -207,13 +219,23 @@ class FileRoutes:
                 request.setHeader(b"content-length", b"%d" % link.size)
             return b""
         self.stats.incr("file_misses")
-        download, _started = self.downloads.download_for(spec)
-        try:
-            await download.wait_for_headers()
-        except DownloadFailed as e:
-            return download_error(request, e.status, str(e))
-        if download.verified:
-            return await self._cached(request, path, h3 + h13)
+        request.setHeader(CACHE_HEADER, b"miss")
+        for _attempt in range(MISS_ATTEMPTS):
+            download, _started = self.downloads.download_for(spec)
+            try:
+                await download.wait_for_headers()
+            except DownloadFailed as e:
+                return download_error(request, e.status, str(e))
+            if not download.verified:
+                break
+            fd = open_cached(path)
+            if fd is not None:
+                return await self._cached(request, path, h3 + h13, fd)
+            # Committed, then evicted before this request opened it: fetch it again.
+        else:
+            return download_error(
+                request, 503, f"{filename} was evicted each time it was cached (--evict-grace)"
+            )
         request.setHeader(b"content-type", _content_type(filename))
         request.setHeader(b"x-accel-buffering", b"no")
         if download.total is not None:
@@ -234,10 +256,17 @@ class FileRoutes:
         request.write(body)
         request.finish()
 
-    async def _cached(self, request: Request, path: Path, hash_prefix: str) -> Any:
+    async def _cached(
+        self, request: Request, path: Path, hash_prefix: str, fd: int | None = None
+    ) -> Any:
+        """A committed file, from ``fd`` when the caller opened it already."""
+        if fd is None:
+            fd = open_cached(path)
+            if fd is None:
+                raise HTTPError(404, f"{path.name} is no longer cached")
         if path.name.endswith(PROVENANCE):
-            return self._cached_provenance(request, path, hash_prefix)
-        return await self._cached_file(request, path, hash_prefix)
+            return self._cached_provenance(request, fd, hash_prefix)
+        return await self._cached_file(request, path, fd, hash_prefix)
 
     @staticmethod
     def _not_modified(request: Request, hash_prefix: str) -> bool:
@@ -250,50 +279,44 @@ class FileRoutes:
             return True
         return False
 
-    def _cached_provenance(self, request: Request, path: Path, hash_prefix: str) -> bytes:
+    def _cached_provenance(self, request: Request, fd: int, hash_prefix: str) -> bytes:
         """A provenance file from disk, as JSON: a few KiB, sent whole (no Range)."""
+        body = read_whole(fd)
         if self._not_modified(request, hash_prefix):
             return b""
-        try:
-            body = path.read_bytes()
-        except FileNotFoundError:
-            raise HTTPError(404, f"{path.name} is no longer cached") from None
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"content-length", b"%d" % len(body))
         return body
 
-    async def _cached_file(self, request: Request, path: Path, hash_prefix: str) -> Any:
-        if self._not_modified(request, hash_prefix):
-            return b""
-        asked = request.getHeader(b"range")
-        if asked is not None:
-            try:
-                size = path.stat().st_size
-            except FileNotFoundError:
-                raise HTTPError(404, f"{path.name} is no longer cached") from None
-            single = _single_range(asked, size)
-            if single is None:  # several ranges, or none that parses: the whole file
-                request.requestHeaders.removeHeader(b"range")
-            else:
-                request.requestHeaders.setRawHeaders(b"range", [single])
-        if request.method == b"GET" and not request.getHeader(b"range"):
-            return await self._send_whole_file(request, path)
-        resource = File(str(path), defaultType="application/octet-stream")
-        # Files are served byte for byte: no Content-Encoding for .tar.gz.
-        resource.type = "application/octet-stream"
-        resource.encoding = None
-        return resource
-
-    async def _send_whole_file(self, request: Request, path: Path) -> None:
+    async def _cached_file(self, request: Request, path: Path, fd: int, hash_prefix: str) -> Any:
+        """Sends ``fd``, or closes it."""
+        handed_over = False
         try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise HTTPError(404, f"{path.name} is no longer cached") from None
-        size = os.fstat(fd).st_size
+            if self._not_modified(request, hash_prefix):
+                return b""
+            asked = request.getHeader(b"range")
+            if asked is not None:
+                single = _single_range(asked, os.fstat(fd).st_size)
+                if single is None:  # several ranges, or none that parses: the whole file
+                    request.requestHeaders.removeHeader(b"range")
+                else:
+                    request.requestHeaders.setRawHeaders(b"range", [single])
+            if request.method == b"GET" and not request.getHeader(b"range"):
+                handed_over = True
+                return await self._send_whole_file(request, fd)
+            resource = OpenedFile(path, fd)
+            handed_over = True
+            return resource
+        finally:
+            if not handed_over:
+                os.close(fd)
+
+    async def _send_whole_file(self, request: Request, fd: int) -> None:
+        st = os.fstat(fd)
         request.setHeader(b"content-type", b"application/octet-stream")
-        request.setHeader(b"content-length", b"%d" % size)
+        request.setHeader(b"content-length", b"%d" % st.st_size)
         request.setHeader(b"accept-ranges", b"bytes")
-        request.setHeader(b"last-modified", http.datetimeToString(os.fstat(fd).st_mtime))
+        request.setHeader(b"last-modified", http.datetimeToString(st.st_mtime))
         finished = until_finished(request)
-        FileSender(request, fd, size).start()
+        FileSender(request, fd, st.st_size).start()
         await finished

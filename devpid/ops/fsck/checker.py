@@ -1,5 +1,7 @@
 """One fsck run over a serverdir: every file against its page (a stage's against its
-links), every page, and repair.
+links), every page, and repair; then the unpacked docs (devpid.ops.fsck.docs), the
+tools' staging directories (devpid.ops.fsck.leftovers) and the private data
+(devpid.ops.fsck.private), each on the same report.
 
 The checks of files and of pages share the run's report, its page cache and its
 repair rule, so they stay one class; what they read (pages) and how they touch
@@ -27,16 +29,23 @@ from devpid.files.store import (
     page_partial_in_use,
     probe_partial,
 )
-from devpid.ops.fsck.disk import OPEN_FLAGS, identity, remove_if_unchanged, walk
+from devpid.ops.fsck.disk import (
+    OPEN_FLAGS,
+    identity,
+    open_for_reading,
+    remove_if_unchanged,
+    walk,
+)
+from devpid.ops.fsck.docs import check_docs
+from devpid.ops.fsck.leftovers import check_leftovers
 from devpid.ops.fsck.pages import Expectation, PageCache
 from devpid.ops.fsck.private import check_private
+from devpid.ops.fsck.report import NOT_REPAIRED_PRIVATE as _PRIVATE
 from devpid.ops.fsck.report import Problem, Report, Severity
 from devpid.ops.fsck.stages import StageLinks
 from devpid.private.database import FILENAME
 from devpid.simple.model import METADATA, PROVENANCE, project_of_filename
 
-#: Why a stage's missing or damaged file is only reported.
-_PRIVATE = "not repaired: private data has no other copy; restore it from a backup"
 #: Leftover candidates held at once while the links are read again.
 _BATCH = 256
 
@@ -68,6 +77,8 @@ class Checker:
         self._check_files()
         self._check_stage_links()
         self._check_pages()
+        check_docs(self.serverdir, self.report, self._links)
+        check_leftovers(self.serverdir, self.report)
         check_private(self.serverdir, self.report)
         return self.report
 
@@ -77,21 +88,11 @@ class Checker:
         return path.relative_to(self.serverdir).as_posix()
 
     def _problem(self, severity: Severity, kind: str, path: Path, detail: str) -> Problem:
-        problem = Problem(severity, kind, self._rel(path), detail)
-        self.report.problems.append(problem)
-        return problem
+        return self.report.add(severity, kind, self._rel(path), detail)
 
     def _repaired(self, problem: Problem, remove: Callable[[], bool]) -> None:
         """Run ``remove()`` under --repair; it says whether the bad file is gone."""
-        if not self.repair:
-            return
-        try:
-            problem.repaired = remove()
-        except OSError as e:
-            problem.detail += f"; cannot remove it: {e.strerror}"
-            return
-        if not problem.repaired:
-            problem.detail += "; not removed: it changed while being checked (run fsck again)"
+        self.report.attempt_repair(problem, remove)
 
     # -- files ---------------------------------------------------------------
 
@@ -155,7 +156,7 @@ class Checker:
                 self._unlinked.append((path, entrypath))
                 return
         try:
-            fd = os.open(path, os.O_RDONLY | OPEN_FLAGS)
+            fd = open_for_reading(path)
         except FileNotFoundError:  # removed meanwhile: nothing to check
             return
         except OSError as e:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,6 +14,9 @@ EXIT_CLEAN, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 
 Severity = Literal["error", "warning"]
 
+#: Why a stage's missing or damaged file (a release, a doc zip) is only reported.
+NOT_REPAIRED_PRIVATE = "not repaired: private data has no other copy; restore it from a backup"
+
 
 def _n(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
@@ -20,11 +24,15 @@ def _n(count: int, noun: str) -> str:
 
 @attrs.define
 class Problem:
-    """One thing fsck found; an ``error`` makes the exit status 1 unless it was repaired."""
+    """One thing fsck found; an ``error`` makes the exit status 1 unless it was repaired.
+
+    A ``warning`` may be repaired too (a stale docs directory, a tool's leftover
+    staging directory): it never counts for the exit status either way.
+    """
 
     severity: Severity
-    #: corrupt, unreadable, leftover, missing, bad-page, orphan, unexpected, unchecked
-    #: or private.
+    #: corrupt, unreadable, leftover, missing, bad-page, bad-doczip, stale, orphan,
+    #: unexpected, unchecked or private.
     kind: str
     #: Relative to the serverdir.
     path: str
@@ -51,7 +59,10 @@ class Counts:
     not_verifiable: int = 0
     orphans: int = 0
     pages: int = 0
-    #: Temporary files some live process is writing right now.
+    #: Unpacked documentation directories checked against their doc zips.
+    docs: int = 0
+    #: Temporary files (and tools' staging directories, docs being unpacked) some live
+    #: process is writing right now.
     in_progress: int = 0
 
 
@@ -78,20 +89,41 @@ class Report:
     def exit_status(self) -> int:
         return EXIT_PROBLEMS if self.unrepaired else EXIT_CLEAN
 
+    def add(self, severity: Severity, kind: str, path: str, detail: str) -> Problem:
+        """Record one problem (``path`` relative to the serverdir) and return it."""
+        problem = Problem(severity, kind, path, detail)
+        self.problems.append(problem)
+        return problem
+
+    def attempt_repair(self, problem: Problem, remove: Callable[[], bool]) -> None:
+        """Under --repair, run ``remove()``; it says whether the bad thing is gone."""
+        if not self.repair:
+            return
+        try:
+            problem.repaired = remove()
+        except OSError as e:
+            problem.detail += f"; cannot remove it: {e.strerror or e}"
+            return
+        if not problem.repaired:
+            problem.detail += "; not removed: it changed while being checked (run fsck again)"
+
     def summary(self) -> str:
         c = self.counts
         checked = (
             f"{_n(c.files, 'file')} ({c.by_hash} verified by hash, {c.by_length} by length "
             f"only, {c.not_verifiable} not verifiable, {_n(c.orphans, 'orphan')}), "
-            f"{_n(c.pages, 'page')}, {_n(c.in_progress, 'temporary file')} being written"
+            f"{_n(c.pages, 'page')}, {c.docs} unpacked docs, "
+            f"{_n(c.in_progress, 'temporary file')} being written"
         )
         errors = len(self.errors)
         found = _n(errors, "error") if errors else "clean"
         if errors and self.repair:
             found += f" ({errors - len(self.unrepaired)} repaired)"
-        return (
-            f"{PROGRAM}: {self.serverdir}: {checked}: {found}, {_n(len(self.warnings), 'warning')}"
-        )
+        warned = _n(len(self.warnings), "warning")
+        removed = sum(p.repaired for p in self.warnings)
+        if removed:
+            warned += f" ({removed} repaired)"
+        return f"{PROGRAM}: {self.serverdir}: {checked}: {found}, {warned}"
 
     def to_json(self) -> dict[str, Any]:
         return {

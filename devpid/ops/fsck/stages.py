@@ -6,7 +6,9 @@ expectation is the link that names them (``+links[]``: ``entrypath``,
 read from ``private.sqlite`` read-only, in one snapshot. A linked file that is
 missing or differs is reported and never repaired; a file of a stage that no
 link names is what an upload or push cut off by a crash left (devpid's
-start-up sweep removes the same files).
+start-up sweep removes the same files). Each link keeps its ``rel``, so
+each version's current doc zip (its last ``doczip`` link, the one devpid
+serves) is known too: what ``+docs/`` must hold (devpid.ops.fsck.docs).
 
 A running devpid links files after this snapshot and unlinks files before
 removing them, so the checker reads the links again (``StageLinks.read``
@@ -27,6 +29,7 @@ from devpid.ops.fsck.pages import Expectation
 from devpid.ops.fsck.private import open_read_only
 from devpid.private.database import FILENAME
 from devpid.private.indexconfig import MIRROR
+from devpid.private.releases import DOCZIP
 from devpid.simple.model import HEX, METADATA
 
 
@@ -37,6 +40,18 @@ class Linked:
     expectation: Expectation
     #: ``user/index/project/version``.
     version: str
+    #: The link's ``rel`` (``releasefile``, ``doczip``, ``toxresult``; None for ``.metadata``).
+    rel: str | None = None
+
+
+@attrs.frozen
+class DocZip:
+    """A version's current doc zip: what its unpacked docs must be unpacked from."""
+
+    entrypath: str
+    #: None when the link records no usable sha256 (then no unpacked docs can match it).
+    sha256: str | None
+    size: int | None
 
 
 @attrs.frozen
@@ -90,12 +105,23 @@ class StageLinks:
         for name, value in sorted(versions):
             if name.rsplit("/", 2)[0] not in stages:
                 continue
-            for path, expectation in _expectations(value):
-                files.setdefault(path, Linked(expectation, name))
+            for path, expectation, rel in _expectations(value):
+                files.setdefault(path, Linked(expectation, name, rel))
         return cls(frozenset(stages), files)
 
     def expected(self, entrypath: str) -> Linked | None:
         return self.files.get(entrypath)
+
+    def doc_zips(self) -> dict[str, DocZip]:
+        """``user/index/project/version`` -> its current doc zip: its last ``doczip`` link,
+        the one devpid's docs route serves."""
+        found: dict[str, DocZip] = {}
+        for path, linked in self.files.items():  # in link order
+            if linked.rel == DOCZIP:
+                expected = linked.expectation
+                digest = expected.digest if expected.algorithm == "sha256" else None
+                found[linked.version] = DocZip(path, digest, expected.size)
+        return found
 
 
 def _json(raw: Any) -> Any:
@@ -110,8 +136,9 @@ def _sha256(hashes: Any) -> str | None:
     return digest if isinstance(digest, str) and len(digest) == 64 and HEX.match(digest) else None
 
 
-def _expectations(value: Mapping[str, Any]) -> Iterator[tuple[str, Expectation]]:
-    """Each file one version record links (release files, doc zips, tox results, metadata)."""
+def _expectations(value: Mapping[str, Any]) -> Iterator[tuple[str, Expectation, str | None]]:
+    """Each file one version record links (release files, doc zips, tox results, metadata),
+    with its link's ``rel``."""
     links = value.get("+links")
     for link in links if isinstance(links, list) else ():
         if not isinstance(link, Mapping) or not isinstance(link.get("entrypath"), str):
@@ -120,8 +147,14 @@ def _expectations(value: Mapping[str, Any]) -> Iterator[tuple[str, Expectation]]
         size = link.get("size")
         size = size if type(size) is int and size >= 0 else None
         digest = _sha256(link.get("hashes"))
-        yield path, Expectation("sha256" if digest else None, digest, size)
+        rel = link.get("rel")
+        yield (
+            path,
+            Expectation("sha256" if digest else None, digest, size),
+            rel if isinstance(rel, str) else None,
+        )
         core = link.get("core_metadata")
         if isinstance(core, Mapping):
             core_digest = _sha256(core)
-            yield path + METADATA, Expectation("sha256" if core_digest else None, core_digest, None)
+            expectation = Expectation("sha256" if core_digest else None, core_digest, None)
+            yield path + METADATA, expectation, None
