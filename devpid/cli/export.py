@@ -19,6 +19,7 @@ from typing import Any
 from twisted.python import usage
 
 from devpid.cli.fsck import serverdir_from
+from devpid.cli.options import AnyOrderOptions
 from devpid.config import ConfigError
 from devpid.tools.bundle.export import Exporter, ExportError, Progress
 
@@ -28,7 +29,7 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
-class Options(usage.Options):
+class Options(AnyOrderOptions):
     synopsis = (
         "Usage: devpid export [--serverdir DIR | -c CONFIG] [--mirror all|none|REQUIREMENTS] "
         "[--force] [--json] OUT"

@@ -25,6 +25,7 @@ from typing import Any
 from twisted.python import usage
 
 from devpid.cli.fsck import serverdir_from
+from devpid.cli.options import AnyOrderOptions
 from devpid.common.clock import iso_time
 from devpid.config import DEFAULTS, ConfigError, cache_max_size, read_ini
 from devpid.files.eviction import (
@@ -47,7 +48,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
-class Options(usage.Options):
+class Options(AnyOrderOptions):
     synopsis = (
         "Usage: devpid gc [--serverdir DIR | --config FILE] [--cache-max-size SIZE] "
         "[--grace SECONDS] [--dry-run] [--json]"

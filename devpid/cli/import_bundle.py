@@ -24,6 +24,7 @@ from typing import Any
 
 from twisted.python import usage
 
+from devpid.cli.options import AnyOrderOptions
 from devpid.config import DEFAULTS, ConfigError, read_ini
 from devpid.private.database import DatabaseError
 from devpid.tools.bundle.format import BundleError
@@ -42,7 +43,7 @@ PROGRAM = "devpid import"
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_CONFLICTS_KEPT = 0, 1, 2, 3
 
 
-class Options(usage.Options):
+class Options(AnyOrderOptions):
     synopsis = (
         "Usage: devpid import [--serverdir DIR | -c CONFIG] [--merge [--keep-existing]] "
         "[--from-devpi] [--progress | --no-progress] [--json] IN"

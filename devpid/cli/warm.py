@@ -8,13 +8,13 @@ with ``--json``, as one JSON document on stdout.
 
 from __future__ import annotations
 
-import getopt
 import json
 import sys
 from collections.abc import Sequence
 
 from twisted.python import usage
 
+from devpid.cli.options import AnyOrderOptions
 from devpid.tools.warm.http import Origin, URLError
 from devpid.tools.warm.progress import Progress
 from devpid.tools.warm.requirements import RequirementsError, read_requirements
@@ -26,7 +26,7 @@ from devpid.tools.warm.targets import TargetError, targets_from
 PROGRAM = "devpid warm"
 
 
-class Options(usage.Options):
+class Options(AnyOrderOptions):
     synopsis = (
         "Usage: devpid warm [--index-url URL] [-r FILE]... [--target SPEC]... "
         "[--platform P]... [--python-version V]... [--sdists] [--json] [REQUIREMENT...]"
@@ -89,24 +89,6 @@ class Options(usage.Options):
     def opt_pip_option(self, option: str) -> None:
         """pass this option to pip install as is, e.g. --pip-option=--pre (repeatable)"""
         self["pip_options"].append(option)
-
-    def parseOptions(self, options: Sequence[str] | None = None) -> None:
-        """Options may follow the requirements (``devpid warm flask --json``), as in pip."""
-        argv = sys.argv[1:] if options is None else list(options)
-        try:
-            found, arguments = getopt.gnu_getopt(argv, self.shortOpt, self.longOpt)
-        except getopt.error as e:
-            raise usage.UsageError(str(e)) from None
-        takes_value = {f"--{name[:-1]}" for name in self.longOpt if name.endswith("=")}
-        takes_value |= {
-            f"-{self.shortOpt[i]}"
-            for i in range(len(self.shortOpt) - 1)
-            if self.shortOpt[i + 1] == ":"
-        }
-        ordered: list[str] = []
-        for option, value in found:
-            ordered += [option, value] if option in takes_value else [option]
-        super().parseOptions([*ordered, "--", *arguments])
 
     def parseArgs(self, *requirements: str) -> None:
         self["requirements"] = list(requirements)
