@@ -70,27 +70,44 @@ class FileBusy(Exception):
     """Another request is putting the same file in place right now."""
 
 
+#: How long ``_hold_existing`` looks again while someone holds the file's ``flock``: long
+#: enough for a removal after a delete (a few system calls on the reactor), far shorter
+#: than another upload's link (a transaction), which is refused instead.
+BUSY_WAIT = 0.2
+_BUSY_STEP = 0.005
+
+
 def _hold_existing(path: Path) -> int | None:
     """The existing file at ``path``, open and ``flock``-ed; None when there is none.
 
-    Never waits (a thread waiting here could be the one its holder needs):
-    ``FileBusy`` when another request holds it, about to link it.
+    Never waits long (a thread waiting here could be the one its holder needs): while the
+    ``flock`` is held it looks again for ``BUSY_WAIT`` seconds, since a removal holds it
+    for an instant and then the file is gone; ``FileBusy`` when another request still
+    holds it, about to link it.
     """
-    for _attempt in range(3):
+    busy_until = time.monotonic() + BUSY_WAIT
+    changes = 0
+    while True:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
             return None
         try:
-            if not lock_for_writing(fd):
-                raise FileBusy(f"{path.name} is being stored by another request")
-            if _same_file(fd, path):
+            locked = lock_for_writing(fd)
+            if locked and _same_file(fd, path):
                 return fd
         except BaseException:
             os.close(fd)
             raise
-        os.close(fd)  # removed or replaced meanwhile: look again
-    raise FileBusy(f"{path.name} keeps changing")
+        os.close(fd)
+        if not locked:
+            if time.monotonic() >= busy_until:
+                raise FileBusy(f"{path.name} is being stored by another request")
+            time.sleep(_BUSY_STEP)
+            continue
+        changes += 1  # removed or replaced meanwhile: look again
+        if changes >= 3:
+            raise FileBusy(f"{path.name} keeps changing")
 
 
 #: A docs directory being unpacked (``.<sha16>.new-*``) younger than this is another
