@@ -87,6 +87,11 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
         "comma-separated users (or :groups) who alone may create, modify and delete "
         "users and indexes (default: anyone for themselves, root for all)",
     ),
+    "require-auth": (
+        False,
+        "every request needs credentials (a password, login or API token), except logging "
+        "in, +api and the /+status?check=1 health check",
+    ),
     "idle-timeout": (
         75.0,
         "seconds a connection may sit idle, and a request may take to arrive, "
@@ -105,6 +110,26 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     "evict-grace": (
         600.0,
         "advanced: seconds after its last use or download during which a file is never evicted",
+    ),
+    "primary-url": (
+        None,
+        "run as a read-only replica of the devpid at this URL: follow its event log, "
+        "fetch its stage files, refuse writes (needs --replication-secret-file)",
+    ),
+    "replication-secret-file": (
+        None,
+        "a file with the secret a primary shares with its replicas (one line of at least 32 "
+        "printable characters, mode 0600); a primary answers replicas only with it",
+    ),
+    "webhook-retry-for": (
+        86400.0,
+        "seconds a webhook delivery is retried, with exponential back-off, before it "
+        "counts as failed (0: one attempt)",
+    ),
+    "webhook-timeout": (10.0, "seconds a webhook receiver has to answer one POST"),
+    "webhook-backoff-max": (
+        300.0,
+        "advanced: the longest wait, in seconds, between two attempts of one webhook delivery",
     ),
 }
 
@@ -176,10 +201,20 @@ class Settings:
     upstream_origin: UpstreamOrigin = UpstreamOrigin()
     secretfile: Path | None = None
     restrict_modify: frozenset[str] | None = None
+    #: ``--require-auth``: nobody anonymous reads anything (devpi-lockdown's lockdown).
+    require_auth: bool = False
     #: ``--cache-max-size`` in bytes; None: the mirror cache grows without a bound.
     cache_max_size: int | None = None
     evict_interval: float = 60.0
     evict_grace: float = 600.0
+    #: ``--primary-url``: this devpid is a read-only replica of that primary.
+    primary_url: str | None = None
+    #: ``--replication-secret-file``: the secret shared by a primary and its replicas.
+    replication_secret_file: Path | None = None
+    #: Webhooks: how long a delivery is retried, each POST's timeout, the longest back-off.
+    webhook_retry_for: float = 86400.0
+    webhook_timeout: float = 10.0
+    webhook_backoff_max: float = 300.0
     #: The settings given on the command line or in the INI file (not defaults).
     given: frozenset[str] = attrs.field(default=frozenset(), eq=False)
 
@@ -458,6 +493,9 @@ def build_settings(
         redis = _redis_url(str(redis).strip())
     secretfile = pick("secretfile")
     redis_prefix = str(pick("redis-prefix"))
+    primary_url, replication_secret_file = _replication(
+        pick("primary-url"), pick("replication-secret-file")
+    )
     if not redis_prefix:
         raise ConfigError("--redis-prefix must not be empty")
     return Settings(
@@ -484,13 +522,35 @@ def build_settings(
         upstream_origin=origin,
         secretfile=Path(str(secretfile)).expanduser() if secretfile else None,
         restrict_modify=_principals("restrict-modify", pick("restrict-modify")),
+        require_auth=_as_bool("require-auth", pick("require-auth")),
         cache_max_size=cache_max_size(pick("cache-max-size")),
         evict_interval=_as_float("evict-interval", pick("evict-interval"), 0.1),
         evict_grace=_as_float("evict-grace", pick("evict-grace"), 0),
+        primary_url=primary_url,
+        replication_secret_file=replication_secret_file,
+        webhook_retry_for=_as_float("webhook-retry-for", pick("webhook-retry-for"), 0),
+        webhook_timeout=_as_float("webhook-timeout", pick("webhook-timeout"), 0.1),
+        webhook_backoff_max=_as_float("webhook-backoff-max", pick("webhook-backoff-max"), 0.1),
         given=frozenset(
             name for name in DEFAULTS if given.get(name) not in (None, False) or name in ini
         ),
     )
+
+
+def _replication(primary_url: Any, secret_file: Any) -> tuple[str | None, Path | None]:
+    """``--primary-url`` (checked, without a trailing slash) and ``--replication-secret-file``."""
+    secret = Path(str(secret_file)).expanduser().absolute() if secret_file else None
+    if primary_url is None or str(primary_url).strip() == "":
+        return None, secret
+    url = _http_url("primary-url", str(primary_url).strip())
+    parts = urlsplit(url)
+    if parts.query or parts.fragment:
+        raise ConfigError(f"--primary-url must not have a query or fragment, not {url!r}")
+    if secret is None:
+        raise ConfigError(
+            "--primary-url needs --replication-secret-file (the secret the primary was given)"
+        )
+    return url.rstrip("/"), secret
 
 
 def cache_max_size(raw: Any) -> int | None:

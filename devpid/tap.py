@@ -26,7 +26,9 @@ from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from devpid import __version__
 from devpid.auth.acl import Policy
 from devpid.auth.authenticate import Authenticator
+from devpid.auth.lockdown import Lockdown
 from devpid.auth.passwords import PasswordChecker
+from devpid.auth.remembered import RememberedPrincipals
 from devpid.auth.secret import SecretFileError, load_or_create_secret
 from devpid.auth.throttle import FailedLogins
 from devpid.auth.tokens import LoginTokens
@@ -58,7 +60,7 @@ from devpid.mirror.tee.peers import SharedDownloads
 from devpid.mirror.upstream import UpstreamClient
 from devpid.ops.history import HistorySampler, StatusHistory
 from devpid.ops.metrics import Metrics
-from devpid.ops.status import StatusReport
+from devpid.ops.status import PrivateStatus, StatusReport
 from devpid.private.data import PrivateData
 from devpid.private.database import DatabaseError
 from devpid.private.events import Event
@@ -69,6 +71,16 @@ from devpid.private_service import (
     listens_beyond_loopback,
     open_private_data,
 )
+from devpid.replica.readonly import ReplicaUploads
+from devpid.replica.setup import (
+    ReplicaParts,
+    ReplicaSetupError,
+    for_primary,
+    for_replica,
+    load_secret,
+    open_replica_data,
+    promote_if_replica,
+)
 from devpid.routes.access import Access
 from devpid.search import QueryError, SearchCatalog
 from devpid.service import CacheService, ListenerService
@@ -77,6 +89,8 @@ from devpid.store.embedded import EmbeddedStore
 from devpid.upload.form import FormLimits
 from devpid.web.searchpage import SearchAnswers
 from devpid.web.statuspage import StatusPageData
+from devpid.webhooks.queue import RetryPolicy, WebhookQueue
+from devpid.webhooks.service import WebhookService, make_webhook_service
 
 MIRROR_INDEX = "root/pypi"
 _log = Logger()
@@ -110,7 +124,10 @@ class Options(usage.Options):
         for name, (default, _) in DEFAULTS.items()
         if not isinstance(default, bool)
     ] + [["config", "c", None, "an INI file with a [devpid] section using the same keys"]]
-    optFlags = [["offline", None, _help("offline")]]
+    optFlags = [
+        ["offline", None, _help("offline")],
+        ["require-auth", None, _help("require-auth")],
+    ]
 
     def opt_version(self) -> None:
         """Print devpid's version and Twisted's, and exit."""
@@ -155,6 +172,7 @@ class UpstreamPool(HTTPConnectionPool):
 def settings_from_options(options: Options | dict[str, Any]) -> Settings:
     given = {name: options.get(name) for name in DEFAULTS}
     given["offline"] = bool(options.get("offline")) or None
+    given["require-auth"] = bool(options.get("require-auth")) or None
     ini = read_ini(options["config"]) if options.get("config") else None
     return build_settings(given, ini)
 
@@ -170,6 +188,10 @@ def _is_own_address(upstream: str, listen: str) -> bool:
     parts = urlsplit(upstream)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     return parts.hostname in _LOCAL_HOSTS and port == int(match.group(1))
+
+
+def _webhook_status(webhooks: WebhookService) -> PrivateStatus:
+    return PrivateStatus({"webhooks": webhooks.status()})
 
 
 def _doc_hashes_of(data: PrivateData, stage: str, project: str) -> dict[str, str]:
@@ -196,6 +218,13 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
             raise ConfigError(
                 f"--upstream {shown_url(settings.upstream)} is devpid's own --listen address "
                 f"({settings.upstream_origin.brief()}); give the real index with --upstream"
+            )
+        if settings.primary_url is not None and _is_own_address(
+            settings.primary_url, settings.listen
+        ):
+            raise ConfigError(
+                f"--primary-url {shown_url(settings.primary_url)} is devpid's own --listen "
+                "address; give the primary's URL"
             )
         created = not settings.serverdir.exists()
         try:
@@ -281,11 +310,15 @@ def build_service(
     else:
         offload = _inline
     try:
-        data = open_private_data(
-            settings.serverdir / "private.sqlite", int(settings.cache_expiry), settings.upstream
-        )
+        data_path = settings.serverdir / "private.sqlite"
+        if settings.primary_url is None:
+            promote_if_replica(data_path)
+            data = open_private_data(data_path, int(settings.cache_expiry), settings.upstream)
+        else:
+            data = open_replica_data(data_path, int(settings.cache_expiry), settings.primary_url)
         secret = load_or_create_secret(settings.secret_path)
-    except (DatabaseError, SecretFileError) as e:
+        replication_secret = load_secret(settings.replication_secret_file)
+    except (DatabaseError, SecretFileError, ReplicaSetupError) as e:
         raise SystemExit(f"twistd devpid: error: {e}") from None
     pollers = MultiService()
     pollers.setName("pollers")
@@ -372,7 +405,9 @@ def build_service(
     passwords = PasswordChecker(offload, reactor)
     login_tokens = LoginTokens(secret, reactor)
     authenticator = Authenticator(data, login_tokens, passwords, FailedLogins(reactor), reactor)
-    access = Access(authenticator, Policy(restrict_modify=settings.restrict_modify))
+    policy = Policy(restrict_modify=settings.restrict_modify, require_auth=settings.require_auth)
+    remembered = RememberedPrincipals(lambda: reactor.seconds(), lambda: data.serial)
+    access = Access(authenticator, policy, Lockdown(policy, data), remembered)
     releases = Releases(data.database)
     private = PrivateApi(data, access, passwords, login_tokens, releases, release_files, offload)
     main_poller = running_pollers.get(MIRROR_INDEX)
@@ -418,8 +453,44 @@ def build_service(
         StatusPageData(status, history, reactor, catalog.status),
         SearchAnswers(catalog, QueryError),
     )
+    if settings.primary_url is None:
+        replication = for_primary(data, release_files, reactor, offload, replication_secret)
+    else:
+        assert replication_secret is not None  # settings require it
+        replica_parts = ReplicaParts(
+            data,
+            release_files,
+            stats,
+            peers,
+            reactor,
+            offload,
+            settings.upstream_timeout,
+            via,
+            sweep=lambda: sweep_stage_files(),
+        )
+        replication = for_replica(replica_parts, settings.primary_url, replication_secret)
+    status.replica = replication.status
+    webhooks: WebhookService | None = None
+    if settings.primary_url is None:  # a replica's primary sends its webhooks
+        webhooks = make_webhook_service(
+            data.database,
+            WebhookQueue.in_serverdir(settings.serverdir),
+            reactor,
+            settings.webhook_timeout,
+            RetryPolicy(settings.webhook_retry_for, settings.webhook_backoff_max),
+        )
+        status.webhooks = partial(_webhook_status, webhooks)
     routes = DevpidRoutes(
-        mirrors, downloads, files, stats, status, settings.outside_url, metrics, private, web
+        mirrors,
+        downloads,
+        files,
+        stats,
+        status,
+        settings.outside_url,
+        metrics,
+        private,
+        web,
+        replication=replication,
     )
     limits = Limits(
         max_header_size=settings.max_header_size,
@@ -430,7 +501,7 @@ def build_service(
     )
     site = DevpidSite(routes.resource(), stats, via=via.encode(), limits=limits, reactor=reactor)
     site.noisy = False
-    site.uploads = UploadReceiver(
+    site.uploads = (UploadReceiver if settings.primary_url is None else ReplicaUploads)(
         FormLimits(max_file_size=settings.max_upload_size),
         release_files.create_upload_file,
         lambda: (data.catch_up(), data.serial)[1],
@@ -476,6 +547,10 @@ def build_service(
     HistorySampler(history, reactor).setServiceParent(top)
     if evictor is not None:  # after the CacheService counted the serverdir
         evictor.setServiceParent(top)
+    if replication.service is not None:  # a replica's follower
+        replication.service.setServiceParent(top)
+    if webhooks is not None:  # stopped after the listener, before the private data closes
+        webhooks.setServiceParent(top)
     listener = ListenerService(settings.listen, endpoint, site, reactor)
     listener.setServiceParent(top)
     status.listener = listener  # /+status shows the address it got (the real port of tcp:0)

@@ -40,7 +40,7 @@ def parsed(*argv: str) -> dict[str, Any]:
 
 
 def nothing_given(**overrides: Any) -> dict[str, Any]:
-    return {name: None for name in ALL_OPTIONS} | {"offline": 0} | overrides
+    return {name: None for name in ALL_OPTIONS} | {"offline": 0, "require-auth": 0} | overrides
 
 
 def write_ini(path: Path, text: str) -> str:
@@ -85,6 +85,7 @@ def test_options_every_flag() -> None:
         "--changelog-interval",
         "30",
         "--offline",
+        "--require-auth",
         "--outside-url",
         "http://localhost:8080/pypi",
         "--redis",
@@ -117,6 +118,16 @@ def test_options_every_flag() -> None:
         "30",
         "--evict-grace",
         "120",
+        "--primary-url",
+        "http://primary:3141/",
+        "--replication-secret-file",
+        "/etc/devpid/replication.secret",
+        "--webhook-retry-for",
+        "3600",
+        "--webhook-timeout",
+        "5",
+        "--webhook-backoff-max",
+        "60",
         "--config",
         "/etc/devpid.ini",
     ) == {
@@ -127,6 +138,7 @@ def test_options_every_flag() -> None:
         "upstream-timeout": "2.5",
         "changelog-interval": "30",
         "offline": 1,
+        "require-auth": 1,
         "outside-url": "http://localhost:8080/pypi",
         "redis": "redis://127.0.0.1:6390/1",
         "redis-prefix": "ci:",
@@ -143,6 +155,11 @@ def test_options_every_flag() -> None:
         "cache-max-size": "50G",
         "evict-interval": "30",
         "evict-grace": "120",
+        "primary-url": "http://primary:3141/",
+        "replication-secret-file": "/etc/devpid/replication.secret",
+        "webhook-retry-for": "3600",
+        "webhook-timeout": "5",
+        "webhook-backoff-max": "60",
         "config": "/etc/devpid.ini",
     }
 
@@ -610,6 +627,7 @@ def test_make_service(tmp_path: Path) -> None:
         "PrivateDataService",
         "MultiService",
         "HistorySampler",
+        "WebhookService",
         "ListenerService",
     ]
     # one changelog poller per mirror index: root/pypi's
@@ -626,7 +644,7 @@ def test_make_service(tmp_path: Path) -> None:
 def test_make_service_accepts_a_plain_dict(tmp_path: Path) -> None:
     options = nothing_given(serverdir=str(tmp_path / "server"), upstream=UPSTREAM)
     service = makeService(options, MemoryReactor())
-    assert len(list(service)) == 5
+    assert len(list(service)) == 6
 
 
 @pytest.mark.parametrize("option", [["--changelog-interval", "0"], ["--offline"]])
@@ -638,6 +656,7 @@ def test_no_changelog_poller_when_off_or_offline(tmp_path: Path, option: list[st
         "PrivateDataService",
         "MultiService",
         "HistorySampler",
+        "WebhookService",
         "ListenerService",
     ]
     assert list(service.getServiceNamed("pollers")) == []
@@ -828,5 +847,6 @@ def test_make_service_with_a_cache_limit_adds_the_evictor(tmp_path: Path) -> Non
         "MultiService",
         "HistorySampler",
         "EvictionService",
+        "WebhookService",
         "ListenerService",
     ]

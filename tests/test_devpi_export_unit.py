@@ -133,6 +133,14 @@ def make_export(root: Path) -> dict[str, Any]:
                 ],
             },
             "alice/plugin": {"indexconfig": {"type": "constrained"}},
+            "alice/vetted": {
+                "indexconfig": {
+                    "type": "constrained",
+                    "bases": ["root/pypi"],
+                    "constraints": ["pip<8,>4", "*"],
+                    "acl_upload": ["alice"],
+                }
+            },
             "root/pypi": {
                 "indexconfig": {
                     "type": "mirror",
@@ -225,7 +233,7 @@ def test_index_configurations_are_stored_as_devpid_stores_them(
     bundle = _bundle(tmp_path)
     warnings = convert(export, bundle)
     indexes = read_records(bundle)["index"]
-    assert sorted(indexes) == ["alice/dev", "root/pypi"]
+    assert sorted(indexes) == ["alice/dev", "alice/vetted", "root/pypi"]
     dev = indexes["alice/dev"]
     assert dev == {
         "type": "stage",
@@ -250,6 +258,9 @@ def test_index_configurations_are_stored_as_devpid_stores_them(
         )
         assert again == config
     assert any("alice/plugin not carried over" in w and "constrained" in w for w in warnings)
+    assert "alice/plugin" not in indexes and "alice/plugin" not in indexes["alice/dev"]["bases"]
+    assert indexes["alice/vetted"]["type"] == "constrained"
+    assert indexes["alice/vetted"]["constraints"] == ["pip<8,>4", "*"]
     assert any("push_target" in w for w in warnings)
     assert any("alice/gone" in w for w in warnings)
     assert any("1 cached files of the mirror" in w for w in warnings)

@@ -65,6 +65,7 @@ DOCUMENTED_KEYS = {
     "event-serial-in-sync-at",
     "role",
     "private",
+    "webhooks",
 }
 
 

@@ -1,4 +1,10 @@
-"""The one place that answers "may this principal do this" (spec 1.3)."""
+"""The one place that answers "may this principal do this" (spec 1.3).
+
+Reading (``PKG_READ``) is open to everyone unless the server runs with
+``--require-auth`` (every reader must be authenticated) or an index names its
+readers in ``acl_pkg_read`` (absent: ``:ANONYMOUS:``); root reads everything.
+The lockdown gate (``devpid.auth.lockdown``) asks it for every request.
+"""
 
 from __future__ import annotations
 
@@ -91,9 +97,22 @@ def _acl(value: Any) -> frozenset[str]:
     return frozenset(names)
 
 
+#: Who may read an index whose configuration names nobody.
+DEFAULT_READERS = frozenset({EVERYONE})
+
+
+def readers(index_config: Mapping[str, Any]) -> frozenset[str]:
+    """An index's ``acl_pkg_read`` principals (absent: everyone)."""
+    if "acl_pkg_read" not in index_config:
+        return DEFAULT_READERS
+    return _acl(index_config.get("acl_pkg_read"))
+
+
 @attrs.frozen
 class Policy:
     restrict_modify: frozenset[str] | None = None
+    #: ``--require-auth``: nobody anonymous reads anything (the lockdown).
+    require_auth: bool = False
 
     def _manages(self, who: Principal, owner: str | None) -> bool:
         """Root, and the owner, or under --restrict-modify its principals instead."""
@@ -115,8 +134,10 @@ class Policy:
         """``user``: the user acted on (USER_*, and the owner for INDEX_CREATE);
         ``index``: "owner/name"; ``index_config``: its stored config (None: no such index,
         so no index ACL and no index-scoped permission, as in devpi)."""
-        if action in (Action.USER_LOGIN, Action.PKG_READ):
+        if action is Action.USER_LOGIN:
             return True
+        if action is Action.PKG_READ:
+            return self._may_read(who, index_config)
         if who.token_indexes is not None:
             if action in _ACCOUNT_ACTIONS:
                 return False
@@ -161,6 +182,19 @@ class Policy:
             return not is_mirror and bool(who.principals() & _acl(index_config.get("acl_upload")))
         return False
 
+    def _may_read(self, who: Principal, index_config: Mapping[str, Any] | None) -> bool:
+        """``index_config`` None: what belongs to no index (``/``, ``/+status``, a user).
+
+        An index-limited token reads what its user reads: the limit is on writes."""
+        if self.require_auth and not who.authenticated:
+            return False
+        if index_config is None or who.user == ROOT:
+            return True
+        return bool(who.principals() & readers(index_config))
+
     def denial_status(self, who: Principal, action: Action) -> int:
-        """401 (with WWW-Authenticate) only for an anonymous upload; every other denial is 403."""
-        return 401 if action is Action.UPLOAD and not who.authenticated else 403
+        """401 (with WWW-Authenticate) for an anonymous upload or read; every other denial
+        is 403 (devpi's)."""
+        if who.authenticated:
+            return 403
+        return 401 if action in (Action.UPLOAD, Action.PKG_READ) else 403

@@ -38,7 +38,18 @@ EXAMPLE = {
 MAX_WORKERS = 64
 #: Options whose values go into the files for devpid: gen-config sets them itself.
 _MANAGED = frozenset(
-    {"listen", "serverdir", "redis", "upstream", "outside-url", "shutdown-grace", "max-upload-size"}
+    {
+        "listen",
+        "serverdir",
+        "redis",
+        "upstream",
+        "outside-url",
+        "shutdown-grace",
+        "max-upload-size",
+        "primary-url",
+        "replication-secret-file",
+        "require-auth",
+    }
 )
 #: Characters that would need a different quoting in nginx, supervisord and systemd.
 _UNSAFE = re.compile(r"[\s\"'\\;#{}$`]")
@@ -150,8 +161,27 @@ class Options(usage.Options):
             "devpid's --max-upload-size (1G, 512M, bytes), nginx's client_max_body_size",
         ],
         ["twistd", None, None, "the twistd to run [default: the one beside this Python]"],
+        [
+            "primary-url",
+            None,
+            None,
+            "devpid here is a read-only replica of this primary; nginx sends it the writes",
+        ],
+        [
+            "replication-secret-file",
+            None,
+            None,
+            "the secret a primary shares with its replicas (required with --primary-url)",
+        ],
     ]
-    optFlags = [["example", None, "the documented example installation, as in etc/"]]
+    optFlags = [
+        ["example", None, "the documented example installation, as in etc/"],
+        [
+            "require-auth",
+            None,
+            "devpid --require-auth, and nginx asks devpid's /+authcheck before every request",
+        ],
+    ]
 
     def __init__(self) -> None:
         super().__init__()
@@ -229,6 +259,18 @@ def deployment_from_options(options: Mapping[str, Any]) -> Deployment:
         "max-upload-size", given("max-upload-size") or DEFAULTS["max-upload-size"][0], 1024
     )
     devpid_args = options.get("devpid-args") or ()
+    primary_url = given("primary-url")
+    if primary_url is not None:
+        primary_url = _http_url("primary-url", _safe("primary-url", primary_url.strip()))
+        parts = urlsplit(primary_url)
+        if parts.query or parts.fragment or parts.username or parts.password:
+            raise ConfigError(f"--primary-url must be a plain http(s) URL, not {primary_url!r}")
+        primary_url = primary_url.rstrip("/")
+    secret_file = given("replication-secret-file")
+    if secret_file is not None:
+        secret_file = _path("replication-secret-file", secret_file)
+    elif primary_url is not None:
+        raise ConfigError("--primary-url needs --replication-secret-file (the primary's secret)")
     return Deployment(
         twistd=twistd,
         serverdir=_path("serverdir", given("serverdir") or str(DEFAULTS["serverdir"][0])),
@@ -247,6 +289,9 @@ def deployment_from_options(options: Mapping[str, Any]) -> Deployment:
         shutdown_grace=shutdown_grace,
         max_upload_size=max_upload_size,
         devpid_args=_devpid_args([str(arg) for arg in devpid_args]),
+        primary_url=primary_url,
+        replication_secret_file=secret_file,
+        require_auth=bool(options.get("require-auth")),
     )
 
 

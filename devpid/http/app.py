@@ -28,10 +28,14 @@ from devpid.ops.metrics import Metrics
 from devpid.ops.status import StatusReport
 from devpid.private.data import PrivateData
 from devpid.private.releases import Releases
+from devpid.replica.setup import Replication
 from devpid.routes import RouteArea
 from devpid.routes.access import Access
+from devpid.routes.authcheck import AuthcheckRoutes
 from devpid.routes.docs import DocRoutes
 from devpid.routes.files import FileRoutes
+from devpid.routes.findlinks import FindLinksRoutes
+from devpid.routes.gate import LockdownGate
 from devpid.routes.indexes import IndexRoutes
 from devpid.routes.login import LoginRoutes
 from devpid.routes.ops import OpsRoutes
@@ -45,6 +49,7 @@ from devpid.routes.uploads import UploadRoutes
 from devpid.routes.users import UserRoutes
 from devpid.web.app import Search, StatusPage, WebRoutes
 from devpid.web.dispatch import BrowserDispatch
+from devpid.web.login import LoginPage
 from devpid.web.readme import Descriptions
 from devpid.web.security import CrossSiteGuard
 
@@ -69,6 +74,8 @@ class DevpidRoutes:
     private: PrivateApi | None = None
     #: The web pages' own parts; with ``private``, browsers get devpi-web's pages.
     web: WebParts | None = None
+    #: A primary's ``/+replica`` routes, or a replica's refusal of writes and its files.
+    replication: Replication | None = None
     app: Klein = attrs.field(init=False, factory=Klein)
     #: devpi-web's pages, when ``web`` is given.
     web_routes: WebRoutes | None = attrs.field(init=False, default=None)
@@ -84,8 +91,17 @@ class DevpidRoutes:
         areas: list[RouteArea] = [
             OpsRoutes(self.status, self.metrics),
             simple,
-            FileRoutes(self.indexes, self.downloads, self.files, self.stats, stages),
+            FileRoutes(
+                self.indexes,
+                self.downloads,
+                self.files,
+                self.stats,
+                stages,
+                self.replication.missing_stage_file if self.replication is not None else None,
+            ),
         ]
+        if self.replication is not None:
+            areas.append(self.replication.routes)
         if self.private is not None:
             p = self.private
             pusher = Pusher(p.data, p.releases, p.release_files, p.access, p.offload)
@@ -94,9 +110,11 @@ class DevpidRoutes:
                 ReleaseRoutes(p.data, p.releases, p.release_files, p.access, p.offload),
                 DocRoutes(p.data, p.release_files, p.offload),
                 LoginRoutes(p.access.authenticator),
+                AuthcheckRoutes(p.access, self.outside_url),
                 UserRoutes(p.data, p.access, p.passwords, p.login_tokens, p.offload),
                 IndexRoutes(p.data, p.access, self.indexes, self.outside_url, simple.project_list),
                 ProjectRoutes(p.data, self.indexes, self.outside_url, simple.project_page),
+                FindLinksRoutes(p.data, self.indexes, self.files, self.outside_url),
             ]
         for area in areas:
             area.register(self.app)
@@ -113,6 +131,7 @@ class DevpidRoutes:
                 self.web.status_page,
                 self.web.search,
                 self.outside_url,
+                readable=self.private.access.readable_indexes,
             )
             object.__setattr__(self, "web_routes", web)  # frozen: set once, here
 
@@ -122,9 +141,23 @@ class DevpidRoutes:
             return resource
         if self.web_routes is not None:
             resource = BrowserDispatch(resource, self.web_routes.app)
+        resource = self._gated(resource)
         data = self.private.data
         headers = NodeHeaders(data.database.uuid, lambda: data.serial, data.catch_up)
+        if self.replication is not None:
+            resource = self.replication.wrap(resource)
+            headers.primary_uuid = self.replication.primary_uuid
         return WithNodeHeaders(resource, headers)
+
+    def _gated(self, resource: IResource) -> IResource:
+        """``resource`` behind the lockdown (``devpid.routes.gate``), with the login page."""
+        assert self.private is not None
+        access = self.private.access
+        gate = LockdownGate(resource, access, healthy=lambda: bool(self.status.report()["healthy"]))
+        if self.web is not None:
+            page = LoginPage(access, CrossSiteGuard(self.web.secret), self.outside_url)
+            gate.login_page, gate.refusal_page = page.resource(), page.refusal
+        return gate
 
 
 @attrs.frozen

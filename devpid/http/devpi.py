@@ -62,15 +62,19 @@ class NodeHeaders:
     uuid: str
     serial: Callable[[], int]
     catch_up: Callable[[], object]
+    #: A replica's: its primary's uuid (None until heard from); None on a primary.
+    primary_uuid: Callable[[], str | None] | None = None
 
     def apply(self, request: Request) -> None:
         self.catch_up()
         uuid = self.uuid.encode("ascii")
+        primary = self.primary_uuid() if self.primary_uuid is not None else None
+        primary_uuid = primary.encode("ascii") if primary else uuid
         request.setHeader(b"x-devpi-api-version", API_VERSION)
         request.setHeader(b"x-devpi-server-version", DEVPI_API_LEVEL.encode())
         request.setHeader(b"x-devpi-uuid", uuid)
-        request.setHeader(b"x-devpi-primary-uuid", uuid)
-        request.setHeader(b"x-devpi-master-uuid", uuid)
+        request.setHeader(b"x-devpi-primary-uuid", primary_uuid)
+        request.setHeader(b"x-devpi-master-uuid", primary_uuid)
         request.setHeader(b"x-devpid-version", __version__.encode())
         set_serial(request, self.serial())
 

@@ -64,6 +64,12 @@ class Deployment:
     shutdown_grace: float = 30.0
     max_upload_size: int = DEFAULT_MAX_UPLOAD_SIZE  # bytes: devpid's limit, and nginx's
     devpid_args: tuple[str, ...] = ()  # more devpid options, given after ``--``
+    #: This host's devpid is a read-only replica of this primary: nginx sends it the writes.
+    primary_url: str | None = None
+    #: The secret a primary shares with its replicas (``--replication-secret-file``).
+    replication_secret_file: str | None = None
+    #: ``--require-auth``: devpid, and nginx before each file it serves, want credentials.
+    require_auth: bool = False
 
     @property
     def worker_ports(self) -> range:
@@ -106,6 +112,12 @@ class Deployment:
             command += ["--shutdown-grace", _number(self.shutdown_grace)]
         if self.max_upload_size != DEFAULT_MAX_UPLOAD_SIZE:
             command += ["--max-upload-size", size_text(self.max_upload_size)]
+        if self.primary_url is not None:
+            command += ["--primary-url", self.primary_url]
+        if self.replication_secret_file is not None:
+            command += ["--replication-secret-file", self.replication_secret_file]
+        if self.require_auth:
+            command += ["--require-auth"]
         return command + list(self.devpid_args)
 
 
@@ -190,7 +202,7 @@ server {{
     proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
     proxy_set_header X-Forwarded-Proto $scheme;
     proxy_buffering off;
-
+{_replica_writes(d)}{lockdown_block(d, outside)}
     # Downloads in progress are never served.
     location ~* \\.devpid-partial {{
         return 404;
@@ -223,7 +235,66 @@ server {{
         proxy_pass http://devpid;
     }}
 
-{locations}}}
+{locations}{_primary_location(d)}}}
+"""
+
+
+def lockdown_block(d: Deployment, outside: str) -> str:
+    """With ``--require-auth``: nginx's ``auth_request`` to devpid's ``/+authcheck`` before
+    every request, the files it serves from disk included (devpid-lockdown's layout)."""
+    if not d.require_auth:
+        return ""
+    return f"""
+    # --require-auth: before every request, the files served from disk below
+    # included, nginx asks devpid's /+authcheck with the request's own headers:
+    # 2xx goes on, 401 (with devpid's WWW-Authenticate) or 403 is the answer.
+    auth_request /+devpid-authcheck;
+
+    location = /+devpid-authcheck {{
+        internal;
+        proxy_pass http://devpid/+authcheck;
+        proxy_pass_request_body off;
+        proxy_set_header Content-Length "";
+        proxy_set_header X-Original-URI $request_uri;
+        proxy_set_header X-Original-Method $request_method;
+        # A location's own proxy_set_header drops the server's: the same again.
+        proxy_set_header Connection "";
+        proxy_set_header Host $host;
+        proxy_set_header X-Outside-URL {outside};
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Proto $scheme;
+    }}
+"""
+
+
+def _replica_writes(d: Deployment) -> str:
+    if d.primary_url is None:
+        return ""
+    return f"""
+    # devpid here is a read-only replica of {d.primary_url}: every method
+    # but GET, HEAD and OPTIONS (uploads, logins, changes) goes to the primary.
+    error_page 418 = @primary;
+    if ($request_method !~ ^(GET|HEAD|OPTIONS)$) {{
+        return 418;
+    }}
+"""
+
+
+def _primary_location(d: Deployment) -> str:
+    if d.primary_url is None:
+        return ""
+    parts = urlsplit(d.primary_url)
+    path = parts.path.rstrip("/")
+    rewrite = ""
+    if path or d.path_prefix:
+        pattern = re.escape(d.path_prefix)
+        rewrite = f"        rewrite ^{pattern}(/.*)$ {path}$1 break;\n"
+    return f"""
+    location @primary {{
+{rewrite}        proxy_request_buffering off;
+        proxy_read_timeout {UPLOAD_READ_TIMEOUT}s;
+        proxy_pass {parts.scheme}://{parts.netloc};
+    }}
 """
 
 

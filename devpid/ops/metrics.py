@@ -57,6 +57,8 @@ class DevpidCollector:
         yield from self._store(snapshot)
         yield from self._poller(snapshot)
         yield from self._health(snapshot)
+        yield from self._replica()
+        yield from self._webhooks()
         yield InfoMetricFamily(
             "devpid_build", "devpid's version", value={"version": snapshot.version}
         )
@@ -252,6 +254,59 @@ class DevpidCollector:
             "cached projects this process's poller marked stale",
             poller["marked_stale"],
         )
+
+    def _replica(self) -> Iterator[Metric]:
+        source = getattr(self.sources, "replica", None)
+        part = source() if source is not None else None
+        if part is None:
+            return
+        replica = part.fields["replica"]
+        yield _gauge("devpid_replica_serial", "the serial applied here", replica["serial"])
+        for key, text in (
+            ("primary_serial", "the primary's serial when last heard from"),
+            ("lag_events", "events the primary has and this replica has not"),
+            ("lag_seconds", "seconds since this replica fell behind (0: current)"),
+            ("seconds_since_contact", "seconds since the primary last answered"),
+        ):
+            if replica[key] is not None:
+                yield _gauge(f"devpid_replica_{key}", text, replica[key])
+        yield _gauge(
+            "devpid_replica_following",
+            "1 while the replica follows its primary (0: disconnected, resyncing, starting)",
+            1 if replica["state"] == "following" else 0,
+        )
+        yield _gauge("devpid_replica_files_pending", "files to fetch", replica["files_pending"])
+        yield _counter("devpid_replica_resyncs", "snapshots applied", replica["resyncs"])
+
+    def _webhooks(self) -> Iterator[Metric]:
+        source = getattr(self.sources, "webhooks", None)
+        part = source() if source is not None else None
+        if part is None or "pending" not in part.fields["webhooks"]:
+            return
+        hooks = part.fields["webhooks"]
+        yield _gauge("devpid_webhooks_pending", "webhook deliveries queued", hooks["pending"])
+        yield _gauge(
+            "devpid_webhooks_in_flight", "webhook POSTs this process is sending", hooks["in_flight"]
+        )
+        results = CounterMetricFamily(
+            "devpid_webhook_deliveries",
+            "webhook deliveries by every process: delivered (2xx), failed (given up after "
+            "--webhook-retry-for), attempt_failed (each failed POST, retries counted)",
+            labels=["result"],
+        )
+        for result, key in (
+            ("delivered", "delivered"),
+            ("failed", "failed"),
+            ("attempt_failed", "attempts_failed"),
+        ):
+            results.add_metric([result], hooks[key])
+        yield results
+        if hooks["oldest_pending_age"] is not None:
+            yield _gauge(
+                "devpid_webhooks_oldest_pending_seconds",
+                "age of the oldest queued webhook delivery",
+                hooks["oldest_pending_age"],
+            )
 
     def _health(self, snapshot: Snapshot) -> Iterator[Metric]:
         disk = snapshot.disk

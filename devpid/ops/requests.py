@@ -29,6 +29,7 @@ ROUTES = (
     "status",
     "metrics",
     "web",
+    "replica",
     "other",
 )
 #: The request attribute a route sets to its label as Klein dispatches to it
@@ -36,8 +37,8 @@ ROUTES = (
 #: Requests that reach no route (refusals, the router's 404s) count as "other".
 ROUTE_ATTRIBUTE = "devpid_route"
 #: Requests of monitors, left out of ``/+status``'s ``last_minute`` so that
-#: health checks do not water down the latency of real traffic.
-MONITORING_ROUTES = frozenset({"status", "metrics"})
+#: health checks (and replicas' long polls) do not water down the latency of real traffic.
+MONITORING_ROUTES = frozenset({"status", "metrics", "replica"})
 #: Upper bounds (seconds) of the latency histogram buckets.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 

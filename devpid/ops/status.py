@@ -93,13 +93,18 @@ class StatusReport(Sources):
     #: devpi's keys (``versioninfo``, ``serial``, ``uuid``, ...) and devpid's
     #: ``private`` section, with their warnings; None without private data.
     private: Callable[[], PrivateStatus] | None = None
+    #: A replica's ``role`` and ``replica`` section (None on a primary).
+    replica: Callable[[], PrivateStatus | None] | None = None
+    #: The ``webhooks`` section (None on a replica, which sends none).
+    webhooks: Callable[[], PrivateStatus | None] | None = None
 
     def report(self) -> dict[str, Any]:
         document = render_status(self.snapshot())
-        if self.private is not None:
-            private = self.private()
-            document["warnings"].extend(private.warnings)
-            document.update(private.fields)
+        for source in (self.private, self.replica, self.webhooks):
+            part = source() if source is not None else None
+            if part is not None:
+                document["warnings"].extend(part.warnings)
+                document.update(part.fields)
         return document
 
 

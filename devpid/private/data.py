@@ -27,6 +27,7 @@ from devpid.private.indexconfig import (
 )
 from devpid.private.names import InvalidConfig, check_index_name, check_user_name
 from devpid.private.resolve import Stage
+from devpid.private.urlbases import expand_url_bases, mirror_follower
 from devpid.private.userconfig import USER_FIELDS, NewUser, UserChange
 
 
@@ -217,7 +218,7 @@ class PrivateData:
             config = _checked(
                 new_index_config,
                 owner,
-                body,
+                _checked(expand_url_bases, owner, body, _follower(tx, owner)),
                 index_exists=lambda n: tx.get("index", n) is not None and n != full,
                 default_cache_expiry=self.default_cache_expiry,
             )
@@ -238,7 +239,7 @@ class PrivateData:
                 index,
                 owner,
                 current,
-                body,
+                _checked(expand_url_bases, owner, body, _follower(tx, owner)),
                 index_exists=lambda n: tx.get("index", n) is not None,
             )
             config = keep_hidden_password(current, config)
@@ -327,6 +328,13 @@ def _delete_index_records(tx: Transaction, index: str) -> None:
         if name.startswith(prefix):
             tx.delete("version", name)
     tx.delete("index", index)
+
+
+def _follower(tx: Transaction, owner: str) -> Callable[[str, str], str]:
+    """Creates, in ``tx``, the mirror index that follows a base given as a URL."""
+    return mirror_follower(
+        owner, lambda name: tx.get("index", name), lambda name, c: tx.put("index", name, c)
+    )
 
 
 def _checked(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

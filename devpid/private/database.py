@@ -17,15 +17,24 @@ request.
 
 Calls run on the reactor thread: each is a handful of indexed row operations
 and, for a write, one fsync of the WAL.
+
+A replica's database (``devpid.replica``) is written only by its follower:
+``apply_replicated`` commits the primary's events with the primary's serials,
+in order and never twice, and ``replace_all`` swaps every record and event for
+a snapshot in one transaction. A replica's serverdir is marked in the ``meta``
+table, and ``write`` refuses there. A snapshot moves the ``generation`` mark:
+serials may go down then, so ``catch_up`` reads everything again when it sees
+another generation instead of looking only for newer serials.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -55,6 +64,45 @@ _Result = TypeVar("_Result")
 
 class DatabaseError(Exception):
     """The private data cannot be read or written; the message is one line."""
+
+
+class ReadOnlyReplica(DatabaseError):
+    """A change was asked of a replica's private data: only its primary's events go there."""
+
+
+class OutOfOrder(DatabaseError):
+    """A replicated event is not the next one after the serial this database is at."""
+
+
+class PrimaryChanged(DatabaseError):
+    """Replicated events come from another primary than the one this replica followed."""
+
+
+#: ``meta`` keys: the primary a replica follows (its URL, and its uuid once heard from),
+#: and the generation of the records, moved by every ``replace_all``.
+META_REPLICA_OF = "replica_of"
+META_PRIMARY_UUID = "primary_uuid"
+META_GENERATION = "generation"
+
+
+def event_mark(serial: int, at: float, what: str) -> str:
+    """What tells one history's event ``serial`` from another's: a replica compares its
+    last event's mark with the primary's event of that serial (a restored primary that
+    went on past the replica's serial has other events there)."""
+    text = f"{serial}\n{at!r}\n{what}"
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def diff_records(old: Records, new: Records) -> tuple[Change, ...]:
+    """The changes that take ``old`` to ``new`` (what listeners hear after a reset)."""
+    changes = []
+    for kind in KINDS:
+        before, after = old.of(kind), new.of(kind)
+        for name in sorted(set(before) | set(after)):
+            value = after.get(name)
+            if before.get(name) != value:
+                changes.append(Change(kind, name, value))
+    return tuple(changes)
 
 
 def split_version_name(name: str) -> tuple[str, str, str]:
@@ -207,6 +255,8 @@ class PrivateDatabase:
     uuid: str = ""
     _db: sqlite3.Connection | None = None
     _data_version: int = -1
+    #: The ``generation`` the records in memory were read at.
+    _generation: str = ""
     #: Called with each event this process learns of (its own and others').
     listeners: list[Callable[[Event], None]] = attrs.field(factory=list)
 
@@ -251,25 +301,46 @@ class PrivateDatabase:
         return self._db
 
     def _load_all(self) -> None:
-        records = Records()
         with self._reading():
             # one read transaction: the records and the last serial of one snapshot
             self.db.execute("BEGIN")
             try:
-                self._data_version = self._current_data_version()
-                rows = self.db.execute(
-                    "SELECT kind, name, value, serial FROM records ORDER BY serial"
-                ).fetchall()
-                last = self.db.execute(
-                    "SELECT serial, at FROM events ORDER BY serial DESC LIMIT 1"
-                ).fetchone()
+                self._read_all()
             finally:
                 self.db.execute("COMMIT")
-            for kind, name, value, serial in rows:
-                records.apply(Change(kind, name, json.loads(value)), serial)
+
+    def _read_all(self) -> None:
+        """Every record into memory, in the transaction the caller holds."""
+        records = Records()
+        self._data_version = self._current_data_version()
+        self._generation = self._meta(META_GENERATION) or ""
+        rows = self.db.execute(
+            "SELECT kind, name, value, serial FROM records ORDER BY serial"
+        ).fetchall()
+        last = self.db.execute(
+            "SELECT serial, at FROM events ORDER BY serial DESC LIMIT 1"
+        ).fetchone()
+        for kind, name, value, serial in rows:
+            records.apply(Change(kind, name, json.loads(value)), serial)
         if last is not None:
             records.serial, records.last_commit_at = int(last[0]), float(last[1])
         self.records = records
+
+    def _reload(self, in_transaction: bool = False) -> None:
+        """Read everything again (another generation), telling listeners what changed."""
+        old = self.records
+        if in_transaction:
+            with self._reading():
+                self._read_all()
+        else:
+            self._load_all()
+        changes = diff_records(old, self.records)
+        at = self.records.last_commit_at or self.wall_clock()
+        self._notify(Event(self.records.serial, at, None, "resync", changes))
+
+    def _meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
 
     def _current_data_version(self) -> int:
         return int(self.db.execute("PRAGMA data_version").fetchone()[0])
@@ -293,18 +364,43 @@ class PrivateDatabase:
             if version == self._data_version:
                 return False
             self._data_version = version
-            return self._apply_new_events()
+            # the generation and the events of one snapshot
+            self.db.execute("BEGIN")
+            try:
+                reset, rows = self._read_new()
+            finally:
+                self.db.execute("COMMIT")
+        if reset:
+            self._reload()
+            return True
+        return self._apply_rows(rows)
 
-    def _apply_new_events(self) -> bool:
+    def _read_new(self) -> tuple[bool, list[Any]]:
+        """``(True, [])`` when the records were replaced (another generation), else the
+        rows of the events after ours."""
+        if (self._meta(META_GENERATION) or "") != self._generation:
+            return True, []
         rows = self.db.execute(
             "SELECT serial, at, who, what, changes FROM events WHERE serial > ? ORDER BY serial",
             (self.records.serial,),
         ).fetchall()
+        return False, rows
+
+    def _catch_up_in_transaction(self) -> None:
+        """Apply what others committed, holding the write lock: all there is."""
+        self._data_version = self._current_data_version()
+        reset, rows = self._read_new()
+        if reset:
+            self._reload(in_transaction=True)
+        else:
+            self._apply_rows(rows, in_transaction=True)
+
+    def _apply_rows(self, rows: list[Any], in_transaction: bool = False) -> bool:
         for row in rows:
             event = Event.from_row(row)
             if event.serial != self.records.serial + 1:
                 # a gap cannot happen with one database; if it does, read everything again
-                self._load_all()
+                self._reload(in_transaction)
                 return True
             self._apply(event)
         return bool(rows)
@@ -314,6 +410,9 @@ class PrivateDatabase:
             self.records.apply(change, event.serial)
         self.records.serial = event.serial
         self.records.last_commit_at = event.at
+        self._notify(event)
+
+    def _notify(self, event: Event) -> None:
         for listener in self.listeners:
             try:
                 listener(event)
@@ -354,9 +453,14 @@ class PrivateDatabase:
         with _translated_errors(self.path):
             self.db.execute("BEGIN IMMEDIATE")
         try:
+            primary = self._meta(META_REPLICA_OF)
+            if primary is not None:
+                raise ReadOnlyReplica(
+                    f"this serverdir is a read-only replica of {primary}; "
+                    "send changes to the primary"
+                )
             # holding the write lock: what others committed is all there is
-            self._data_version = self._current_data_version()
-            self._apply_new_events()
+            self._catch_up_in_transaction()
             transaction = Transaction(self.records, who)
             result = change(transaction)
             changes = transaction.changes
@@ -374,25 +478,147 @@ class PrivateDatabase:
 
     def _commit(self, event: Event) -> None:
         try:
-            for c in event.changes:
-                if c.value is None:
-                    self.db.execute(
-                        "DELETE FROM records WHERE kind = ? AND name = ?", (c.kind, c.name)
-                    )
-                else:
-                    self.db.execute(
-                        "INSERT OR REPLACE INTO records (kind, name, value, serial) "
-                        "VALUES (?, ?, ?, ?)",
-                        (c.kind, c.name, json.dumps(c.value), event.serial),
-                    )
-            self.db.execute(
-                "INSERT INTO events (serial, at, who, what, changes) VALUES (?, ?, ?, ?, ?)",
-                (event.serial, event.at, event.who, event.what, event.changes_json()),
-            )
+            self._write_rows(event)
             self.db.execute("COMMIT")
         except sqlite3.Error as e:
             raise DatabaseError(f"cannot write {self.path}: {e}") from None
         # our own commit does not move our data_version; nothing to catch up on
+
+    def _write_rows(self, event: Event) -> None:
+        for c in event.changes:
+            if c.value is None:
+                self.db.execute("DELETE FROM records WHERE kind = ? AND name = ?", (c.kind, c.name))
+            else:
+                self.db.execute(
+                    "INSERT OR REPLACE INTO records (kind, name, value, serial) "
+                    "VALUES (?, ?, ?, ?)",
+                    (c.kind, c.name, json.dumps(c.value), event.serial),
+                )
+        self.db.execute(
+            "INSERT INTO events (serial, at, who, what, changes) VALUES (?, ?, ?, ?, ?)",
+            (event.serial, event.at, event.who, event.what, event.changes_json()),
+        )
+
+    # -- replication -------------------------------------------------------------
+
+    def meta(self, key: str) -> str | None:
+        """A value of the ``meta`` table (None when unset), read now."""
+        with self._reading():
+            return self._meta(key)
+
+    def mark_replica(self, primary_url: str | None) -> str | None:
+        """Mark this serverdir a replica of ``primary_url`` (None: not a replica any more);
+        the URL it was marked with before."""
+        with _translated_errors(self.path):
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                before = self._meta(META_REPLICA_OF)
+                if primary_url is None:
+                    self.db.execute(
+                        "DELETE FROM meta WHERE key IN (?, ?)", (META_REPLICA_OF, META_PRIMARY_UUID)
+                    )
+                else:
+                    self._set_meta(META_REPLICA_OF, primary_url)
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+        return before
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def event_mark(self, serial: int) -> str | None:
+        """The ``event_mark`` of the event ``serial`` here; None when there is none."""
+        with self._reading():
+            row = self.db.execute(
+                "SELECT at, what FROM events WHERE serial = ?", (serial,)
+            ).fetchone()
+        return None if row is None else event_mark(serial, float(row[0]), str(row[1]))
+
+    def apply_replicated(self, events: Sequence[Event], primary_uuid: str) -> list[Event]:
+        """Commit the primary's ``events`` in one transaction, each with its own serial;
+        the events applied (those this database had already are skipped: never twice).
+
+        The serial check is made holding the write lock, against what is committed:
+        an event that is not the next one raises ``OutOfOrder`` and nothing of the
+        batch is written. Events of another primary than the one recorded raise
+        ``PrimaryChanged``; on a database holding records from elsewhere (no primary
+        recorded, yet not empty), ``PrimaryChanged`` too: it needs ``replace_all``.
+        """
+        applied: list[Event] = []
+        with _translated_errors(self.path):
+            self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self._catch_up_in_transaction()
+            recorded = self._meta(META_PRIMARY_UUID)
+            if recorded is None and self.records.serial >= 0:
+                raise PrimaryChanged("the replica holds private data of its own; resync needed")
+            if recorded is not None and recorded != primary_uuid:
+                raise PrimaryChanged(f"the primary's uuid was {recorded}, is now {primary_uuid}")
+            expected = self.records.serial + 1
+            for event in events:
+                if event.serial < expected:
+                    continue
+                if event.serial != expected:
+                    raise OutOfOrder(
+                        f"event {event.serial} cannot follow serial {expected - 1}: "
+                        f"{expected} is missing"
+                    )
+                self._write_rows(event)
+                applied.append(event)
+                expected += 1
+            if not applied:
+                self.db.execute("ROLLBACK")
+                return []
+            if recorded is None:
+                self._set_meta(META_PRIMARY_UUID, primary_uuid)
+            self.db.execute("COMMIT")
+        except sqlite3.Error as e:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise DatabaseError(f"cannot write {self.path}: {e}") from None
+        except BaseException:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
+        for event in applied:
+            self._apply(event)
+        return applied
+
+    def replace_all(
+        self,
+        records: Iterable[tuple[str, str, Mapping[str, Any], int]],
+        events: Iterable[Event],
+        primary_uuid: str,
+    ) -> None:
+        """Every record and event replaced by a primary's snapshot, in one transaction
+        (readers see the old data or the new, never a mix), under a new generation."""
+        with _translated_errors(self.path):
+            self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("DELETE FROM records")
+            self.db.execute("DELETE FROM events")
+            self.db.executemany(
+                "INSERT INTO records (kind, name, value, serial) VALUES (?, ?, ?, ?)",
+                ((kind, name, json.dumps(value), serial) for kind, name, value, serial in records),
+            )
+            self.db.executemany(
+                "INSERT INTO events (serial, at, who, what, changes) VALUES (?, ?, ?, ?, ?)",
+                ((e.serial, e.at, e.who, e.what, e.changes_json()) for e in events),
+            )
+            self._set_meta(META_PRIMARY_UUID, primary_uuid)
+            self._set_meta(META_GENERATION, uuid.uuid4().hex)
+            self.db.execute("COMMIT")
+        except sqlite3.Error as e:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise DatabaseError(f"cannot write {self.path}: {e}") from None
+        except BaseException:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
+        self._reload()
 
 
 class _translated_errors:

@@ -23,7 +23,7 @@ import attrs
 KINDS = ("user", "index", "token", "version", "tombstone")
 
 #: Keys that never leave the server, whatever reads the log.
-_SECRET_KEYS = frozenset({"pwhash", "pwsalt", "digest"})
+_SECRET_KEYS = frozenset({"pwhash", "pwsalt", "digest", "webhook_secret"})
 
 
 @attrs.frozen

@@ -13,9 +13,15 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from devpid.config import shown_url
+from devpid.private.constraints import (
+    CONSTRAINED,
+    check_one_per_project,
+    constraint_line,
+    normalise_constraints,
+)
 from devpid.private.names import (
     InvalidConfig,
     check_index_name,
@@ -25,6 +31,7 @@ from devpid.private.names import (
 )
 
 __all__ = [
+    "CONSTRAINED",
     "MIRROR",
     "STAGE",
     "new_index_config",
@@ -38,9 +45,20 @@ _ANONYMOUS, _AUTHENTICATED = ":ANONYMOUS:", ":AUTHENTICATED:"
 
 #: Keys whose value is a list, which the list-PATCH ``+=`` and ``-=`` ops work on.
 _LIST_KEYS = {
-    STAGE: ("bases", "acl_upload", "acl_toxresult_upload", "mirror_whitelist"),
-    MIRROR: (),
+    STAGE: (
+        "bases",
+        "acl_upload",
+        "acl_toxresult_upload",
+        "acl_pkg_read",
+        "mirror_whitelist",
+        "webhooks",
+    ),
+    MIRROR: ("acl_pkg_read",),
 }
+_LIST_KEYS[CONSTRAINED] = (*_LIST_KEYS[STAGE], "constraints")
+
+#: What a list key starts from when ``key+=`` meets an index stored without it.
+_LIST_STARTS: dict[str, list[str]] = {"acl_pkg_read": [_ANONYMOUS], "webhooks": []}
 
 #: Keys that have a default, and so can't be dropped with ``key-=``.
 _DEFAULTED_KEYS = {
@@ -57,6 +75,7 @@ _DEFAULTED_KEYS = {
     ),
     MIRROR: frozenset({"type", "volatile"}),
 }
+_DEFAULTED_KEYS[CONSTRAINED] = _DEFAULTED_KEYS[STAGE] | {"constraints"}
 
 #: Keys a mirror silently drops: devpi-client sends them for every index type.
 _DROPPED_ON_MIRROR = frozenset({"bases", "acl_upload", "mirror_whitelist"})
@@ -139,9 +158,16 @@ def _boolean(key: str) -> _Normaliser:
     return lambda value: parse_bool(value, key)
 
 
-def _mirror_url(value: object) -> str:
-    """An http(s) URL with a host, on one line: it is fetched and put in headers."""
-    message = "'mirror_url' option must be a URL."
+#: What ``visible_index`` shows in place of a secret.
+HIDDEN = "***"
+
+#: The most webhooks one index may have, and the longest URL one may be.
+MAX_WEBHOOKS, MAX_WEBHOOK_URL = 20, 2000
+
+
+def checked_http_url(value: object, message: str) -> SplitResult:
+    """``value`` split, if it is an http(s) URL with a host (and a valid port), printable
+    and on one line: it is fetched and put in headers. Else ``InvalidConfig(message)``."""
     if not isinstance(value, str) or not value.startswith(("http://", "https://")):
         raise InvalidConfig(message)
     if not value.isprintable() or any(c.isspace() for c in value):
@@ -153,6 +179,54 @@ def _mirror_url(value: object) -> str:
         raise InvalidConfig(message) from None
     if not parts.hostname:
         raise InvalidConfig(message)
+    return parts
+
+
+def _webhook_url(value: object) -> str:
+    """One webhook target: an http(s) URL with a host, printable, on one line."""
+    message = f"webhook {shown(value)} must be an http:// or https:// URL"
+    if isinstance(value, str) and len(value) > MAX_WEBHOOK_URL:
+        raise InvalidConfig(message)
+    checked_http_url(value, message)
+    assert isinstance(value, str)
+    return value
+
+
+def _webhooks(value: object) -> list[str]:
+    urls = [_webhook_url(url) for url in _as_list(value)]
+    if len(urls) > MAX_WEBHOOKS:
+        raise InvalidConfig(f"an index may have at most {MAX_WEBHOOKS} webhooks")
+    return list(dict.fromkeys(urls))
+
+
+#: The shortest and longest webhook secret.
+MIN_WEBHOOK_SECRET, MAX_WEBHOOK_SECRET = 16, 256
+
+
+def _webhook_secret(value: object) -> str:
+    """The shared secret that signs webhook bodies; never answered (shown as ``***``).
+
+    ``***`` passes here: ``keep_hidden_password`` puts the stored secret back.
+    """
+    if value == HIDDEN:
+        return HIDDEN
+    if (
+        not isinstance(value, str)
+        or not MIN_WEBHOOK_SECRET <= len(value) <= MAX_WEBHOOK_SECRET
+        or not value.isprintable()
+        or any(c.isspace() for c in value)
+    ):
+        raise InvalidConfig(
+            f"'webhook_secret' must be {MIN_WEBHOOK_SECRET} to {MAX_WEBHOOK_SECRET} "
+            "printable characters without spaces"
+        )
+    return value
+
+
+def _mirror_url(value: object) -> str:
+    """An http(s) URL with a host, on one line: it is fetched and put in headers."""
+    checked_http_url(value, "'mirror_url' option must be a URL.")
+    assert isinstance(value, str)
     return value
 
 
@@ -196,6 +270,9 @@ _NORMALISERS: dict[str, dict[str, _Normaliser]] = {
         "volatile": _boolean("volatile"),
         "acl_upload": _acl("acl_upload"),
         "acl_toxresult_upload": _acl("acl_toxresult_upload"),
+        "acl_pkg_read": _acl("acl_pkg_read"),
+        "webhooks": _webhooks,
+        "webhook_secret": _webhook_secret,
         "mirror_whitelist": _whitelist,
         "mirror_whitelist_inheritance": _inheritance,
         "title": _as_given,
@@ -205,6 +282,7 @@ _NORMALISERS: dict[str, dict[str, _Normaliser]] = {
     MIRROR: {
         "volatile": _boolean("volatile"),
         "mirror_url": _mirror_url,
+        "acl_pkg_read": _acl("acl_pkg_read"),
         "mirror_cache_expiry": _cache_expiry,
         "mirror_no_project_list": _boolean("mirror_no_project_list"),
         "mirror_use_external_urls": _boolean("mirror_use_external_urls"),
@@ -216,10 +294,12 @@ _NORMALISERS: dict[str, dict[str, _Normaliser]] = {
         "custom_data": _as_given,
     },
 }
+#: A constrained index is a stage that shows its bases through its ``constraints``.
+_NORMALISERS[CONSTRAINED] = {**_NORMALISERS[STAGE], "constraints": normalise_constraints}
 
 
 def _is_known(index_type: str, key: object) -> bool:
-    return key in _NORMALISERS[index_type] or (index_type == STAGE and key == "bases")
+    return key in _NORMALISERS[index_type] or (index_type != MIRROR and key == "bases")
 
 
 # -- bases ---------------------------------------------------------------------------
@@ -278,6 +358,8 @@ def _bases(value: object, index_exists: Callable[[str], bool], itself: str | Non
 def _defaults(index_type: str, owner: str, default_cache_expiry: int) -> dict[str, Any]:
     if index_type == MIRROR:
         return {"type": MIRROR, "volatile": True, "mirror_cache_expiry": default_cache_expiry}
+    if index_type == CONSTRAINED:
+        return {**_defaults(STAGE, owner, 0), "type": CONSTRAINED, "constraints": []}
     return {
         "type": STAGE,
         "volatile": True,
@@ -325,7 +407,7 @@ def _apply(
             continue
         if index_type == MIRROR and key in _DROPPED_ON_MIRROR:
             continue
-        if index_type == STAGE and key == "bases":
+        if index_type != MIRROR and key == "bases":
             config["bases"] = _bases(value, index_exists, itself)
         elif key in normalisers:
             config[key] = normalisers[key](value)
@@ -336,7 +418,7 @@ def _apply(
 
 
 def _index_type(value: object) -> str:
-    if value not in (STAGE, MIRROR):
+    if value not in (STAGE, MIRROR, CONSTRAINED):
         raise InvalidConfig(f"unknown index type {shown(value)}")
     return str(value)
 
@@ -363,7 +445,7 @@ def new_index_config(
     index_type = _index_type(body.get("type", STAGE))
     config = _defaults(index_type, owner, default_cache_expiry)
     _apply(config, index_type, body, index_exists=index_exists, itself=None, tolerated={})
-    return config
+    return _whole(config)
 
 
 # -- PATCH -----------------------------------------------------------------------------
@@ -389,7 +471,7 @@ def patch_index_config(
     index_exists = _or_kept(index_exists, current.get("bases"))
     if isinstance(body, list):
         _apply_ops(config, index_type, name, owner, body, index_exists)
-        return config
+        return _whole(config)
     body = _require_object(body)
     if body.get("type") == "indexconfig" and "result" in body:
         body = body["result"]
@@ -405,6 +487,15 @@ def patch_index_config(
         itself=name,
         tolerated=_unknown_keys(current, index_type),
     )
+    return _whole(config)
+
+
+def _whole(config: dict[str, Any]) -> dict[str, Any]:
+    """The checks that look at several keys at once (devpi-constrained's)."""
+    if config.get("type") == CONSTRAINED:
+        if not config.get("bases"):
+            raise InvalidConfig("a constrained index needs at least one base")
+        check_one_per_project(config.get("constraints") or ())
     return config
 
 
@@ -490,7 +581,7 @@ def _change_list(
         raise InvalidConfig(f"The {key!r} setting is not a list")
     stored = config.get(key)
     if stored is None:  # an old record without the key: start from the default
-        stored = _defaults(index_type, owner, 0)[key]
+        stored = _LIST_STARTS.get(key) or _defaults(index_type, owner, 0).get(key, [])
     if not isinstance(stored, list | tuple):
         raise InvalidConfig(f"The {key!r} setting is not a list")
     entries = list(stored)
@@ -518,21 +609,65 @@ def _list_entry(
         return _base_name(value) or value
     if key == "mirror_whitelist":
         return _whitelist_entry(value)
+    if key == "webhooks":
+        return _webhook_url(value)
+    if key == "constraints":
+        return _constraint_entry(value, op)
     return _acl_entry(value)
 
 
+def _constraint_entry(value: str, op: str) -> str:
+    """One line, normalised like the stored ones (``-=`` takes an unparsable one as given)."""
+    try:
+        return constraint_line(value.partition("#")[0].strip())
+    except InvalidConfig:
+        if op == "add":
+            raise
+        return value
+
+
+def shown_webhook(url: str) -> str:
+    """A webhook URL fit to answer: its password and its query's values as ``***``.
+
+    A Jenkins build URL carries its token in the query (``?token=…``).
+    """
+    shown = shown_url(url)
+    base, sep, query = shown.partition("?")
+    if not sep:
+        return shown
+    pairs = [part.partition("=") for part in query.split("&")]
+    return base + "?" + "&".join(k + (f"={HIDDEN}" if eq else "") for k, eq, _ in pairs)
+
+
 def visible_index(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The configuration as answered: a password in ``mirror_url`` shown as ``***``."""
+    """The configuration as answered: the secrets in it shown as ``***``.
+
+    A password in ``mirror_url``, the webhooks' passwords and query values,
+    and the ``webhook_secret`` itself.
+    """
     shown = dict(config)
     url = shown.get("mirror_url")
     if isinstance(url, str):
         shown["mirror_url"] = shown_url(url)
+    hooks = shown.get("webhooks")
+    if isinstance(hooks, list):
+        shown["webhooks"] = [shown_webhook(h) if isinstance(h, str) else h for h in hooks]
+    if shown.get("webhook_secret"):
+        shown["webhook_secret"] = HIDDEN
     return shown
 
 
 def keep_hidden_password(current: Mapping[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """A PATCH that sends back the shown ``mirror_url`` (``***``) keeps the real one."""
+    """A PATCH that sends back what ``visible_index`` showed (``***``) keeps the real values."""
     url = current.get("mirror_url")
     if isinstance(url, str) and new.get("mirror_url") == shown_url(url) != url:
         new["mirror_url"] = url
+    hooks = current.get("webhooks")
+    if isinstance(hooks, list) and isinstance(new.get("webhooks"), list):
+        real = {shown_webhook(h): h for h in hooks if isinstance(h, str)}
+        new["webhooks"] = [real.get(h, h) if isinstance(h, str) else h for h in new["webhooks"]]
+    if new.get("webhook_secret") == HIDDEN:
+        if not current.get("webhook_secret"):
+            raise InvalidConfig("'webhook_secret' is not set: give the secret itself, not ***")
+        new["webhook_secret"] = current["webhook_secret"]
     return new

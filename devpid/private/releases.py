@@ -26,6 +26,7 @@ from typing import Any
 
 import attrs
 
+from devpid.private.constraints import CONSTRAINED, read_only_message
 from devpid.private.data import Refused
 from devpid.private.database import PrivateDatabase, Transaction, split_version_name
 from devpid.private.indexconfig import MIRROR
@@ -111,6 +112,8 @@ def _stage_config(tx: Transaction, index: str) -> Mapping[str, Any]:
         raise Refused(404, f"The stage {index} could not be found.")
     if config.get("type") == MIRROR:
         raise Refused(404, "cannot submit to mirror index")
+    if config.get("type") == CONSTRAINED:
+        raise Refused(403, read_only_message(index))
     return config
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +112,8 @@ class FileRoutes:
     stats: Stats
     #: Stage indexes' files; without it only mirrors have files.
     stages: StageFiles | None = None
+    #: A replica's: streams a linked stage file not on disk yet from its primary.
+    missing_stage_file: Callable[[Request, str], Awaitable[Any]] | None = None
     log = Logger()
 
     def register(self, app: Klein) -> None:
@@ -179,6 +181,9 @@ class FileRoutes:
             found = stages.locate(request, f"{user}/{index}", f"{h3}/{h13}/{filename}")
             if isinstance(found, bytes):
                 return found
+            if self.missing_stage_file is not None and not found.exists():
+                entrypath = f"{user}/{index}/+f/{h3}/{h13}/{filename}"
+                return await self.missing_stage_file(request, entrypath)
             return await self._cached(request, found, h3 + h13)
         mirror = mirror_named(self.indexes, user, index)
         try:

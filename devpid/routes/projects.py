@@ -28,6 +28,7 @@ from devpid.http.devpi import envelope, root_url
 from devpid.http.errors import HTTPError
 from devpid.http.request import has_query_key, is_installer
 from devpid.mirror.index import CachedPage, IndexUnavailable, MirrorIndex, ProjectNotFound
+from devpid.private.constraints import Constraints, constraints_of
 from devpid.private.data import PrivateData
 from devpid.private.names import normalize_project
 from devpid.private.resolve import resolve_project
@@ -124,17 +125,27 @@ class ProjectRoutes:
             return await self.simple_page(request, user, index, project)
         normalized = self._normalized(request, user, index, project, "")
         name = f"{user}/{index}"
+        constraints = self._constraints(name, normalized)
         ignore_bases = has_query_key(request, b"ignore_bases")
         root = root_url(request, self.outside_url)
         order = self._order(name, normalized, ignore_bases)
         pages = await self._mirror_pages(order, normalized)
-        stamp = (order, tuple(self.data.project_serial(s, normalized) for s in order), *pages)
+        stamp = (
+            order,
+            tuple(self.data.project_serial(s, normalized) for s in order),
+            constraints.stamp(normalized) if constraints is not None else None,
+            *pages,
+        )
         key = (name, normalized, root, ignore_bases)
         kept = self._answers.get(key)
         if kept is not None and same_stamp(kept[0], stamp):
             self._answers.move_to_end(key)
             return json_document(request, kept[1])
         versions = self._merged(order, pages, normalized, root, None)
+        if constraints is not None:
+            versions = {
+                v: data for v, data in versions.items() if constraints.allows_version(normalized, v)
+            }
         if not versions and not ignore_bases and not self._exists(order, pages, normalized):
             raise HTTPError(404, f"no project '{normalized}'")
         body = envelope(request, result=versions, type="projectconfig")
@@ -149,10 +160,13 @@ class ProjectRoutes:
         if any(part.startswith("+") for part in (user, index, project, version)):
             raise unrouted(request)
         normalized = self._normalized(request, user, index, project, f"/{version}")
+        constraints = self._constraints(f"{user}/{index}", normalized)
         order = self._order(f"{user}/{index}", normalized, False)
         pages = await self._mirror_pages(order, normalized)
         root = root_url(request, self.outside_url)
         data = self._merged(order, pages, normalized, root, version).get(version)
+        if constraints is not None and not constraints.allows_version(normalized, version):
+            data = None
         if data is None:
             raise HTTPError(
                 404, f"The version {version[:100]} of project {normalized} does not exist."
@@ -169,6 +183,13 @@ class ProjectRoutes:
             location = f"{root_url(request, self.outside_url)}/{user}/{index}/{normalized}{rest}"
             raise HTTPError(302, f"moved to {location}", {b"location": location.encode()})
         return normalized
+
+    def _constraints(self, index: str, project: str) -> Constraints | None:
+        """A constrained index's constraints (404 for a project its ``*`` hides)."""
+        constraints = constraints_of(self.data.index(index))
+        if constraints is not None and not constraints.allows_project(project):
+            raise HTTPError(404, f"no project '{project}'")
+        return constraints
 
     def _exists(
         self, order: tuple[str, ...], pages: tuple[CachedPage | None, ...], project: str

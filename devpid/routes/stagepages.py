@@ -22,6 +22,7 @@ import attrs
 from twisted.logger import Logger
 
 from devpid.mirror.index import CachedPage, IndexUnavailable, MirrorIndex, ProjectNotFound
+from devpid.private.constraints import Constraints, constraints_of
 from devpid.private.data import PrivateData
 from devpid.private.releases import RELEASE, basename
 from devpid.private.resolve import resolution_order, resolve_project
@@ -91,24 +92,49 @@ class StagePages:
         return found[1]
 
     async def project_page(self, index: str, project: str) -> PageSource:
-        """The page of ``project`` on the stage ``index``; ProjectNotFound if nothing has it."""
+        """The page of ``project`` on the stage ``index``; ProjectNotFound if nothing has it.
+
+        A constrained index's page is its bases' with the files its constraints allow.
+        """
+        constraints = constraints_of(self.data.index(index))
+        if constraints is None or constraints.stamp(project) == UNCONSTRAINED:
+            return await self._base_page(index, project)
+        if not constraints.allows_project(project):
+            raise ProjectNotFound(f"no project '{project}'")
+        source = await self._base_page(index, project)
+        entry, mirror_name = source.merged, None
+        if entry is None:
+            assert source.mirror is not None
+            entry, mirror_name = await source.mirror.project_page(project), source.mirror.name
+        stamp = (constraints.stamp(project), entry)
+        key = (f"{index}/{CONSTRAINED_KEY}", project)
+        page = self._cached(key, stamp)
+        if page is None:
+            page = constrained_page(entry, project, constraints, mirror_name)
+            self._remember(key, stamp, page)
+        return PageSource(merged=page)
+
+    async def _base_page(self, index: str, project: str) -> PageSource:
+        """The page of ``project`` from the stages and mirrors of ``index``'s resolution."""
         resolution = resolve_project(
             index, project, self.data.stages(), self.data.has_private_project
         )
         private = [s for s in resolution.stages if s not in self.mirrors]
         holding = [s for s in private if self.data.has_private_project(s, project)]
         mirrors = [self.mirrors[s] for s in resolution.stages if s in self.mirrors]
-        if not holding:
+        if not holding and len(mirrors) <= 1:
             if not mirrors:
                 raise ProjectNotFound(f"The project {project} does not exist.")
             return PageSource(mirror=mirrors[0])
         entries: list[CachedPage | None] = []
+        unavailable: IndexUnavailable | None = None
         for mirror in mirrors:
             try:
                 entries.append(await mirror.project_page(project))
             except ProjectNotFound:
                 entries.append(None)
             except IndexUnavailable as e:
+                unavailable = unavailable or e
                 # the stages' own files are here: serve them, without the mirror's
                 self.log.warn(
                     "{index}: {project} without {mirror}: {error}",
@@ -118,6 +144,16 @@ class StagePages:
                     error=str(e),
                 )
                 entries.append(None)
+        if not holding:
+            # several mirrors (a base given as a URL, and root/pypi): one page as it is
+            # served where only one has the project, else their links merged
+            found = [m for m, e in zip(mirrors, entries, strict=True) if e is not None]
+            if len(found) == 1:
+                return PageSource(mirror=found[0])
+            if not found:
+                if unavailable is not None:
+                    raise unavailable
+                raise ProjectNotFound(f"The project {project} does not exist.")
         stamp = (
             resolution.stages,
             tuple(self.data.project_serial(s, project) for s in holding),
@@ -156,25 +192,71 @@ class StagePages:
 
     async def project_list(self, index: str) -> CachedPage:
         """Every project name of the stage and its bases: the stages' names first (sorted),
-        then the first mirror's list."""
+        then each mirror's list in resolution order; behind ``*``, only the named ones."""
+        constraints = constraints_of(self.data.index(index))
+        entry = await self._base_list(index)
+        if constraints is None or not constraints.only_listed:
+            return entry
+        key = (f"{index}/{CONSTRAINED_KEY}", "+projects")
+        stamp = (tuple(sorted(constraints.rules)), entry)
+        page = self._cached(key, stamp)
+        if page is None:
+            names = entry.content if isinstance(entry.content, tuple) else ()
+            # the lists' names are normalised (parse_project_list, the stages' records)
+            allowed = tuple(name for name in names if name in constraints.rules)
+            page = CachedPage(allowed, None, None, 0.0)
+            self._remember(key, stamp, page)
+        return page
+
+    async def _base_list(self, index: str) -> CachedPage:
         order = resolution_order(index, self.data.stages())
         private = [s for s in order if s not in self.mirrors]
-        mirror = next((self.mirrors[s] for s in order if s in self.mirrors), None)
-        entry: CachedPage | None = None
-        if mirror is not None:
-            entry = await mirror.project_list()
-        stamp = (tuple(order), tuple(self.data.index_serial(s) for s in private), entry)
+        entries: list[CachedPage] = []
+        failed: IndexUnavailable | None = None
+        for mirror in (self.mirrors[s] for s in order if s in self.mirrors):
+            try:
+                entries.append(await mirror.project_list())
+            except IndexUnavailable as e:  # another mirror's names are still worth serving
+                failed = failed or e
+        if failed is not None and not entries:
+            raise failed
+        stamp = (tuple(order), tuple(self.data.index_serial(s) for s in private), *entries)
         key = (index, "+projects")
         page = self._cached(key, stamp)
         if page is not None:
             return page
         names = sorted({name for stage in private for name in self.data.projects(stage)})
-        if entry is not None and isinstance(entry.content, tuple):
-            own = set(names)
-            names += [name for name in entry.content if name not in own]
+        seen = set(names)
+        for entry in entries:
+            if isinstance(entry.content, tuple):
+                more = [name for name in entry.content if name not in seen]
+                seen.update(more)
+                names += more
         page = CachedPage(tuple(names), None, None, 0.0)
         self._remember(key, stamp, page)
         return page
+
+
+#: Where a constrained index's filtered pages are kept (``+`` is in no index name).
+CONSTRAINED_KEY = "+constrained"
+#: The stamp of a project its index's constraints leave as it is.
+UNCONSTRAINED = (True, None)
+
+
+def constrained_page(
+    entry: CachedPage, project: str, constraints: Constraints, mirror: str | None
+) -> CachedPage:
+    """``entry``'s page with only the files ``constraints`` allow; the links of a mirror's
+    page (``mirror``) keep pointing at that mirror."""
+    page = entry.content
+    assert isinstance(page, ProjectPage)
+    links = tuple(
+        link if link.index is not None or mirror is None else attrs.evolve(link, index=mirror)
+        for link in page.links
+        if constraints.allows_file(project, link.filename)
+    )
+    kept = attrs.evolve(page, links=links, versions=None)
+    return CachedPage(kept, None, entry.serial, 0.0)
 
 
 def same_stamp(old: tuple[Any, ...], new: tuple[Any, ...]) -> bool:

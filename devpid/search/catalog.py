@@ -183,10 +183,25 @@ class SearchCatalog:
     _checks: Coalescer[None] = attrs.field(factory=Coalescer)
     log = Logger()
 
-    async def search(self, query: str, *, limit: int = 50, offset: int = 0) -> SearchResult:
-        """The hits ``offset:offset+limit`` of ``query``; raises ``QueryError`` for a bad query."""
+    async def search(
+        self,
+        query: str,
+        *,
+        limit: int = 50,
+        offset: int = 0,
+        readable: Callable[[str], bool] | None = None,
+    ) -> SearchResult:
+        """The hits ``offset:offset+limit`` of ``query``; raises ``QueryError`` for a bad query.
+
+        ``readable(index)`` False leaves that index out (one the asker may not read,
+        under ``acl_pkg_read``): before counting, so totals and pages stay right.
+        """
         started = self.timer()
         parsed = parse_query(query)
+
+        def accepts(index: str) -> bool:
+            return parsed.accepts_index(index) and (readable is None or readable(index))
+
         limit = max(0, min(limit, MAX_LIMIT))
         offset = max(0, offset)
         want = offset + limit
@@ -195,7 +210,7 @@ class SearchCatalog:
         total = 0
         stages: dict[str, tuple[StageProject, ...]] = {}
         for name in self._stage_names():
-            if parsed.accepts_index(name):
+            if accepts(name):
                 stages[name] = await self._stage_projects(name, slicer)
         unmatched: dict[str, list[StageProject]] = {}
         for name, projects in stages.items():
@@ -213,7 +228,7 @@ class SearchCatalog:
         mirrors: dict[str, NameIndex] = {}
         if parsed.names_only:
             for name, mirror in sorted(self.mirrors.items()):
-                if not parsed.accepts_index(name):
+                if not accepts(name):
                     continue
                 index = await self._mirror_index(name, mirror)
                 if index is None:

@@ -30,6 +30,7 @@ from typing import Any
 
 import devpid
 from devpid.private.indexconfig import MIRROR
+from devpid.private.names import InvalidConfig
 from devpid.tools.bundle.format import (
     HEADER,
     MANIFEST,
@@ -40,7 +41,12 @@ from devpid.tools.bundle.format import (
     manifest_bytes,
     record_line,
 )
-from devpid.tools.devpi.accounts import convert_index_config, convert_user, plan_index
+from devpid.tools.devpi.accounts import (
+    IndexPlan,
+    convert_index_config,
+    convert_user,
+    plan_index,
+)
 from devpid.tools.devpi.dataindex import DATAINDEX, Dataindex, DevpiExportError, read_dataindex
 from devpid.tools.devpi.placing import BundleFiles
 from devpid.tools.devpi.releases import StageConverter
@@ -93,6 +99,28 @@ def convert(export_dir: Path, bundle_dir: Path) -> list[str]:
     return warnings
 
 
+def _index_configs(plans: list[IndexPlan], warnings: list[str]) -> dict[str, dict[str, Any]]:
+    """Each carried index's configuration; an index that can't be (a constrained index
+    whose bases all stayed behind) is dropped, and the others are worked out again
+    without it, so no base names an index the bundle lacks."""
+    carried = {plan.name for plan in plans}
+    while True:
+        attempt: list[str] = []
+        configs: dict[str, dict[str, Any]] = {}
+        for plan in plans:
+            if plan.name not in carried:
+                continue
+            try:
+                configs[plan.name] = convert_index_config(plan, frozenset(carried), attempt)
+            except InvalidConfig as e:
+                warnings.append(f"index {plan.name} not carried over: {e.message}")
+                carried.discard(plan.name)
+                break
+        else:
+            warnings.extend(attempt)
+            return configs
+
+
 def _convert_indexes(
     dataindex: Dataindex,
     export_dir: Path,
@@ -105,9 +133,11 @@ def _convert_indexes(
         for name, data in sorted(dataindex.indexes.items())
         if (plan := plan_index(name, data, records["user"], warnings)) is not None
     ]
-    carried = frozenset(plan.name for plan in plans)
+    configs = _index_configs(plans, warnings)
     for plan in plans:
-        config = convert_index_config(plan, carried, warnings)
+        config = configs.get(plan.name)
+        if config is None:
+            continue
         records["index"][plan.name] = config
         data = dataindex.indexes[plan.name]
         if config["type"] == MIRROR:

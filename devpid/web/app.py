@@ -32,6 +32,7 @@ from devpid.http.errors import ErrorAnswers, HTTPError, plain_error
 from devpid.http.request import has_query_key
 from devpid.mirror.index import IndexUnavailable, MirrorIndex, ProjectNotFound
 from devpid.ops.requests import ROUTE_ATTRIBUTE
+from devpid.private.constraints import CONSTRAINED, Constraints, constraints_of
 from devpid.private.data import PrivateData
 from devpid.private.resolve import Resolution, resolve_project
 from devpid.simple.model import ProjectPage, is_valid_project_name
@@ -60,7 +61,9 @@ class StatusPage(Protocol):
 
 
 class Search(Protocol):
-    async def answer(self, query: str, page: int) -> dict[str, Any]: ...
+    async def answer(
+        self, query: str, page: int, readable: Callable[[str], bool] | None = None
+    ) -> dict[str, Any]: ...
 
 
 def _web(route: str, handler: Callable[..., Any]) -> Callable[..., Any]:
@@ -87,6 +90,9 @@ class WebRoutes:
     status_page: StatusPage | None = None
     search: Search | None = None
     outside_url: str | None = None
+    #: Which indexes the request's sender may read (``Access.readable_indexes``);
+    #: search leaves the others out. None: every index.
+    readable: Callable[[Request], Awaitable[Callable[[str], bool]]] | None = None
     templates: Templates = attrs.field(factory=Templates)
     app: Klein = attrs.field(init=False, factory=Klein)
     #: An index's latest uploads, by its serial.
@@ -198,7 +204,9 @@ class WebRoutes:
             title=name,
             name=name,
             user=user,
-            config=_config_items(config),
+            config=_config_items({k: v for k, v in config.items() if k != "constraints"}),
+            constraints=list(config.get("constraints") or ()),
+            is_constrained=config.get("type") == CONSTRAINED,
             is_mirror=is_mirror,
             projects=shown,
             project_count=len(projects),
@@ -288,13 +296,20 @@ class WebRoutes:
     async def project_page(self, request: Request, user: str, index: str, project: str) -> bytes:
         name = f"{user}/{index}"
         project = self._project_name(request, user, index, project, "")
+        constraints = self._constraints(name, project)
         versions, pages = await self._versions(name, project)
+        if constraints is not None:
+            versions = [v for v in versions if constraints.allows_version(project, v.version)]
         if not versions and not pages and not self._has_private(name, project):
             raise HTTPError(404, f"no project '{project}' on {name}")
         mirror_files: list[browse.FileRow] = []
         source = next(iter(pages), None)
         if source is not None:
             mirror_files = browse.mirror_files(pages[source], source, self.files, None)
+            if constraints is not None:
+                mirror_files = [
+                    row for row in mirror_files if constraints.allows_file(project, row.filename)
+                ]
         summary = next((row.summary for row in versions if row.summary), "")
         root = root_url(request, self.outside_url)
         return self._page(
@@ -316,6 +331,13 @@ class WebRoutes:
             pip_line=f"pip install --index-url {root}/{name}/+simple/ {project}",
         )
 
+    def _constraints(self, name: str, project: str) -> Constraints | None:
+        """A constrained index's constraints; 404 for a project its ``*`` hides."""
+        constraints = constraints_of(self.data.index(name))
+        if constraints is not None and not constraints.allows_project(project):
+            raise HTTPError(404, f"no project '{project}' on {name}")
+        return constraints
+
     def _has_private(self, name: str, project: str) -> bool:
         return any(
             self.data.has_private_project(stage, project)
@@ -328,6 +350,11 @@ class WebRoutes:
     ) -> bytes:
         name = f"{user}/{index}"
         project = self._project_name(request, user, index, project, f"/{version}")
+        constraints = self._constraints(name, project)
+        if constraints is not None and not constraints.allows_version(project, version):
+            raise HTTPError(
+                404, f"The version {version[:100]} of project {project} does not exist."
+            )
         resolution = self._resolution(name, project)
         order = resolution.stages
         origin: list[tuple[str, bool]] = []
@@ -407,7 +434,8 @@ class WebRoutes:
             page = max(1, min(int(request.args.get(b"page", [b"1"])[0]), 1000))
         except ValueError:
             raise HTTPError(400, "page must be a number") from None
-        answer = await self.search.answer(query, page) if query.strip() else None
+        readable = await self.readable(request) if self.readable is not None else None
+        answer = await self.search.answer(query, page, readable) if query.strip() else None
         if b"application/json" in (request.getHeader(b"accept") or b""):
             if answer is None:
                 raise HTTPError(400, "no query; ask /+search?query=<terms>")

@@ -19,7 +19,7 @@ from typing import Any
 import attrs
 
 from devpid.auth.passwords import looks_like_hash
-from devpid.private.indexconfig import MIRROR, STAGE, new_index_config
+from devpid.private.indexconfig import CONSTRAINED, MIRROR, STAGE, new_index_config
 from devpid.private.names import InvalidConfig, check_index_name, check_user_name
 from devpid.private.userconfig import USER_FIELDS
 
@@ -112,7 +112,7 @@ def plan_index(
         warnings.append(f"index {name} not carried over: its owner {owner} is not carried over")
         return None
     index_type = config.get("type", STAGE)
-    if index_type not in (STAGE, MIRROR):
+    if index_type not in (STAGE, MIRROR, CONSTRAINED):
         warnings.append(
             f"index {name} not carried over: its type {index_type!r} is a devpi plugin's"
         )
@@ -143,7 +143,7 @@ def convert_index_config(
             f"index {plan.name}: keys devpid does not know not carried over (a devpi "
             f"plugin's?): {', '.join(sorted(unknown))}"
         )
-    if plan.index_type == STAGE:
+    if plan.index_type in (STAGE, CONSTRAINED):
         body["bases"] = _bases(plan, carried, warnings)
     elif plan.config.get("bases"):
         warnings.append(f"index {plan.name}: a mirror's bases are not carried over")
@@ -152,12 +152,19 @@ def convert_index_config(
     )
 
 
+#: The base a constrained index's keys are checked with, one at a time.
+_PROBE_BASE = "probe/probe"
+
+
 def _key_problem(plan: IndexPlan, key: str, value: object) -> str | None:
     try:
+        body = {"type": plan.index_type, key: value}
+        if plan.index_type == CONSTRAINED:  # it needs a base to be checked at all
+            body["bases"] = [_PROBE_BASE]
         new_index_config(
             plan.owner,
-            {"type": plan.index_type, key: value},
-            index_exists=lambda _name: False,
+            body,
+            index_exists=lambda name: name == _PROBE_BASE,
             default_cache_expiry=0,
         )
     except InvalidConfig as e:
