@@ -21,7 +21,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.client import Agent
 
 from devpid import __version__
 from devpid.auth.acl import Policy
@@ -33,6 +33,7 @@ from devpid.auth.secret import SecretFileError, load_or_create_secret
 from devpid.auth.throttle import FailedLogins
 from devpid.auth.tokens import LoginTokens
 from devpid.common.identity import ProcessIdentity
+from devpid.common.pool import QuietPool
 from devpid.common.stats import Stats
 from devpid.config import (
     DEFAULTS,
@@ -161,14 +162,6 @@ def _refuse_devpi_server_options(argv: list[str]) -> None:
         raise SystemExit(2)
 
 
-class _QuietClientFactory(_HTTP11ClientFactory):
-    noisy = False  # no "Starting factory" line per upstream connection
-
-
-class UpstreamPool(HTTPConnectionPool):
-    _factory = _QuietClientFactory
-
-
 def settings_from_options(options: Options | dict[str, Any]) -> Settings:
     given = {name: options.get(name) for name in DEFAULTS}
     given["offline"] = bool(options.get("offline")) or None
@@ -291,7 +284,7 @@ def build_service(
         peers = SharedDownloads(store, files, identity, settings.lock_ttl)
     else:
         store = EmbeddedStore(settings.serverdir / "state.sqlite", reactor)
-    pool = UpstreamPool(reactor, persistent=True)
+    pool = QuietPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 16
     agent = Agent(reactor, connectTimeout=settings.upstream_timeout, pool=pool)
     via = f"1.1 devpid-{uuid.uuid4().hex[:12]}"

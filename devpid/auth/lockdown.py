@@ -53,8 +53,6 @@ class Verdict:
 
     code: int
     reason: str = ""
-    #: The index the refusal is about, if any.
-    index: str | None = None
 
     @property
     def allowed(self) -> bool:
@@ -121,15 +119,19 @@ class Lockdown:
         return self.policy.require_auth
 
     def closed_indexes(self) -> frozenset[str]:
-        """Indexes whose ``acl_pkg_read`` leaves anonymous out (found again per serial)."""
+        """The indexes anonymous may not read: those whose ``acl_pkg_read`` leaves it out,
+        and those resolving through one (found again per serial)."""
         serial = self.data.serial
         if self._closed[0] != serial:
-            closed = frozenset(
+            shut = {
                 name
                 for name, config in self.data.indexes().items()
                 if not self.policy.permits(
                     ANONYMOUS, Action.PKG_READ, index=name, index_config=config
                 )
+            }
+            closed = frozenset(
+                name for name in self.data.indexes() if not shut.isdisjoint(self._read_order(name))
             )
             self._closed = (serial, closed)
         return self._closed[1]
@@ -137,8 +139,10 @@ class Lockdown:
     def needs_nothing(self, method: str, path: str | None) -> bool:
         """True when no principal can change the answer, so none need be worked out:
         the path is open, or neither ``--require-auth`` nor a closed index applies."""
-        if is_open(path):
-            return True
+        return is_open(path) or self.needs_nothing_beyond_open(method, path)
+
+    def needs_nothing_beyond_open(self, method: str, path: str | None) -> bool:
+        """``needs_nothing`` for a path that is not open."""
         if self.require_auth:
             return False
         closed = self.closed_indexes()
@@ -147,19 +151,29 @@ class Lockdown:
         if path is None:
             return False
         index = index_of(path)
-        return index is None or closed.isdisjoint(self._read_order(index))
+        return index is None or index not in closed
 
     def verdict(self, who: Principal, method: str, path: str | None) -> Verdict:
         """May ``who`` send ``method`` to ``path`` (decoded; None: it did not decode)?"""
         if is_open(path):
             return LET_IN
+        return self.verdict_shut(who, method, path)
+
+    def verdict_shut(self, who: Principal, method: str, path: str | None) -> Verdict:
+        """``verdict`` for a path that is not open."""
         if not self.policy.permits(who, Action.PKG_READ):
-            return self._refused(who, "authentication required", None)
+            return self._refused(who, "authentication required")
         if path is None or method not in READ_METHODS:
             return LET_IN
         index = index_of(path)
-        if index is None:
-            return LET_IN
+        return LET_IN if index is None else self.reading(who, index)
+
+    def may_read(self, who: Principal, index: str) -> bool:
+        """Whether ``who`` may read ``index`` (and every index it resolves through)."""
+        return self.policy.permits(who, Action.PKG_READ) and self.reading(who, index).allowed
+
+    def reading(self, who: Principal, index: str) -> Verdict:
+        """The verdict on ``who`` reading ``index``, kept per principal and index."""
         serial = self.data.serial
         if self._verdicts[0] != serial:
             self._verdicts = (serial, {})
@@ -179,13 +193,13 @@ class Lockdown:
                 continue  # the route answers 404
             if not self.policy.permits(who, Action.PKG_READ, index=name, index_config=config):
                 if name == index:
-                    return self._refused(who, f"no permission to read {name}", name)
-                return self._refused(who, f"no permission to read {name}, a base of {index}", name)
+                    return self._refused(who, f"no permission to read {name}")
+                return self._refused(who, f"no permission to read {name}, a base of {index}")
         return LET_IN
 
     def _read_order(self, index: str) -> list[str]:
         """``index`` and the indexes it resolves through (itself alone if unknown)."""
         return resolution_order(index, self.data.stages()) or [index]
 
-    def _refused(self, who: Principal, reason: str, index: str | None) -> Verdict:
-        return Verdict(self.policy.denial_status(who, Action.PKG_READ), reason, index)
+    def _refused(self, who: Principal, reason: str) -> Verdict:
+        return Verdict(self.policy.denial_status(who, Action.PKG_READ), reason)

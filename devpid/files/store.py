@@ -226,6 +226,15 @@ class FileStore:
         _check_component(filename, FILENAME)
         return self._inside(self.files_root / user / name / "+f" / h3 / h13 / filename)
 
+    def committed_file(self, index: str, storage_hash: str, filename: str) -> Path | None:
+        """The committed file of ``index`` named by a link's hash and file name, if it is
+        on disk; None if not, or if the names could not be a file here."""
+        try:
+            path = self.file_path(index, storage_hash[:3], storage_hash[3:16], filename)
+        except UnsafePath:
+            return None
+        return path if path.is_file() else None
+
     def partial_path(self, final: Path) -> Path:
         """This process's temporary file for ``final``."""
         return final.with_name(f"{final.name}.{self.identity.token}{PARTIAL_SUFFIX}")

@@ -146,7 +146,8 @@ class DevpidRoutes:
         headers = NodeHeaders(data.database.uuid, lambda: data.serial, data.catch_up)
         if self.replication is not None:
             resource = self.replication.wrap(resource)
-            headers.primary_uuid = self.replication.primary_uuid
+            if self.replication.primary_url is not None:  # a replica: its primary's uuid
+                headers.primary_uuid = self.replication.primary_uuid
         return WithNodeHeaders(resource, headers)
 
     def _gated(self, resource: IResource) -> IResource:

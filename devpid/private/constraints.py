@@ -180,9 +180,6 @@ class Constraints:
     def allows_project(self, project: str) -> bool:
         return not self.only_listed or project in self.rules
 
-    def rule(self, project: str) -> SpecifierSet | None:
-        return self.rules.get(project)
-
     def allows_version(self, project: str, version: str) -> bool:
         """A version string (as a page or a stage keeps it); an invalid one passes only
         for a project without a rule."""

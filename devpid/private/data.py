@@ -18,6 +18,7 @@ from typing import Any
 import attrs
 
 from devpid.auth.tokens import NewApiToken, new_api_token
+from devpid.private.constraints import Constraints, constraints_of
 from devpid.private.database import PrivateDatabase, Transaction
 from devpid.private.indexconfig import (
     MIRROR,
@@ -57,6 +58,7 @@ class PrivateData:
     default_cache_expiry: int = 1800
     wall_clock: Callable[[], float] = time.time
     _stages: tuple[int, dict[str, Stage]] | None = None
+    _constraints: tuple[int, dict[str, Constraints | None]] = attrs.field(factory=lambda: (-2, {}))
 
     # -- reading -----------------------------------------------------------------
 
@@ -108,6 +110,16 @@ class PrivateData:
             stages = {n: Stage.from_config(n, c) for n, c in self.indexes().items()}
             self._stages = (serial, stages)
         return self._stages[1]
+
+    def constraints(self, index: str) -> Constraints | None:
+        """A constrained index's constraints, parsed once per serial; None for any other."""
+        serial = self.database.serial
+        if self._constraints[0] != serial:
+            self._constraints = (serial, {})
+        known = self._constraints[1]
+        if index not in known:
+            known[index] = constraints_of(self.index(index))
+        return known[index]
 
     def versions(self, index: str, project: str) -> Mapping[str, Mapping[str, Any]]:
         """The version data of ``project`` on the stage ``index`` itself (no bases)."""

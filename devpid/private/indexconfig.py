@@ -58,7 +58,7 @@ _LIST_KEYS = {
 _LIST_KEYS[CONSTRAINED] = (*_LIST_KEYS[STAGE], "constraints")
 
 #: What a list key starts from when ``key+=`` meets an index stored without it.
-_LIST_STARTS: dict[str, list[str]] = {"acl_pkg_read": [_ANONYMOUS], "webhooks": []}
+_LIST_STARTS: dict[str, list[str]] = {"acl_pkg_read": [_ANONYMOUS]}
 
 #: Keys that have a default, and so can't be dropped with ``key-=``.
 _DEFAULTED_KEYS = {

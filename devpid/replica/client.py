@@ -12,7 +12,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web.client import HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
+from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 
@@ -30,14 +30,6 @@ SNAPSHOT_WAIT = 300.0
 
 class PrimaryUnreachable(Exception):
     """The primary did not answer, or not as a devpid primary does; the message is one line."""
-
-
-class _QuietClientFactory(_HTTP11ClientFactory):
-    noisy = False  # no "Starting factory" line per connection to the primary
-
-
-class PrimaryPool(HTTPConnectionPool):
-    _factory = _QuietClientFactory
 
 
 @attrs.define

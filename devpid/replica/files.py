@@ -37,11 +37,11 @@ from devpid.private.data import PrivateData
 from devpid.private.database import split_version_name
 from devpid.replica.client import PrimaryClient
 from devpid.replica.state import ReplicaState
+from devpid.routes.files import FILE_CACHE_CONTROL
 from devpid.simple.model import METADATA
 
 #: Files fetched at once in the background.
 CONCURRENCY = 4
-FILE_CACHE_CONTROL = b"max-age=31536000, immutable"
 
 
 @attrs.frozen

@@ -9,7 +9,7 @@ back is what the app, ``/+status`` and the service tree need of replication.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from twisted.web.client import Agent
 from twisted.web.resource import IResource
 from twisted.web.server import Request
 
+from devpid.common.pool import QuietPool
 from devpid.common.stats import Stats
 from devpid.files.releases import ReleaseFiles
 from devpid.mirror.tee.peers import SharedDownloads
@@ -29,7 +30,7 @@ from devpid.mirror.upstream import UpstreamClient
 from devpid.ops.status import PrivateStatus
 from devpid.private.data import PrivateData
 from devpid.private.database import META_PRIMARY_UUID, DatabaseError, PrivateDatabase
-from devpid.replica.client import PrimaryClient, PrimaryPool, SignedHTTP
+from devpid.replica.client import PrimaryClient, SignedHTTP
 from devpid.replica.feed import EventFeed, FeedService
 from devpid.replica.files import ReplicaDownloads, ReplicaFiles
 from devpid.replica.follower import Follower, FollowerService
@@ -117,12 +118,9 @@ class Replication:
         return ReadOnlyReplica(resource, self.primary_url)
 
     @property
-    def missing_stage_file(self) -> Callable[[Request, str], Deferred[Any]] | None:
+    def missing_stage_file(self) -> Callable[[Request, str], Awaitable[Any]] | None:
         """Streams a linked stage file not on disk yet from the primary (a replica's)."""
-        files = self.files
-        if files is None:
-            return None
-        return lambda request, path: Deferred.fromCoroutine(files.serve(request, path))
+        return self.files.serve if self.files is not None else None
 
     def primary_uuid(self) -> str | None:
         """The primary's uuid on a replica (once heard from); None on a primary."""
@@ -184,7 +182,7 @@ class ReplicaParts:
 
 def for_replica(parts: ReplicaParts, primary_url: str, secret: ReplicationSecret) -> Replication:
     clock = parts.clock
-    pool = PrimaryPool(clock, persistent=True)
+    pool = QuietPool(clock, persistent=True)
     pool.maxPersistentPerHost = 8
     agent = Agent(clock, connectTimeout=parts.timeout, pool=pool)
     http = SignedHTTP(treq.client.HTTPClient(agent), secret, clock)

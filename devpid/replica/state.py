@@ -24,9 +24,9 @@ from devpid.common.clock import iso_time
 
 STATUS_FILE = "replica-status.json"
 LOCK_FILE = "replica.lock"
-#: ``state``: following (in contact and applying), resyncing (replacing everything with
-#: a snapshot), disconnected (the primary did not answer; serving what it has).
-STATES = ("starting", "following", "resyncing", "disconnected")
+# ``state`` is starting, following (in contact and applying), resyncing (replacing
+# everything with a snapshot) or disconnected (the primary did not answer; serving
+# what it has).
 #: Seconds between writes of the status file while nothing but the contact time changes.
 SAVE_INTERVAL = 1.0
 

@@ -25,7 +25,7 @@ from twisted.web.server import Request
 
 from devpid.auth.acl import ANONYMOUS, Action, Policy, Principal
 from devpid.auth.authenticate import Authenticator
-from devpid.auth.lockdown import LET_IN, Lockdown, Verdict
+from devpid.auth.lockdown import LET_IN, Lockdown, Verdict, is_open
 from devpid.auth.remembered import RememberedPrincipals
 from devpid.http.errors import HTTPError
 from devpid.http.request import is_cross_site
@@ -125,10 +125,10 @@ class Access:
     def verdict_now(self, request: Request, method: str, path: str | None) -> Verdict | None:
         """``verdict`` when it is known without waiting for a password check, else None."""
         lockdown = self.lockdown
-        if lockdown is None or lockdown.needs_nothing(method, path):
+        if lockdown is None or is_open(path) or lockdown.needs_nothing_beyond_open(method, path):
             return LET_IN
         who = self.who_now(request, method.encode("ascii", "replace"))
-        return lockdown.verdict(who, method, path) if who is not None else None
+        return lockdown.verdict_shut(who, method, path) if who is not None else None
 
     async def readable_indexes(self, request: Request) -> Callable[[str], bool]:
         """Which indexes this request's sender may read (``acl_pkg_read`` along each
@@ -137,7 +137,7 @@ class Access:
         if lockdown is None or not lockdown.closed_indexes():
             return _EVERY_INDEX
         who = await self.who(request)
-        return lambda index: lockdown.verdict(who, "GET", f"/{index}/+simple/").allowed
+        return lambda index: lockdown.may_read(who, index)
 
     async def verdict(self, request: Request, method: str, path: str | None) -> Verdict:
         """May this request's sender send ``method`` to ``path`` (decoded)?"""

@@ -181,10 +181,13 @@ class FileRoutes:
             found = stages.locate(request, f"{user}/{index}", f"{h3}/{h13}/{filename}")
             if isinstance(found, bytes):
                 return found
-            if self.missing_stage_file is not None and not found.exists():
+            if self.missing_stage_file is None:
+                return await self._cached(request, found, h3 + h13)
+            fd = open_cached(found)  # one open: the file, or the replica's fetch of it
+            if fd is None:
                 entrypath = f"{user}/{index}/+f/{h3}/{h13}/{filename}"
                 return await self.missing_stage_file(request, entrypath)
-            return await self._cached(request, found, h3 + h13)
+            return await self._cached(request, found, h3 + h13, fd)
         mirror = mirror_named(self.indexes, user, index)
         try:
             path = self.files.file_path(mirror.name, h3, h13, filename)
@@ -286,9 +289,10 @@ class FileRoutes:
 
     def _cached_provenance(self, request: Request, fd: int, hash_prefix: str) -> bytes:
         """A provenance file from disk, as JSON: a few KiB, sent whole (no Range)."""
-        body = read_whole(fd)
         if self._not_modified(request, hash_prefix):
+            os.close(fd)
             return b""
+        body = read_whole(fd)
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"content-length", b"%d" % len(body))
         return body

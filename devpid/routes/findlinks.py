@@ -31,11 +31,11 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from devpid.files.store import FileStore, UnsafePath
+from devpid.files.store import FileStore
 from devpid.http.errors import HTTPError
 from devpid.http.request import links_for
 from devpid.mirror.index import MirrorIndex
-from devpid.private.constraints import Constraints, constraints_of
+from devpid.private.constraints import Constraints
 from devpid.private.data import PrivateData
 from devpid.private.resolve import resolution_order, resolve_project
 from devpid.routes import labelled
@@ -204,15 +204,12 @@ class FindLinks:
             return []
         links = [attrs.evolve(link, index=mirror.name) for link in page.links]
         if mirror.offline:
-            links = [link for link in links if self._is_cached(mirror.name, link)]
+            links = [
+                link
+                for link in links
+                if self.files.committed_file(mirror.name, link.storage_hash, link.filename)
+            ]
         return links
-
-    def _is_cached(self, index: str, link: Link) -> bool:
-        h = link.storage_hash
-        try:
-            return self.files.file_path(index, h[:3], h[3:16], link.filename).is_file()
-        except UnsafePath:
-            return False
 
 
 @attrs.define
@@ -236,7 +233,7 @@ class FindLinksRoutes:
         if config is None:
             raise HTTPError(404, f"no index {name}")
         urls = links_for(request, self.outside_url, name)
-        constraints = constraints_of(config)
+        constraints = self.data.constraints(name)
         finder = FindLinks(self.data, self.mirrors, self.files)
         projects = finder.projects(name, constraints)
         request.setHeader(b"content-type", b"text/html; charset=utf-8")

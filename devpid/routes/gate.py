@@ -23,6 +23,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -124,7 +125,7 @@ class LockdownGate(Resource):
         if code == 401:
             request.setHeader(b"www-authenticate", BASIC_CHALLENGE)
         if self.refusal_page is not None:
-            page = self.refusal_page(request, Verdict(code, verdict.reason, verdict.index))
+            page = self.refusal_page(request, attrs.evolve(verdict, code=code))
             if page:
                 return page
         return plain_error(request, code, verdict.reason)

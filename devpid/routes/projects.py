@@ -28,7 +28,7 @@ from devpid.http.devpi import envelope, root_url
 from devpid.http.errors import HTTPError
 from devpid.http.request import has_query_key, is_installer
 from devpid.mirror.index import CachedPage, IndexUnavailable, MirrorIndex, ProjectNotFound
-from devpid.private.constraints import Constraints, constraints_of
+from devpid.private.constraints import Constraints
 from devpid.private.data import PrivateData
 from devpid.private.names import normalize_project
 from devpid.private.resolve import resolve_project
@@ -186,7 +186,7 @@ class ProjectRoutes:
 
     def _constraints(self, index: str, project: str) -> Constraints | None:
         """A constrained index's constraints (404 for a project its ``*`` hides)."""
-        constraints = constraints_of(self.data.index(index))
+        constraints = self.data.constraints(index)
         if constraints is not None and not constraints.allows_project(project):
             raise HTTPError(404, f"no project '{project}'")
         return constraints

@@ -22,7 +22,7 @@ import attrs
 from twisted.logger import Logger
 
 from devpid.mirror.index import CachedPage, IndexUnavailable, MirrorIndex, ProjectNotFound
-from devpid.private.constraints import Constraints, constraints_of
+from devpid.private.constraints import Constraints
 from devpid.private.data import PrivateData
 from devpid.private.releases import RELEASE, basename
 from devpid.private.resolve import resolution_order, resolve_project
@@ -96,7 +96,7 @@ class StagePages:
 
         A constrained index's page is its bases' with the files its constraints allow.
         """
-        constraints = constraints_of(self.data.index(index))
+        constraints = self.data.constraints(index)
         if constraints is None or constraints.stamp(project) == UNCONSTRAINED:
             return await self._base_page(index, project)
         if not constraints.allows_project(project):
@@ -193,7 +193,7 @@ class StagePages:
     async def project_list(self, index: str) -> CachedPage:
         """Every project name of the stage and its bases: the stages' names first (sorted),
         then each mirror's list in resolution order; behind ``*``, only the named ones."""
-        constraints = constraints_of(self.data.index(index))
+        constraints = self.data.constraints(index)
         entry = await self._base_list(index)
         if constraints is None or not constraints.only_listed:
             return entry

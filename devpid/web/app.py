@@ -32,7 +32,7 @@ from devpid.http.errors import ErrorAnswers, HTTPError, plain_error
 from devpid.http.request import has_query_key
 from devpid.mirror.index import IndexUnavailable, MirrorIndex, ProjectNotFound
 from devpid.ops.requests import ROUTE_ATTRIBUTE
-from devpid.private.constraints import CONSTRAINED, Constraints, constraints_of
+from devpid.private.constraints import CONSTRAINED, Constraints
 from devpid.private.data import PrivateData
 from devpid.private.resolve import Resolution, resolve_project
 from devpid.simple.model import ProjectPage, is_valid_project_name
@@ -333,7 +333,7 @@ class WebRoutes:
 
     def _constraints(self, name: str, project: str) -> Constraints | None:
         """A constrained index's constraints; 404 for a project its ``*`` hides."""
-        constraints = constraints_of(self.data.index(name))
+        constraints = self.data.constraints(name)
         if constraints is not None and not constraints.allows_project(project):
             raise HTTPError(404, f"no project '{project}' on {name}")
         return constraints

@@ -25,7 +25,7 @@ from packaging.version import InvalidVersion, Version
 
 from devpid.files.store import FileStore, UnsafePath
 from devpid.routes.projects import version_of as _version_of
-from devpid.simple.model import METADATA, Link, ProjectPage
+from devpid.simple.model import METADATA, ProjectPage
 from devpid.web.format import log_seconds
 
 #: The latest uploads an index page lists.
@@ -160,7 +160,7 @@ def mirror_files(
     for link in reversed(links):
         if version is not None and version_of(link.filename) != version:
             continue
-        path = _cached_path(link, mirror, files)
+        path = files.committed_file(link.index or mirror, link.storage_hash, link.filename)
         rows.append(
             FileRow(
                 filename=link.filename,
@@ -177,15 +177,6 @@ def mirror_files(
     return rows
 
 
-def _cached_path(link: Link, mirror: str, files: FileStore) -> Path | None:
-    h = link.storage_hash
-    try:
-        path = files.file_path(link.index or mirror, h[:3], h[3:16], link.filename)
-    except UnsafePath:
-        return None
-    return path if path.is_file() else None
-
-
 def cached_metadata(
     page: ProjectPage, mirror: str, files: FileStore, version: str
 ) -> dict[str, Any]:
@@ -193,7 +184,7 @@ def cached_metadata(
     for link in page.links:
         if version_of(link.filename) != version or not link.filename.endswith(".whl"):
             continue
-        path = _cached_path(link, mirror, files)
+        path = files.committed_file(link.index or mirror, link.storage_hash, link.filename)
         if path is None:
             continue
         sidecar = path.with_name(path.name + METADATA)

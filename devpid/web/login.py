@@ -33,7 +33,7 @@ from devpid.auth.lockdown import Verdict
 from devpid.auth.tokens import LOGIN_EXPIRATION
 from devpid.http.devpi import root_url
 from devpid.http.errors import ErrorAnswers, HTTPError
-from devpid.ops.requests import ROUTE_ATTRIBUTE
+from devpid.routes import labelled
 from devpid.routes.access import LOGIN_COOKIE, Access, client_address, known_principal
 from devpid.web.negotiate import wants_html
 from devpid.web.security import CSRF_FIELD, CrossSiteGuard, set_page_headers
@@ -76,17 +76,6 @@ def _is_https(request: Request) -> bool:
     return bool(request.isSecure()) or forwarded == b"https"
 
 
-def _login(handler: Any) -> Any:
-    """``handler`` counted as ``login`` in the access log, under a unique endpoint name."""
-
-    def handle(request: Request, *args: Any, **kwargs: Any) -> Any:
-        setattr(request, ROUTE_ATTRIBUTE, "login")
-        return handler(request, *args, **kwargs)
-
-    handle.__name__ = handle.__qualname__ = f"LoginPage.{handler.__name__}"
-    return handle
-
-
 @attrs.define
 class LoginPage:
     access: Access
@@ -97,10 +86,10 @@ class LoginPage:
 
     def __attrs_post_init__(self) -> None:
         app = self.app
-        app.route("/+login", methods=["GET", "HEAD"])(_login(self.show))
-        app.route("/+logout", methods=["GET", "HEAD"])(_login(self.show))
-        app.route("/+login", methods=["POST"])(_login(self.log_in))
-        app.route("/+logout", methods=["POST"])(_login(self.log_out))
+        app.route("/+login", methods=["GET", "HEAD"])(labelled("login", self.show))
+        app.route("/+logout", methods=["GET", "HEAD"])(labelled("login", self.show))
+        app.route("/+login", methods=["POST"])(labelled("login", self.log_in))
+        app.route("/+logout", methods=["POST"])(labelled("login", self.log_out))
         app.handle_errors(HTTPError)(self.error_page)  # type: ignore[arg-type]
         ErrorAnswers().register(app)
 

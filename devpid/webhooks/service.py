@@ -28,9 +28,10 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.client import Agent
 
 from devpid.common.clock import iso_time
+from devpid.common.pool import QuietPool
 from devpid.private.database import PrivateDatabase
 from devpid.private.events import Event
 from devpid.private.indexconfig import shown_webhook
@@ -327,14 +328,6 @@ class WebhookService(Service):
         }
 
 
-class _QuietClientFactory(_HTTP11ClientFactory):
-    noisy = False  # no "Starting factory" line per delivery
-
-
-class WebhookPool(HTTPConnectionPool):
-    _factory = _QuietClientFactory
-
-
 def make_webhook_service(
     database: PrivateDatabase,
     queue: WebhookQueue,
@@ -344,7 +337,7 @@ def make_webhook_service(
 ) -> WebhookService:
     """The service with its own HTTP client: a new connection per POST (receivers come
     and go; a kept-alive connection to one that restarted would cost an attempt)."""
-    pool = WebhookPool(reactor, persistent=False)
+    pool = QuietPool(reactor, persistent=False)
     agent = Agent(reactor, connectTimeout=timeout, pool=pool)
     sender = Sender(treq.client.HTTPClient(agent), reactor, timeout)
     return WebhookService(queue, database, sender, reactor, policy)
