@@ -16,6 +16,7 @@ import stat
 from pathlib import Path
 from typing import IO, Any
 
+import attrs
 from twisted.internet.interfaces import IPushProducer
 from twisted.web.server import Request
 from twisted.web.static import File
@@ -62,17 +63,26 @@ class FileSender:
             self.fd = None
 
 
-def open_cached(path: Path) -> int | None:
+@attrs.frozen
+class Opened:
+    """A committed file opened for sending, with the one ``fstat`` taken of it."""
+
+    fd: int
+    stat: os.stat_result
+
+
+def open_cached(path: Path) -> Opened | None:
     """``path`` opened for reading if it is a regular file; None when it is not there
     (never cached, or evicted a moment ago: a miss)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
         return None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    found = os.fstat(fd)
+    if not stat.S_ISREG(found.st_mode):
         os.close(fd)
         return None
-    return fd
+    return Opened(fd, found)
 
 
 def read_whole(fd: int) -> bytes:
@@ -91,10 +101,10 @@ class OpenedFile(File):
     open: it never looks at the path again, so an eviction in between cannot turn the
     hit into a 404 or a 500. It owns the descriptor (closed by ``File`` once sent)."""
 
-    def __init__(self, path: Path, fd: int) -> None:
+    def __init__(self, path: Path, opened: Opened) -> None:
         super().__init__(str(path), defaultType="application/octet-stream")
-        self._opened: IO[bytes] = os.fdopen(fd, "rb")
-        self._statinfo = os.fstat(fd)
+        self._opened: IO[bytes] = os.fdopen(opened.fd, "rb")
+        self._statinfo = opened.stat
         # Files are served byte for byte: no Content-Encoding for .tar.gz.
         self.type = "application/octet-stream"
         self.encoding = None

@@ -25,7 +25,7 @@ from twisted.web import http
 from twisted.web.server import Request
 
 from devpid.common.stats import Stats
-from devpid.files.sender import FileSender, OpenedFile, open_cached, read_whole
+from devpid.files.sender import FileSender, Opened, OpenedFile, open_cached, read_whole
 from devpid.files.store import FileStore, UnsafePath
 from devpid.http.errors import HTTPError
 from devpid.http.request import etag_matches, until_finished
@@ -183,22 +183,22 @@ class FileRoutes:
                 return found
             if self.missing_stage_file is None:
                 return await self._cached(request, found, h3 + h13)
-            fd = open_cached(found)  # one open: the file, or the replica's fetch of it
-            if fd is None:
+            opened = open_cached(found)  # one open: the file, or the replica's fetch of it
+            if opened is None:
                 entrypath = f"{user}/{index}/+f/{h3}/{h13}/{filename}"
                 return await self.missing_stage_file(request, entrypath)
-            return await self._cached(request, found, h3 + h13, fd)
+            return await self._cached(request, found, h3 + h13, opened)
         mirror = mirror_named(self.indexes, user, index)
         try:
             path = self.files.file_path(mirror.name, h3, h13, filename)
         except UnsafePath as e:
             raise HTTPError(400, str(e)) from None
-        fd = open_cached(path)
-        if fd is not None:
+        opened = open_cached(path)
+        if opened is not None:
             self.stats.incr("file_hits")
             request.setHeader(CACHE_HEADER, b"hit")
             self.files.note_use(str(path))
-            return await self._cached(request, path, h3 + h13, fd)
+            return await self._cached(request, path, h3 + h13, opened)
         dist_filename = dist_filename_of(filename)
         side = filename[len(dist_filename) :]
         project = project_of_filename(dist_filename)
@@ -236,9 +236,9 @@ class FileRoutes:
                 return download_error(request, e.status, str(e))
             if not download.verified:
                 break
-            fd = open_cached(path)
-            if fd is not None:
-                return await self._cached(request, path, h3 + h13, fd)
+            opened = open_cached(path)
+            if opened is not None:
+                return await self._cached(request, path, h3 + h13, opened)
             # Committed, then evicted before this request opened it: fetch it again.
         else:
             return download_error(
@@ -265,16 +265,16 @@ class FileRoutes:
         request.finish()
 
     async def _cached(
-        self, request: Request, path: Path, hash_prefix: str, fd: int | None = None
+        self, request: Request, path: Path, hash_prefix: str, opened: Opened | None = None
     ) -> Any:
-        """A committed file, from ``fd`` when the caller opened it already."""
-        if fd is None:
-            fd = open_cached(path)
-            if fd is None:
+        """A committed file, from ``opened`` when the caller opened it already."""
+        if opened is None:
+            opened = open_cached(path)
+            if opened is None:
                 raise HTTPError(404, f"{path.name} is no longer cached")
         if path.name.endswith(PROVENANCE):
-            return self._cached_provenance(request, fd, hash_prefix)
-        return await self._cached_file(request, path, fd, hash_prefix)
+            return self._cached_provenance(request, opened.fd, hash_prefix)
+        return await self._cached_file(request, path, opened, hash_prefix)
 
     @staticmethod
     def _not_modified(request: Request, hash_prefix: str) -> bool:
@@ -297,31 +297,33 @@ class FileRoutes:
         request.setHeader(b"content-length", b"%d" % len(body))
         return body
 
-    async def _cached_file(self, request: Request, path: Path, fd: int, hash_prefix: str) -> Any:
-        """Sends ``fd``, or closes it."""
+    async def _cached_file(
+        self, request: Request, path: Path, opened: Opened, hash_prefix: str
+    ) -> Any:
+        """Sends ``opened``, or closes it."""
         handed_over = False
         try:
             if self._not_modified(request, hash_prefix):
                 return b""
             asked = request.getHeader(b"range")
             if asked is not None:
-                single = _single_range(asked, os.fstat(fd).st_size)
+                single = _single_range(asked, opened.stat.st_size)
                 if single is None:  # several ranges, or none that parses: the whole file
                     request.requestHeaders.removeHeader(b"range")
                 else:
                     request.requestHeaders.setRawHeaders(b"range", [single])
             if request.method == b"GET" and not request.getHeader(b"range"):
                 handed_over = True
-                return await self._send_whole_file(request, fd)
-            resource = OpenedFile(path, fd)
+                return await self._send_whole_file(request, opened)
+            resource = OpenedFile(path, opened)
             handed_over = True
             return resource
         finally:
             if not handed_over:
-                os.close(fd)
+                os.close(opened.fd)
 
-    async def _send_whole_file(self, request: Request, fd: int) -> None:
-        st = os.fstat(fd)
+    async def _send_whole_file(self, request: Request, opened: Opened) -> None:
+        fd, st = opened.fd, opened.stat
         request.setHeader(b"content-type", b"application/octet-stream")
         request.setHeader(b"content-length", b"%d" % st.st_size)
         request.setHeader(b"accept-ranges", b"bytes")

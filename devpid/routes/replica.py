@@ -167,10 +167,10 @@ class ReplicaRoutes:
     async def file(self, request: Request, path: str) -> Any:
         self._check(request)
         located = self.locate(path)
-        fd = open_cached(located)
-        if fd is None:
+        opened = open_cached(located)
+        if opened is None:
             raise HTTPError(404, "the file is linked but not on disk here")
-        size = os.fstat(fd).st_size
+        fd, size = opened.fd, opened.stat.st_size
         self._node_headers(request)
         request.setHeader(b"content-type", b"application/octet-stream")
         request.setHeader(b"content-length", b"%d" % size)
