@@ -29,6 +29,7 @@ another generation instead of looking only for newer serials.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
@@ -494,10 +495,24 @@ class PrivateDatabase:
                     "VALUES (?, ?, ?, ?)",
                     (c.kind, c.name, json.dumps(c.value), event.serial),
                 )
-        self.db.execute(
-            "INSERT INTO events (serial, at, who, what, changes) VALUES (?, ?, ?, ?, ?)",
-            (event.serial, event.at, event.who, event.what, event.changes_json()),
-        )
+        self.db.execute(_INSERT_EVENT, _event_row(event))
+
+    @contextlib.contextmanager
+    def _replicating(self) -> Iterator[None]:
+        """One write transaction of replication (``BEGIN IMMEDIATE``), rolled back on any
+        exception, sqlite3's errors as ``DatabaseError``; the body commits it."""
+        with _translated_errors(self.path):
+            self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except sqlite3.Error as e:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise DatabaseError(f"cannot write {self.path}: {e}") from None
+        except BaseException:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
 
     # -- replication -------------------------------------------------------------
 
@@ -547,9 +562,7 @@ class PrivateDatabase:
         recorded, yet not empty), ``PrimaryChanged`` too: it needs ``replace_all``.
         """
         applied: list[Event] = []
-        with _translated_errors(self.path):
-            self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._replicating():
             self._catch_up_in_transaction()
             recorded = self._meta(META_PRIMARY_UUID)
             if recorded is None and self.records.serial >= 0:
@@ -574,14 +587,6 @@ class PrivateDatabase:
             if recorded is None:
                 self._set_meta(META_PRIMARY_UUID, primary_uuid)
             self.db.execute("COMMIT")
-        except sqlite3.Error as e:
-            if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
-            raise DatabaseError(f"cannot write {self.path}: {e}") from None
-        except BaseException:
-            if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
-            raise
         for event in applied:
             self._apply(event)
         return applied
@@ -594,31 +599,25 @@ class PrivateDatabase:
     ) -> None:
         """Every record and event replaced by a primary's snapshot, in one transaction
         (readers see the old data or the new, never a mix), under a new generation."""
-        with _translated_errors(self.path):
-            self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._replicating():
             self.db.execute("DELETE FROM records")
             self.db.execute("DELETE FROM events")
             self.db.executemany(
                 "INSERT INTO records (kind, name, value, serial) VALUES (?, ?, ?, ?)",
                 ((kind, name, json.dumps(value), serial) for kind, name, value, serial in records),
             )
-            self.db.executemany(
-                "INSERT INTO events (serial, at, who, what, changes) VALUES (?, ?, ?, ?, ?)",
-                ((e.serial, e.at, e.who, e.what, e.changes_json()) for e in events),
-            )
+            self.db.executemany(_INSERT_EVENT, (_event_row(e) for e in events))
             self._set_meta(META_PRIMARY_UUID, primary_uuid)
             self._set_meta(META_GENERATION, uuid.uuid4().hex)
             self.db.execute("COMMIT")
-        except sqlite3.Error as e:
-            if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
-            raise DatabaseError(f"cannot write {self.path}: {e}") from None
-        except BaseException:
-            if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
-            raise
         self._reload()
+
+
+_INSERT_EVENT = "INSERT INTO events (serial, at, who, what, changes) VALUES (?, ?, ?, ?, ?)"
+
+
+def _event_row(event: Event) -> tuple[Any, ...]:
+    return (event.serial, event.at, event.who, event.what, event.changes_json())
 
 
 class _translated_errors:
