@@ -36,7 +36,6 @@ import argparse
 import json
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +43,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for devpid, tests.fixtures
+
+from devpid_bench import rotating
 
 from tests.fixtures.app import MemoryDevpid, populate
 from tests.fixtures.devpid_process import DevpidProcess, http_get
@@ -53,73 +54,12 @@ from tests.fixtures.upstream import UpstreamProcess
 
 PROJECTS = [f"lockdown-p{i:02d}" for i in range(64)]
 JSON_PAGE = "application/vnd.pypi.simple.v1+json"
-MARKER = "LOCKDOWN_BENCH "
 GOAL = 1.3
-
-LUA = """
-local paths = {@PATHS@}
-local counter = 0
-local threads = {}
-wrk.headers["Accept"] = @ACCEPT@
-@AUTH@
-
-function setup(thread)
-  thread:set("offset", #threads * 13)
-  table.insert(threads, thread)
-end
-
-function init(args)
-  counter = offset
-  bad = 0
-end
-
-function request()
-  counter = counter + 1
-  return wrk.format("GET", paths[(counter % #paths) + 1])
-end
-
-function response(status, headers, body)
-  if status ~= 200 then
-    bad = bad + 1
-  end
-end
-
-function done(summary, latency, requests)
-  local total_bad = 0
-  for _, thread in ipairs(threads) do
-    total_bad = total_bad + thread:get("bad")
-  end
-  local e = summary.errors
-  io.write(string.format('@MARKER@{"requests": %d, "duration_us": %d, "errors": %d, '
-    .. '"bad": %d, "p99_us": %d}\\n', summary.requests, summary.duration,
-    e.connect + e.read + e.write + e.timeout + e.status, total_bad,
-    latency:percentile(99)))
-end
-"""
 
 
 def script(directory: Path, name: str, paths: list[str], accept: str, auth: str | None) -> Path:
-    header = f'wrk.headers["Authorization"] = {json.dumps(auth)}' if auth else ""
-    text = (
-        LUA.replace("@PATHS@", ", ".join(json.dumps(p) for p in paths))
-        .replace("@ACCEPT@", json.dumps(accept))
-        .replace("@AUTH@", header)
-        .replace("@MARKER@", MARKER)
-    )
-    path = directory / f"{name}.lua"
-    path.write_text(text)
-    return path
-
-
-def run_wrk(wrk: str, lua: Path, url: str, seconds: int, connections: int) -> dict[str, float]:
-    argv = [wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(lua), url]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
-    lines = [line for line in done.stdout.splitlines() if line.startswith(MARKER)]
-    if not lines:
-        raise SystemExit(f"lockdown_bench: wrk printed no totals: {done.stdout}{done.stderr}")
-    result: dict[str, float] = json.loads(lines[0][len(MARKER) :])
-    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
-    return result
+    headers = {"Accept": accept, **({"Authorization": auth} if auth else {})}
+    return rotating.write_script(directory / f"{name}.lua", paths, headers)
 
 
 def warm(serverdir: Path, upstream: UpstreamProcess) -> tuple[list[str], list[str], str]:
@@ -233,8 +173,8 @@ def main() -> int:
                     ) as devpid:
                         for workload in workloads:
                             lua = scripts[(setting, workload)]
-                            run_wrk(wrk, lua, devpid.url, 1, args.connections)  # warm-up
-                            result = run_wrk(wrk, lua, devpid.url, seconds, args.connections)
+                            rotating.run(wrk, lua, devpid.url, 1, args.connections)  # warm-up
+                            result = rotating.run(wrk, lua, devpid.url, seconds, args.connections)
                             if result["errors"] or result["bad"]:
                                 raise SystemExit(
                                     f"lockdown_bench: errors in {setting}/{workload}: {result}"

@@ -28,7 +28,6 @@ import argparse
 import json
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -36,62 +35,15 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for devpid, tests.fixtures
 
+from devpid_bench import rotating
+
 from tests.fixtures.devpid_process import DevpidProcess, http_get
 from tests.fixtures.distbuilder import Dist, build_repository
 from tests.fixtures.upstream import UpstreamProcess
 
 PROJECTS = [f"lru-p{i:02d}" for i in range(64)]
 JSON_PAGE = "application/vnd.pypi.simple.v1+json"
-MARKER = "LRU_BENCH "
 SETTINGS = {"plain": (), "lru": ("--cache-max-size", "1T")}
-
-LUA = """
-local paths = {@PATHS@}
-local counter = 0
-local threads = {}
-
-function setup(thread)
-  thread:set("offset", #threads * 13)
-  table.insert(threads, thread)
-end
-
-function init(args)
-  counter = offset
-  bad = 0
-end
-
-function request()
-  counter = counter + 1
-  return wrk.format("GET", paths[(counter % #paths) + 1])
-end
-
-function response(status, headers, body)
-  if status ~= 200 then
-    bad = bad + 1
-  end
-end
-
-function done(summary, latency, requests)
-  local total_bad = 0
-  for _, thread in ipairs(threads) do
-    total_bad = total_bad + thread:get("bad")
-  end
-  local e = summary.errors
-  io.write(string.format('@MARKER@{"requests": %d, "duration_us": %d, "errors": %d, '
-    .. '"bad": %d, "p99_us": %d}\\n', summary.requests, summary.duration,
-    e.connect + e.read + e.write + e.timeout + e.status, total_bad,
-    latency:percentile(99)))
-end
-"""
-
-
-def run_wrk(wrk: str, script: Path, url: str, seconds: int, connections: int) -> dict[str, float]:
-    argv = [wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(script), url]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
-    [line] = [line for line in done.stdout.splitlines() if line.startswith(MARKER)]
-    result: dict[str, float] = json.loads(line[len(MARKER) :])
-    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
-    return result
 
 
 def main() -> int:
@@ -122,12 +74,7 @@ def main() -> int:
                     path = urlsplit(json.loads(answer.body)["files"][0]["url"]).path
                     assert http_get(devpid.url + path).status == 200
                     paths.append(path)
-            script = workdir / "rotate.lua"
-            script.write_text(
-                LUA.replace("@PATHS@", ", ".join(json.dumps(p) for p in paths)).replace(
-                    "@MARKER@", MARKER
-                )
-            )
+            script = rotating.write_script(workdir / "rotate.lua", paths)
             print(
                 f"{len(paths)} cached wheels of ~9 KB; wrk -t1 -c{args.connections} "
                 f"-d{seconds}s, {rounds} rounds"
@@ -139,8 +86,8 @@ def main() -> int:
                     with DevpidProcess.start(
                         serverdir, upstream.simple_url, *options, name=name
                     ) as devpid:
-                        run_wrk(wrk, script, devpid.url, 1, args.connections)  # warm-up
-                        result = run_wrk(wrk, script, devpid.url, seconds, args.connections)
+                        rotating.run(wrk, script, devpid.url, 1, args.connections)  # warm-up
+                        result = rotating.run(wrk, script, devpid.url, seconds, args.connections)
                         if name == "lru":
                             cache = devpid.status()["cache"]
                             assert cache["eviction"]["files"] == 0, cache

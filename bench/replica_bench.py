@@ -30,7 +30,6 @@ import hashlib
 import json
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -39,41 +38,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for devpid, tests.fixtures
 
+from devpid_bench import rotating
+
 from tests.fixtures.nginx import Nginx, nginx_path
 from tests.fixtures.ports import free_consecutive_ports
 from tests.fixtures.replicas import Replicated
 from tests.test_nginx import build_wheel, create_stage, upload
-
-MARKER = "REPLICA_BENCH "
-LUA = """
-local paths = {@PATHS@}
-local counter = 0
-local threads = {}
-function setup(thread)
-  thread:set("offset", #threads * 7)
-  table.insert(threads, thread)
-end
-function init(args)
-  counter = offset
-  bad = 0
-end
-function request()
-  counter = counter + 1
-  local accept = {["Accept"] = "application/vnd.pypi.simple.v1+json"}
-  return wrk.format("GET", paths[(counter % #paths) + 1], accept)
-end
-function response(status, headers, body)
-  if status ~= 200 then bad = bad + 1 end
-end
-function done(summary, latency, requests)
-  local total_bad = 0
-  for _, thread in ipairs(threads) do total_bad = total_bad + thread:get("bad") end
-  local e = summary.errors
-  io.write(string.format('@MARKER@{"requests": %d, "duration_us": %d, "errors": %d, '
-    .. '"bad": %d}\\n', summary.requests, summary.duration,
-    e.connect + e.read + e.write + e.timeout + e.status, total_bad))
-end
-"""
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -136,13 +106,10 @@ def nginx_conf(path: Path, ports: dict[str, tuple[int, list[str]]]) -> None:
 
 
 def run_wrk(wrk: str, script: Path, url: str, seconds: int, connections: int) -> float:
-    argv = [wrk, "-t2", f"-c{connections}", f"-d{seconds}s", "-s", str(script), url]
-    finished = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
-    [line] = [line for line in finished.stdout.splitlines() if line.startswith(MARKER)]
-    result = json.loads(line[len(MARKER) :])
+    result = rotating.run(wrk, script, url, seconds, connections, threads=2)
     if result["errors"] or result["bad"]:
         raise SystemExit(f"replica_bench: errors in a wrk run: {result}")
-    return float(result["requests"] / (result["duration_us"] / 1e6))
+    return result["rps"]
 
 
 def measure_reads(
@@ -163,9 +130,8 @@ def measure_reads(
             f"/alice/dev/+simple/{name}/", Accept="application/vnd.pypi.simple.v1+json"
         )
         paths.append(json.loads(page.body)["files"][0]["url"].partition("#")[0])
-    script = workdir / "reads.lua"
-    script.write_text(
-        LUA.replace("@PATHS@", ", ".join(json.dumps(p) for p in paths)).replace("@MARKER@", MARKER)
+    script = rotating.write_script(
+        workdir / "reads.lua", paths, {"Accept": "application/vnd.pypi.simple.v1+json"}, step=7
     )
     port = free_consecutive_ports(2)
     everyone = [primary.url, *(r.url for r in cluster.replicas)]

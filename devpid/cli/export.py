@@ -19,8 +19,7 @@ from typing import Any
 from twisted.python import usage
 
 from devpid.cli.fsck import serverdir_from
-from devpid.cli.options import AnyOrderOptions
-from devpid.config import ConfigError
+from devpid.cli.options import AnyOrderOptions, Refused, parse_command
 from devpid.tools.bundle.export import Exporter, ExportError, Progress
 
 PROGRAM = "devpid export"
@@ -117,15 +116,11 @@ class BarProgress(Progress):
 def main(argv: Sequence[str]) -> int:
     """Run ``devpid export``; the exit status."""
     options = Options()
-    try:
-        options.parseOptions(list(argv))
-        serverdir = serverdir_from(options)
-    except usage.UsageError as e:
-        print(f"{PROGRAM}: error: {e} (see: {PROGRAM} --help)", file=sys.stderr)
-        return EXIT_USAGE
-    except ConfigError as e:
-        print(f"{PROGRAM}: error: {e}", file=sys.stderr)
-        return EXIT_FAILED
+    serverdir = parse_command(
+        PROGRAM, options, argv, lambda: serverdir_from(options), config_status=EXIT_FAILED
+    )
+    if isinstance(serverdir, Refused):
+        return serverdir.status
     show = bool(options["progress"]) or (
         sys.stderr.isatty() and not options["no-progress"] and not options["json"]
     )

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from twisted.python import usage
 
+from devpid.cli.options import Refused, parse_command
 from devpid.config import DEFAULTS, ConfigError, read_ini
-from devpid.ops.fsck import EXIT_USAGE, PROGRAM, check
+from devpid.ops.fsck import PROGRAM, check
 
 
 class Options(usage.Options):
@@ -64,15 +64,9 @@ def serverdir_from(options: usage.Options) -> Path:
 def main(argv: Sequence[str]) -> int:
     """Run ``devpid fsck``; the exit status."""
     options = Options()
-    try:
-        options.parseOptions(list(argv))
-        serverdir = serverdir_from(options)
-    except usage.UsageError as e:
-        print(f"{PROGRAM}: error: {e} (see: {PROGRAM} --help)", file=sys.stderr)
-        return EXIT_USAGE
-    except ConfigError as e:
-        print(f"{PROGRAM}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    serverdir = parse_command(PROGRAM, options, argv, lambda: serverdir_from(options))
+    if isinstance(serverdir, Refused):
+        return serverdir.status
     report = check(serverdir, repair=bool(options["repair"]))
     if options["json"]:
         print(json.dumps(report.to_json(), indent=1))

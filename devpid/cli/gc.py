@@ -25,7 +25,7 @@ from typing import Any
 from twisted.python import usage
 
 from devpid.cli.fsck import serverdir_from
-from devpid.cli.options import AnyOrderOptions
+from devpid.cli.options import AnyOrderOptions, Refused, parse_command
 from devpid.common.clock import iso_time
 from devpid.config import DEFAULTS, ConfigError, cache_max_size, read_ini
 from devpid.files.eviction import (
@@ -175,17 +175,15 @@ def _document(serverdir: Path, report: RunReport, mirrors: Sequence[str]) -> dic
 def main(argv: Sequence[str]) -> int:
     """Run ``devpid gc``; the exit status."""
     options = Options()
-    try:
-        options.parseOptions(list(argv))
+
+    def find() -> tuple[Path, CacheLimit, list[str]]:
         serverdir = serverdir_from(options)
-        limit = _limit(options)
-        mirrors = mirror_indexes(serverdir)
-    except usage.UsageError as e:
-        print(f"{PROGRAM}: error: {e} (see: {PROGRAM} --help)", file=sys.stderr)
-        return EXIT_USAGE
-    except ConfigError as e:
-        print(f"{PROGRAM}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return serverdir, _limit(options), mirror_indexes(serverdir)
+
+    found = parse_command(PROGRAM, options, argv, find)
+    if isinstance(found, Refused):
+        return found.status
+    serverdir, limit, mirrors = found
     dry_run, as_json = bool(options["dry-run"]), bool(options["json"])
 
     def said(item: Removed) -> None:

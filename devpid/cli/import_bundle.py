@@ -24,8 +24,8 @@ from typing import Any
 
 from twisted.python import usage
 
-from devpid.cli.options import AnyOrderOptions
-from devpid.config import DEFAULTS, ConfigError, read_ini
+from devpid.cli.options import AnyOrderOptions, Refused, parse_command
+from devpid.config import DEFAULTS, read_ini
 from devpid.private.database import DatabaseError
 from devpid.tools.bundle.format import BundleError
 from devpid.tools.bundle.importer import (
@@ -130,15 +130,9 @@ def _print_json(document: dict[str, Any]) -> None:
 def main(argv: Sequence[str]) -> int:
     """Run ``devpid import``; the exit status."""
     options = Options()
-    try:
-        options.parseOptions(list(argv))
-        serverdir = target_serverdir(options)
-    except usage.UsageError as e:
-        print(f"{PROGRAM}: error: {e} (see: {PROGRAM} --help)", file=sys.stderr)
-        return EXIT_USAGE
-    except ConfigError as e:
-        print(f"{PROGRAM}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    serverdir = parse_command(PROGRAM, options, argv, lambda: target_serverdir(options))
+    if isinstance(serverdir, Refused):
+        return serverdir.status
     progress = bool(options["progress"]) or (not options["no-progress"] and sys.stderr.isatty())
     import_options = ImportOptions(
         source=Path(options["source"]).absolute(),

@@ -35,6 +35,7 @@ from twisted.logger import Logger
 
 from devpid.private.data import PrivateData
 from devpid.private.database import (
+    META_PRIMARY_UUID,
     DatabaseError,
     OutOfOrder,
     PrimaryChanged,
@@ -84,7 +85,7 @@ class Follower:
         """One long poll and what follows it; the seconds to wait before the next."""
         try:
             serial = self.data.serial
-            primary = self.database.meta("primary_uuid")
+            primary = self.database.meta(META_PRIMARY_UUID)
             mark = self.database.event_mark(serial) if serial >= 0 else None
             answer = await self.client.events(serial, self.wait, primary, mark)
             try:
@@ -124,7 +125,7 @@ class Follower:
         database.catch_up()
         serial = database.serial
         self.state.contact(answer.uuid, answer.serial, serial)
-        recorded = database.meta("primary_uuid")
+        recorded = database.meta(META_PRIMARY_UUID)
         if recorded is None and serial >= 0:
             raise NeedsResync("this serverdir holds private data that is not the primary's")
         if recorded is not None and recorded != answer.uuid:
