@@ -33,7 +33,8 @@ from devpid.common.identity import pid_alive
 from devpid.ops.fsck.disk import OPEN_FLAGS
 from devpid.ops.fsck.report import Report
 
-#: The tools' staging root, and the lock file in each staging directory.
+#: The tools' staging root in the serverdir, and the lock file in each staging directory
+#: (``devpid export`` and ``devpid import`` make them; fsck and the tools sweep them).
 TMP = "+tmp"
 LOCK = ".lock"
 #: ``<tool>-<pid>-<nonce>``: the tool's name, then its ProcessIdentity token.

@@ -131,7 +131,8 @@ def _json(raw: Any) -> Any:
         return None
 
 
-def _sha256(hashes: Any) -> str | None:
+def link_sha256(hashes: Any) -> str | None:
+    """The sha256 in a link's ``hashes`` (or ``core_metadata``), if it is one."""
     digest = hashes.get("sha256") if isinstance(hashes, Mapping) else None
     return digest if isinstance(digest, str) and len(digest) == 64 and HEX.match(digest) else None
 
@@ -146,7 +147,7 @@ def _expectations(value: Mapping[str, Any]) -> Iterator[tuple[str, Expectation, 
         path = link["entrypath"]
         size = link.get("size")
         size = size if type(size) is int and size >= 0 else None
-        digest = _sha256(link.get("hashes"))
+        digest = link_sha256(link.get("hashes"))
         rel = link.get("rel")
         yield (
             path,
@@ -155,6 +156,6 @@ def _expectations(value: Mapping[str, Any]) -> Iterator[tuple[str, Expectation, 
         )
         core = link.get("core_metadata")
         if isinstance(core, Mapping):
-            core_digest = _sha256(core)
+            core_digest = link_sha256(core)
             expectation = Expectation("sha256" if core_digest else None, core_digest, None)
             yield path + METADATA, expectation, None

@@ -39,16 +39,15 @@ from typing import Any
 
 import attrs
 
+from devpid.ops.fsck.leftovers import LOCK, TMP
 from devpid.ops.fsck.private import open_read_only
+from devpid.ops.fsck.stages import link_sha256
 from devpid.private.database import FILENAME
 from devpid.private.indexconfig import MIRROR
-from devpid.simple.model import HEX, METADATA, PROVENANCE
+from devpid.simple.model import METADATA, PROVENANCE
 from devpid.tools.bundle.format import RECORD_KINDS, record_line, stage_path
 
-#: Where exports (and other tools) keep their staging directories, in the serverdir.
-TMP = "+tmp"
 STAGING_PREFIX = "export-"
-LOCK = ".lock"
 #: Seconds a hidden staging directory without its lock may be one being made.
 _BEING_MADE = 60.0
 
@@ -96,12 +95,6 @@ class Snapshot:
     stages: list[str]
 
 
-def _sha256(hashes: Any) -> str | None:
-    digest = hashes.get("sha256") if isinstance(hashes, Mapping) else None
-    ok = isinstance(digest, str) and len(digest) == 64 and HEX.match(digest)
-    return digest if ok else None
-
-
 def _linked_files(value: Mapping[str, Any]) -> Iterator[LinkedFile]:
     """The files (and possible side files) one version record links."""
     links = value.get("+links")
@@ -113,7 +106,7 @@ def _linked_files(value: Mapping[str, Any]) -> Iterator[LinkedFile]:
         yield LinkedFile(
             stage_path(entrypath),
             entrypath,
-            _sha256(link.get("hashes")),
+            link_sha256(link.get("hashes")),
             size if type(size) is int and size >= 0 else None,
             required=True,
         )
@@ -122,7 +115,7 @@ def _linked_files(value: Mapping[str, Any]) -> Iterator[LinkedFile]:
             yield LinkedFile(
                 stage_path(entrypath + METADATA),
                 entrypath + METADATA,
-                _sha256(core),
+                link_sha256(core),
                 None,
                 required=True,
             )

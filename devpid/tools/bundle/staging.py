@@ -23,10 +23,9 @@ from pathlib import Path
 import attrs
 
 from devpid.common.identity import ProcessIdentity, pid_alive, pid_of
+from devpid.ops.fsck.leftovers import LOCK, TMP
 
-TMP = "+tmp"
 PREFIX = "import-"
-LOCK = ".lock"
 
 
 def tmp_root(serverdir: Path) -> Path:
