@@ -62,12 +62,11 @@ DEFAULT_GRACE = 600.0
 class CacheLimit:
     max_bytes: int
     grace: float = DEFAULT_GRACE
-    low_watermark: float = LOW_WATERMARK
 
     @property
     def target(self) -> int:
         """What a run brings the cache down to."""
-        return int(self.max_bytes * self.low_watermark)
+        return int(self.max_bytes * LOW_WATERMARK)
 
 
 @attrs.frozen
