@@ -30,7 +30,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool
 
+from devpid.common.offload import Offload
 from devpid.common.stats import Stats
+from devpid.files.census import Tally, WalkResult
 from devpid.files.store import FileStore
 from devpid.http.site import DevpidSite
 from devpid.mirror.tee import DownloadManager
@@ -76,6 +78,8 @@ class CacheService(Service):
     upstream_origin: str = ""
     #: ``--offline``: said in the start-up log.
     offline: bool = False
+    #: Where the serverdir is counted (a thread); None: at once, in ``startService``.
+    offload: Offload | None = None
     _flusher: LoopingCall | None = None
     #: A stop signal came; a second one stops at once.
     _signalled: bool = False
@@ -92,7 +96,8 @@ class CacheService(Service):
             )
         if self.offline:
             self.log.info("offline: serving only what is cached; the upstream is never contacted")
-        self.files.prepare()
+        self.files.prepare_layout()
+        self._count_serverdir()
         started = Deferred.fromCoroutine(self._start())
         started.addErrback(self._cannot_start)
         if self.handle_sigterm:
@@ -103,6 +108,35 @@ class CacheService(Service):
             # And should the reactor's own handler have taken it (it is installed a
             # moment before the one above), twistd must still not re-raise SIGTERM.
             self.clock.addSystemEventTrigger("after", "shutdown", self._forget_sigterm)
+
+    def _count_serverdir(self) -> None:
+        """Count the cache and clear up after a crash, in a thread while devpid serves
+        (devpid.files.census): seconds with 100,000 pages, so not before listening."""
+        census = self.files.census
+        census.begin()
+        if self.offload is None:
+            self.files.finish_count(census.walk())
+            return
+        counting = self.offload(census.walk)
+        counting.addCallbacks(self._counted, self._count_failed)
+
+    def _counted(self, result: WalkResult) -> None:
+        if result.interrupted:
+            return  # stopping
+        self.files.finish_count(result)
+        self.log.info(
+            "counted the cache in {seconds:.2f}s: {files} files, {bytes} bytes, {pages} pages",
+            seconds=result.seconds,
+            files=self.files.counts.files,
+            bytes=self.files.counts.bytes,
+            pages=self.files.counts.pages,
+        )
+
+    def _count_failed(self, failure: Failure) -> None:
+        """Not expected (the walk reports what it cannot read): the counts are then only
+        the changes since the start, and the evictor's runs count again."""
+        self.log.failure("could not count the cache", failure)
+        self.files.finish_count(WalkResult(Tally(), 0, [], 0.0))
 
     def _handle_stop_signals(self) -> None:
         """SIGTERM is how supervisors stop devpid: drain, then exit 0 (twistd re-raises it).
@@ -160,11 +194,13 @@ class CacheService(Service):
         self._flusher = LoopingCall(self._flush_tick)
         self._flusher.clock = self.clock
         self._flusher.start(STATS_FLUSH_INTERVAL, now=False)
+        counted = self.files.counted
         self.log.info(
-            "devpid cache ready in {serverdir} ({files} files, {bytes} bytes; store: {store})",
+            "devpid cache ready in {serverdir} ({counts}; store: {store})",
             serverdir=str(self.files.serverdir),
-            files=self.files.counts.files,
-            bytes=self.files.counts.bytes,
+            counts=f"{self.files.counts.files} files, {self.files.counts.bytes} bytes"
+            if counted
+            else "counting its files in a thread",
             store=self.store.description,
         )
 
@@ -192,6 +228,7 @@ class CacheService(Service):
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
+        self.files.census.stopping = True  # the reactor's thread pool waits for the walk
         if self._flusher is not None and self._flusher.running:
             self._flusher.stop()
         if self.downloads.running and not self._at_once:

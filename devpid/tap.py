@@ -32,9 +32,12 @@ from devpid.auth.remembered import RememberedPrincipals
 from devpid.auth.secret import SecretFileError, load_or_create_secret
 from devpid.auth.throttle import FailedLogins
 from devpid.auth.tokens import LoginTokens
+from devpid.common.gctune import GcTuning
 from devpid.common.identity import ProcessIdentity
+from devpid.common.logwriter import BatchedLogs
 from devpid.common.pool import QuietPool
 from devpid.common.stats import Stats
+from devpid.common.turns import ReactorTurns
 from devpid.config import (
     DEFAULTS,
     ConfigError,
@@ -46,7 +49,7 @@ from devpid.config import (
 )
 from devpid.files.eviction import CacheLimit
 from devpid.files.evictor import EvictionService
-from devpid.files.releases import ReleaseFiles
+from devpid.files.releases import ReleaseFiles, Unlinked
 from devpid.files.store import FileStore
 from devpid.files.usage import FLUSH_INTERVAL
 from devpid.http.app import DevpidRoutes, PrivateApi, WebParts
@@ -54,6 +57,7 @@ from devpid.http.limits import Limits
 from devpid.http.site import DevpidSite
 from devpid.http.uploads import UploadReceiver
 from devpid.mirror.index import MirrorIndex
+from devpid.mirror.listjobs import ProcessJobs
 from devpid.mirror.poller import ChangelogPoller
 from devpid.mirror.registry import MirrorRegistry
 from devpid.mirror.tee import DownloadManager
@@ -334,6 +338,7 @@ def build_service(
         )
         if real_reactor:
             mirror.offload = offload
+            mirror.jobs = ProcessJobs(reactor)  # the project list's heavy work, in a child
         return mirror
 
     def start_poller(mirror: MirrorIndex) -> None:
@@ -503,6 +508,13 @@ def build_service(
     site.requests = metrics.requests
 
     top = MultiService()
+    if real_reactor:  # process-wide: never in a test's process (docs/performance.md, p99)
+        BatchedLogs(reactor).setServiceParent(top)
+        gc_tuning = GcTuning(reactor)
+        gc_tuning.setServiceParent(top)
+        metrics.gc = gc_tuning.pauses
+        # before each request, the private data is checked once per reactor turn
+        data.database.turns = ReactorTurns(reactor)
     CacheService(
         files,
         store,
@@ -516,11 +528,21 @@ def build_service(
         upstream_url=shown_url(settings.upstream),
         upstream_origin=settings.upstream_origin.describe(),
         offline=settings.offline,
+        offload=offload if real_reactor else None,
     ).setServiceParent(top)
 
     def sweep_stage_files() -> None:
+        """At start (and a replica's resync): the walk in a thread, the removals on the
+        reactor (the private data is read there), while devpid already serves."""
         stages = [name for name in data.indexes() if name not in data.mirrors()]
-        removed = release_files.sweep(stages, data.database.records.files)
+        walked = offload(
+            partial(release_files.unlinked_candidates, stages, data.database.records.files)
+        )
+        walked.addCallback(remove_unlinked, stages)
+        walked.addErrback(lambda failure: _log.failure("could not sweep stage files", failure))
+
+    def remove_unlinked(found: Unlinked, stages: list[str]) -> None:
+        removed = release_files.remove_unlinked(found)
         for stage in stages:
             release_files.prune_all_docs(stage, partial(_doc_hashes_of, data, stage))
         if removed:

@@ -159,10 +159,20 @@ class _Store:
         pass
 
 
+class _Census:
+    stopping = False
+
+
+class _Files:
+    """What stopping uses of the file store: its census, told to stop walking."""
+
+    census = _Census()
+
+
 @pytest.mark.parametrize(("count", "said"), [(1, "1 download"), (2, "2 downloads")])
 def test_waiting_for_downloads_is_singular_for_one(count: int, said: str) -> None:
     service: Any = CacheService(
-        None,
+        _Files(),
         _Store(),
         None,
         _Downloads(count),

@@ -35,6 +35,7 @@ pytestmark = pytest.mark.integration
 PROJECTS = [f"gc-p{i:02d}" for i in range(12)]
 BLOB = 100_000
 LIMIT = "1M"
+LIMIT_BYTES = 1 << 20
 TARGET = int((1 << 20) * 0.9)
 HOUR = 3600.0
 JSON_PAGE = "application/vnd.pypi.simple.v1+json"
@@ -247,10 +248,19 @@ def test_kill_9_at_any_point_leaves_whole_files_and_the_next_run_completes(
         process.send_signal(signal.SIGKILL)
         process.wait()
         assert_fsck_clean(serverdir)
-    # The lock died with its holder: the next run takes it and completes.
+    # The lock died with its holder: the next run takes it and completes. A killed
+    # run may already have brought the cache under the limit (how far it got before
+    # the signal depends on the machine): then there is nothing left to do.
+    over_limit = mirror_bytes(serverdir) > LIMIT_BYTES
     done = run_gc(serverdir, "--cache-max-size", LIMIT)
     assert done.returncode == 0, done.stderr
-    assert mirror_bytes(serverdir) <= TARGET
-    assert present(serverdir, built) == [p for p in PROJECTS if p not in expected]
+    if over_limit:
+        assert mirror_bytes(serverdir) <= TARGET, done.stdout
+        assert present(serverdir, built) == [p for p in PROJECTS if p not in expected]
+    else:
+        assert "within the limit, nothing to remove" in done.stdout
+        # whatever the killed runs removed, they removed oldest first
+        gone = [p for p in PROJECTS if p not in present(serverdir, built)]
+        assert gone and gone == expected[: len(gone)]
     assert (serverdir / built.stage_file).is_file()
     assert_fsck_clean(serverdir)

@@ -491,3 +491,23 @@ def test_real_devpid_refuses_connections_over_the_limit_and_oversize_headers(
         assert '"- -" 503 ' in log
         assert '"GET /+status" 431 ' in log
         assert "Traceback" not in log
+
+
+class _CountingHostTransport(StringTransport):
+    hosts_asked = 0
+
+    def getHost(self) -> Any:
+        self.hosts_asked += 1
+        return super().getHost()
+
+
+def test_a_connection_asks_its_socket_for_the_local_address_once(make_site: Any) -> None:
+    site = make_site()
+    address: Any = IPv4Address("TCP", "10.0.0.1", 40000)
+    protocol = site.site.buildProtocol(address)
+    transport = _CountingHostTransport(peerAddress=address)
+    protocol.makeConnection(transport)
+    for _ in range(3):  # three requests on one keep-alive connection
+        protocol.dataReceived(b"GET /+api HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    assert transport.value().count(b"HTTP/1.1 200 ") == 3
+    assert transport.hosts_asked == 1

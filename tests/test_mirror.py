@@ -421,5 +421,9 @@ def test_a_large_page_is_parsed_through_offload_and_a_small_one_is_not(world: Wo
     assert not d.called and len(pending) == 1  # parsing elsewhere; nothing answered yet
     work, done = pending.pop()
     done.callback(work())
+    world.stub.flush()
+    assert not d.called and len(pending) == 1  # so is writing its page file
+    work, done = pending.pop()
+    done.callback(work())
     page = world.resolve(d)
     assert filenames(page) == many

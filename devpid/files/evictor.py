@@ -87,12 +87,21 @@ class EvictionService(Service):
         self._stopping = False
         self.files.usage = self.usage
         self.files.grown = self._grown
+        timer = LoopingCall(self._flush)
+        timer.clock = self.clock
+        timer.start(self.flush_interval, now=False)
+        self._timers.append(timer)
+        # The size is known once the start-up count is over (devpid.files.census).
+        self.files.when_counted(self._counted)
+
+    def _counted(self) -> None:
+        if self._stopping:
+            return
         self._walked = (self.mirror_bytes(), self._disk_used())
-        for work, interval in ((self._flush, self.flush_interval), (self.check, self.interval)):
-            timer = LoopingCall(work)
-            timer.clock = self.clock
-            timer.start(interval, now=False)
-            self._timers.append(timer)
+        timer = LoopingCall(self.check)
+        timer.clock = self.clock
+        timer.start(self.interval, now=False)
+        self._timers.append(timer)
         self.log.info(
             "mirror cache limit {limit} bytes: {bytes} bytes cached now",
             limit=self.limit.max_bytes,
@@ -147,6 +156,8 @@ class EvictionService(Service):
         """After a commit: over the limit now? Then a run soon, not at the next check."""
         if self._running is not None or (self._soon is not None and self._soon.active()):
             return
+        if not self.files.counted:
+            return  # the check after the count looks
         if self.mirror_bytes() > self.limit.max_bytes:
             self._soon = self.clock.callLater(SOON, self.check)
 
@@ -154,7 +165,9 @@ class EvictionService(Service):
         """A run when the cache may be over its limit (never two at once); never fails
         (an exception would stop its timer for good)."""
         try:
-            if self._running is not None or self._stopping or not self.may_be_over():
+            if self._running is not None or self._stopping or not self.files.counted:
+                return succeed(None)
+            if not self.may_be_over():
                 return succeed(None)
             mirrors = tuple(self.mirrors())
         except Exception:

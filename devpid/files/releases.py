@@ -35,6 +35,7 @@ from pathlib import Path
 
 import attrs
 
+from devpid.files.census import Tally
 from devpid.files.store import (
     PARTIAL_SUFFIX,
     FileStore,
@@ -64,6 +65,51 @@ def _same_file(fd: int, path: Path) -> bool:
         return False
     held = os.fstat(fd)
     return held.st_nlink > 0 and (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
+
+
+def _renaming(partial: Path, final: Path) -> Callable[[], Tally]:
+    """Renaming ``partial`` to ``final`` (replacing a side file, say), as ``Census.change``
+    makes and counts it."""
+
+    def rename() -> Tally:
+        try:
+            replaced = os.stat(final).st_size
+        except FileNotFoundError:
+            replaced = None
+        os.rename(partial, final)
+        size = os.stat(final).st_size
+        if replaced is None:
+            return Tally(files=1, bytes=size)
+        return Tally(bytes=size - replaced)
+
+    return rename
+
+
+def _unlinking(path: Path, size: int | None = None) -> Callable[[], Tally | None]:
+    """Removing a file (of ``size`` bytes; None: if it is there), as ``Census.change``
+    makes and counts it."""
+
+    def unlink() -> Tally | None:
+        if size is None:
+            try:
+                removed = os.stat(path).st_size
+                os.unlink(path)
+            except FileNotFoundError:
+                return None
+        else:
+            os.unlink(path)
+            removed = size
+        return Tally(files=-1, bytes=-removed)
+
+    return unlink
+
+
+@attrs.define
+class Unlinked:
+    """What a sweep may remove: files (by entry path), and side files whose file is gone."""
+
+    files: list[str] = attrs.field(factory=list)
+    side_files: list[tuple[str, Path]] = attrs.field(factory=list)
 
 
 class FileBusy(Exception):
@@ -182,10 +228,8 @@ class ReleaseFiles:
             os.close(fd)
             partial.unlink(missing_ok=True)
             return Placed(final, existing, created=False)
-        os.rename(partial, final)
+        self.store.census.change(final, _renaming(partial, final))
         _fsync_directory(final.parent)
-        self.store.counts.files += 1
-        self.store.counts.bytes += os.fstat(fd).st_size
         return Placed(final, fd, created=True)
 
     def write_file(self, entrypath: str, content: bytes, suffix: str = "") -> Placed:
@@ -210,7 +254,7 @@ class ReleaseFiles:
 
     def _place_side(self, partial: Path, fd: int, final: Path) -> Placed:
         os.fsync(fd)
-        os.rename(partial, final)
+        self.store.census.change(final, _renaming(partial, final))
         _fsync_directory(final.parent)
         return Placed(final, fd, created=True)
 
@@ -244,7 +288,7 @@ class ReleaseFiles:
         if hold:
             fd = os.open(partial, os.O_RDONLY)
             fcntl.flock(fd, fcntl.LOCK_EX)
-        os.rename(partial, target)
+        self.store.census.change(target, _renaming(partial, target))
         return fd
 
     def remove(self, entrypaths: Iterable[str]) -> int:
@@ -265,14 +309,13 @@ class ReleaseFiles:
                     continue
                 size = os.fstat(fd).st_size
                 # the side file first: gone with its file, never after another put it back
-                path.with_name(path.name + METADATA).unlink(missing_ok=True)
-                os.unlink(path)
+                side = path.with_name(path.name + METADATA)
+                self.store.census.change(side, _unlinking(side))
+                self.store.census.change(path, _unlinking(path, size))
             except OSError:
                 continue
             finally:
                 os.close(fd)
-            self.store.counts.files -= 1
-            self.store.counts.bytes -= size
             removed += 1
         return removed
 
@@ -292,10 +335,18 @@ class ReleaseFiles:
 
     def sweep(self, stages: Iterable[str], linked: Container[str]) -> int:
         """Remove the files of ``stages`` that nothing links (an upload or a push a crash
-        cut off before its transaction, a removal cut off after it), and unpacked docs
-        no doc zip names; ``linked`` is a first guess, ``remove`` asks again. On the
-        reactor, at start-up; the number of files removed."""
-        candidates = []
+        cut off before its transaction, a removal cut off after it); ``linked`` is a first
+        guess, ``remove`` asks again. On the reactor; the number of files removed.
+
+        devpid runs the two halves apart at start-up: ``unlinked_candidates`` (the walk)
+        in a thread, ``remove_unlinked`` on the reactor."""
+        return self.remove_unlinked(self.unlinked_candidates(stages, linked))
+
+    def unlinked_candidates(self, stages: Iterable[str], linked: Container[str]) -> Unlinked:
+        """The files of ``stages`` that ``linked`` does not name, and side files whose file
+        is gone (blocking, reads only: safe in a thread while ``linked`` changes, since
+        ``remove_unlinked`` asks the private data again)."""
+        found = Unlinked()
         for index in stages:
             user, _, name = index.partition("/")
             root = self.store.files_root / user / name / "+f"
@@ -307,12 +358,18 @@ class ReleaseFiles:
                 if entry in linked:
                     continue
                 if dist != path.name and not path.with_name(dist).exists():
-                    # a side file left alone: its file is gone
-                    if not self.is_linked(entry):
-                        path.unlink(missing_ok=True)
+                    found.side_files.append((entry, path))  # its file is gone
                     continue
-                candidates.append(entry)
-        return self.remove(candidates)
+                found.files.append(entry)
+        return found
+
+    def remove_unlinked(self, found: Unlinked) -> int:
+        """Remove what ``unlinked_candidates`` found, if still linked by nothing (on the
+        reactor: ``is_linked`` reads the private data); the number of files removed."""
+        for entry, path in found.side_files:
+            if not self.is_linked(entry):
+                path.unlink(missing_ok=True)
+        return self.remove(found.files)
 
     def prune_all_docs(self, index: str, keep_of: Callable[[str], Mapping[str, str]]) -> None:
         """``prune_docs`` for every project with unpacked docs on ``index`` (start-up)."""

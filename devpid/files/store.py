@@ -28,6 +28,7 @@ import attrs
 from twisted.logger import Logger
 
 from devpid.common.identity import ProcessIdentity, pid_alive, pid_of
+from devpid.files.census import Census, Tally, WalkResult
 from devpid.files.usage import UsageLog
 from devpid.simple.model import FILENAME, HEX
 
@@ -152,66 +153,85 @@ class FileStore:
     usage: UsageLog | None = None
     #: Called after each commit (the evictor: is the cache over its limit now?).
     grown: Callable[[], None] | None = None
+    #: Counts the serverdir and keeps the counts right while it does (files.census).
+    census: Census = attrs.field(init=False)
+    _counted: bool = attrs.field(init=False, default=False)
+    _when_counted: list[Callable[[], object]] = attrs.field(init=False, factory=list)
+    #: The serverdir with its symlinks resolved, once: every path checked against it.
+    _resolved_serverdir: Path | None = attrs.field(init=False, default=None)
+    #: ``+files/`` and ``+pages/`` of the serverdir: made once (a cached page's hit uses one).
+    files_root: Path = attrs.field(init=False)
+    pages_root: Path = attrs.field(init=False)
     log = Logger()
 
-    @property
-    def files_root(self) -> Path:
-        return self.serverdir / "+files"
-
-    @property
-    def pages_root(self) -> Path:
-        return self.serverdir / "+pages"
+    def __attrs_post_init__(self) -> None:
+        self.files_root = self.serverdir / "+files"
+        self.pages_root = self.serverdir / "+pages"
+        self.census = Census(
+            (self.files_root, self.pages_root),
+            lambda path: probe_partial(path, remove=True) is False,
+            _remove_page_leftover,
+            PARTIAL_SUFFIX,
+            self._add,
+        )
 
     def prepare(self) -> None:
-        """Create the layout, remove what a crash left behind, and count what is cached.
+        """Create the layout, remove what a crash left behind, and count what is cached
+        (blocking: the whole walk; devpid itself walks in a thread, see devpid.files.census).
 
         A download's temporary file goes unless some process holds its
         ``flock`` (it is being written, possibly by another process sharing
         the serverdir). A page's temporary file, written in one go, goes once
         its process has died or it is older than ``PAGE_PARTIAL_AGE``.
         """
+        self.prepare_layout()
+        self.census.begin()
+        self.finish_count(self.census.walk())
+
+    def prepare_layout(self) -> None:
         self.files_root.mkdir(parents=True, exist_ok=True)
         self.pages_root.mkdir(parents=True, exist_ok=True)
-        removed = 0
-        counts = CacheCounts()
-        index_bytes: dict[str, int] = {}
-        for root in (self.files_root, self.pages_root):
-            for directory, _dirs, names in os.walk(root):
-                index = _index_of(os.path.relpath(directory, root))
-                for name in names:
-                    path = os.path.join(directory, name)
-                    try:
-                        if name.endswith(PARTIAL_SUFFIX):
-                            leftover = (
-                                probe_partial(Path(path), remove=True) is False
-                                if root == self.files_root
-                                else _remove_page_leftover(path)
-                            )
-                            removed += leftover
-                        elif root == self.files_root:
-                            size = os.stat(path).st_size
-                            counts.files += 1
-                            counts.bytes += size
-                            if index is not None:
-                                index_bytes[index] = index_bytes.get(index, 0) + size
-                        elif name.endswith(".json") and not name.startswith("+"):
-                            counts.pages += 1
-                    except FileNotFoundError:  # another process committed or removed it
-                        continue
-                    except OSError as e:
-                        self.log.warn(
-                            "cannot check {path} at start-up: {reason}",
-                            path=path,
-                            reason=e.strerror or str(e),
-                        )
-        self.counts = counts
-        self.index_bytes = index_bytes
-        if removed:
-            self.log.info("removed {count} partial files left by a crash", count=removed)
+
+    @property
+    def counted(self) -> bool:
+        """Whether the counts are known (the start-up walk is over)."""
+        return self._counted
+
+    def when_counted(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` once the counts are known (now, if they are)."""
+        if self._counted:
+            callback()
+        else:
+            self._when_counted.append(callback)
+
+    def finish_count(self, result: WalkResult) -> None:
+        """The walk's result (with the changes made meanwhile) becomes the counts."""
+        self.census.finish(result, self._install)
+        for path, reason in result.problems:
+            self.log.warn("cannot check {path} at start-up: {reason}", path=path, reason=reason)
+        if result.removed:
+            self.log.info("removed {count} partial files left by a crash", count=result.removed)
+        self._counted = True
+        callbacks, self._when_counted = self._when_counted, []
+        for callback in callbacks:
+            callback()
+
+    def _install(self, totals: Tally) -> None:
+        self.counts = CacheCounts(totals.files, totals.bytes, totals.pages)
+        self.index_bytes = dict(totals.index_bytes)
+
+    def _add(self, delta: Tally) -> None:
+        self.counts.files += delta.files
+        self.counts.bytes += delta.bytes
+        self.counts.pages += delta.pages
+        for index, size in delta.index_bytes.items():
+            self.index_bytes[index] = self.index_bytes.get(index, 0) + size
 
     def _inside(self, path: Path) -> Path:
+        if self._resolved_serverdir is None:  # an lstat per component: once, not per hit
+            self._resolved_serverdir = self.serverdir.resolve()
         resolved = path.resolve()
-        if not resolved.is_relative_to(self.serverdir.resolve()):
+        if not resolved.is_relative_to(self._resolved_serverdir):
             raise UnsafePath(f"{path} is outside the serverdir")
         return path
 
@@ -291,11 +311,12 @@ class FileStore:
 
     def commit(self, partial: Path, final: Path) -> None:
         """Atomically publish a verified download (a use of it, for eviction's order)."""
-        os.rename(partial, final)
-        size = final.stat().st_size
-        self.counts.files += 1
-        self.counts.bytes += size
-        self._count(final, size)
+
+        def publish() -> Tally:
+            os.rename(partial, final)
+            return self.file_delta(final, 1, final.stat().st_size)
+
+        self.census.change(final, publish)
         self.note_use(str(final))
         if self.grown is not None:
             self.grown()
@@ -309,26 +330,30 @@ class FileStore:
         """The committed files of these (mirror) indexes, as counted between walks."""
         return sum(self.index_bytes.get(name, 0) for name in mirrors)
 
-    def _count(self, final: Path, size: int) -> None:
+    def file_delta(self, final: Path, files: int, size: int) -> Tally:
+        """What adding (``files`` 1) or removing (-1) the file ``final`` of ``size`` bytes
+        changes in the counts."""
+        delta = Tally()
         try:
             index = _index_of(os.path.relpath(final, self.files_root))
         except ValueError:
-            return
-        if index is not None:
-            self.index_bytes[index] = self.index_bytes.get(index, 0) + size
+            index = None
+        delta.add_file(index, size, files)
+        return delta
 
     def discard(self, partial: Path) -> None:
         partial.unlink(missing_ok=True)
 
     def remove_file(self, final: Path) -> None:
-        try:
-            size = final.stat().st_size
-            final.unlink()
-        except FileNotFoundError:
-            return
-        self.counts.files -= 1
-        self.counts.bytes -= size
-        self._count(final, -size)
+        def remove() -> Tally | None:
+            try:
+                size = final.stat().st_size
+                final.unlink()
+            except FileNotFoundError:
+                return None
+            return self.file_delta(final, -1, -size)
+
+        self.census.change(final, remove)
 
     # -- pages ---------------------------------------------------------------
 
@@ -353,28 +378,40 @@ class FileStore:
             return None
         return data if isinstance(data, dict) else None
 
-    def write_page(self, index: str, project: str, data: dict[str, Any]) -> None:
+    def write_page(self, index: str, project: str, data: dict[str, Any] | Iterable[str]) -> None:
+        """Save a page: its document, or its JSON text in pieces (a large page's,
+        ``ProjectPage.json_chunks``, written as it is made)."""
         path = self.page_path(index, project)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.partial_path(path)
-        new = not path.exists()
+
+        def publish() -> Tally | None:
+            new = not path.exists()
+            os.replace(partial, path)
+            return Tally(pages=1) if new and project != PROJECT_LIST else None
+
         try:
             with open(partial, "w", encoding="utf-8") as f:
-                json.dump(data, f, separators=(",", ":"))
-            os.replace(partial, path)
+                if isinstance(data, dict):
+                    json.dump(data, f, separators=(",", ":"))
+                else:
+                    f.writelines(data)
+            self.census.change(path, publish)
         except BaseException:  # a full disk: no half-written page left behind
             partial.unlink(missing_ok=True)
             raise
-        if new and project != PROJECT_LIST:
-            self.counts.pages += 1
 
     def delete_page(self, index: str, project: str) -> None:
-        try:
-            self.page_path(index, project).unlink()
-        except FileNotFoundError:
-            return
-        if project != PROJECT_LIST:
-            self.counts.pages -= 1
+        path = self.page_path(index, project)
+
+        def remove() -> Tally | None:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                return None
+            return Tally(pages=-1) if project != PROJECT_LIST else None
+
+        self.census.change(path, remove)
 
     def cached_projects(self, index: str) -> list[str]:
         user, _, name = index.partition("/")

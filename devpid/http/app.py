@@ -143,7 +143,7 @@ class DevpidRoutes:
             resource = BrowserDispatch(resource, self.web_routes.app)
         resource = self._gated(resource)
         data = self.private.data
-        headers = NodeHeaders(data.database.uuid, lambda: data.serial, data.catch_up)
+        headers = NodeHeaders(data.database.uuid, lambda: data.serial, data.catch_up_in_this_turn)
         if self.replication is not None:
             resource = self.replication.wrap(resource)
             if self.replication.primary_url is not None:  # a replica: its primary's uuid

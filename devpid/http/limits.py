@@ -90,6 +90,13 @@ class LimitedChannel(HTTPChannel):
     _counted = False
     _refused = False
     _lingering: IDelayedCall | None = None
+    #: The local address: asked of the socket once, not by every request (``getsockname``).
+    _host: Any = None
+
+    def getHost(self) -> Any:
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
 
     def connectionMade(self) -> None:
         limits = self.limits

@@ -31,7 +31,11 @@ from twisted.logger import Logger
 from devpid.common.coalesce import Coalescer
 from devpid.common.stats import Stats
 from devpid.files.store import PROJECT_LIST, FileStore
+from devpid.mirror.listfetch import ListResponse
+from devpid.mirror.listjobs import Jobs, inline_jobs
+from devpid.mirror.pagefetch import SpooledPageResponse, fetch_project_page
 from devpid.mirror.pages import CachedPage, PageCache, release_freed_memory
+from devpid.mirror.projectlist import ListRenderer, ProjectList
 from devpid.mirror.stale import Invalidation, StaleMarks
 from devpid.mirror.upstream import PageResponse, UpstreamClient, UpstreamError
 from devpid.simple.model import Link, ProjectPage
@@ -58,7 +62,14 @@ def _store_for_the_parts(index: MirrorIndex, _: Any, store: StateStore) -> State
     """The pages and the stale marks use the index's store, also once replaced (tests do)."""
     index._pages.store = store
     index._stale.store = store
+    index._list.store = store
     return store
+
+
+def _jobs_for_the_list(index: MirrorIndex, _: Any, jobs: Jobs) -> Jobs:
+    """The project list's jobs run where the index's do (a child process in the server)."""
+    index._list.renderer.jobs = jobs
+    return jobs
 
 
 def _described(project: str) -> str:
@@ -86,15 +97,20 @@ class MirrorIndex:
     memory_pages: int = 2000
     #: Runs a function in a thread (``deferToThread``); None parses on the reactor.
     offload: Callable[[Callable[[], Any]], Deferred[Any]] | None = None
+    #: Runs the project list's parsing and rendering (``devpid.mirror.listjobs``).
+    jobs: Jobs = attrs.field(default=inline_jobs, on_setattr=_jobs_for_the_list)
     _missing: dict[str, float] = attrs.field(factory=dict)
     _refreshes: Coalescer[CachedPage] = attrs.field(factory=Coalescer)
     _pages: PageCache = attrs.field(init=False)
     _stale: StaleMarks = attrs.field(init=False)
+    _list: ProjectList = attrs.field(init=False)
     log = Logger()
 
     def __attrs_post_init__(self) -> None:
         self._pages = PageCache(self.name, self.files, self.store, self.memory_pages)
         self._stale = StaleMarks(self.name, self.store)
+        renderer = ListRenderer(self.files, self.jobs)
+        self._list = ProjectList(self.name, self.files, self.store, renderer)
 
     async def mark_stale(self, *projects: str) -> None:
         """The next request for each of ``projects`` revalidates it, whatever its age."""
@@ -130,11 +146,14 @@ class MirrorIndex:
                 self._stale.heard_stale(project)
             elif invalidation.op == "fresh":
                 self._pages.forget(project)
+                if project == PROJECT_LIST:
+                    self._list.forget()
                 self._stale.discard_here(project)
 
     def forget_memory(self) -> None:
         """Drop what is kept in memory; it is read again from the serverdir and store."""
         self._pages.forget_all()
+        self._list.forget()
         self._missing.clear()
         self._stale.forget()
 
@@ -142,7 +161,9 @@ class MirrorIndex:
 
     async def cached(self, project: str) -> CachedPage | None:
         """The cached page, fresh or not, from memory or the serverdir."""
-        return await self._pages.get(project)
+        if project == PROJECT_LIST:
+            return await self._list.cached()
+        return await self._pages.get(project, self.offload)
 
     async def project_page(self, project: str) -> CachedPage:
         """The page to serve for a (normalized) project name."""
@@ -185,7 +206,14 @@ class MirrorIndex:
     async def _revalidate(self, project: str, entry: CachedPage | None) -> CachedPage:
         target = None if project == PROJECT_LIST else project
         try:
-            response = await self.upstream.fetch_page(target, entry.etag if entry else None)
+            etag = entry.etag if entry else None
+            if target is None:  # to a file: it may be 700,000 names
+                response: PageResponse = await self._list.fetch(self.upstream, etag)
+            else:
+                # a large page's body goes to a file (``devpid.mirror.pagefetch``)
+                response = await fetch_project_page(
+                    self.upstream, target, etag, self.files.pages_root
+                )
             if response.status == 304 and entry is not None:
                 return await self._confirmed(project, entry)
             if response.status in (404, 410):
@@ -207,15 +235,25 @@ class MirrorIndex:
                 new=fresh.serial,
                 old=entry.serial,
             )
+            if project == PROJECT_LIST:
+                self._list.discard(fresh)
             return await self._confirmed(project, entry)
         await self._save(project, fresh)
         return fresh
 
     async def _parsed(self, project: str, response: PageResponse) -> CachedPage:
-        """The page parsed; a large one in a thread, so the reactor keeps serving meanwhile."""
-        if self.offload is None or len(response.body) < OFFLOAD_BYTES:
-            return self._parse(project, response)
-        parsed: CachedPage = await self.offload(lambda: self._parse(project, response))
+        """The page parsed; a large one in a thread, so the reactor keeps serving meanwhile
+        (the project list in a child process, ``devpid.mirror.projectlist``)."""
+        if isinstance(response, ListResponse):
+            return await self._list.parsed(response, self.clock.seconds())
+        size = response.size if isinstance(response, SpooledPageResponse) else len(response.body)
+        try:
+            if self.offload is None or size < OFFLOAD_BYTES:
+                return self._parse(project, response)
+            parsed: CachedPage = await self.offload(lambda: self._parse(project, response))
+        finally:
+            if isinstance(response, SpooledPageResponse):
+                response.close()
         # Once the response body and the parser's garbage are gone (this request is
         # over), give their memory back: glibc would keep it in its arenas for good.
         self.clock.callLater(0, release_freed_memory)
@@ -226,8 +264,11 @@ class MirrorIndex:
         if project == PROJECT_LIST:
             content = parse_project_list(response.body, response.content_type)
         else:
+            body = response.body
+            if isinstance(response, SpooledPageResponse) and response.file is not None:
+                body = response.file  # type: ignore[assignment]
             content = parse_project_page(
-                project, response.body, response.content_type, response.url, response.serial
+                project, body, response.content_type, response.url, response.serial
             )
         return CachedPage(content, response.etag, response.serial, self.clock.seconds())
 
@@ -269,6 +310,9 @@ class MirrorIndex:
         return entry
 
     async def _save(self, project: str, entry: CachedPage) -> None:
-        self._pages.put(project, entry)
+        if project == PROJECT_LIST:
+            self._list.commit(entry)
+        else:
+            await self._pages.put(project, entry, self.offload)
         self._missing.pop(project, None)
         await self._remember_meta(project, entry)

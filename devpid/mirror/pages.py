@@ -16,8 +16,10 @@ import ctypes
 import ctypes.util
 import gzip
 import hashlib
+import os
 from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -26,8 +28,16 @@ from twisted.logger import Logger
 from devpid.common.coalesce import Coalescer
 from devpid.common.offload import Offload
 from devpid.files.store import PROJECT_LIST, FileStore
+from devpid.mirror.spool import Spooled, spool
 from devpid.simple.model import Link, ProjectPage
-from devpid.simple.render import LinkRenderer, render_project_list, render_project_page
+from devpid.simple.namelist import NamesContent
+from devpid.simple.parse import parse_stored_page
+from devpid.simple.render import (
+    LinkRenderer,
+    project_page_pieces,
+    render_project_list,
+    render_project_page,
+)
 from devpid.store import StateStore, StoreUnavailable
 
 #: Smaller bodies are sent as they are: gzip would save next to nothing.
@@ -38,6 +48,11 @@ GZIP_OFFLOAD_BYTES = 1_000_000
 #: a tenth of its size or less; a client that does not accept gzip gets it
 #: decompressed for its request.
 KEEP_PLAIN_MAX = 4_000_000
+#: Pages of this many links or more are rendered in a thread to files on disk
+#: (``devpid.mirror.spool``), stored and read in a thread, and sent from those files.
+LARGE_PAGE_LINKS = 4096
+#: Page files at least this large are read in a thread.
+LOAD_OFFLOAD_BYTES = 1_000_000
 
 
 def _load_malloc_trim() -> Callable[[int], int] | None:
@@ -72,6 +87,7 @@ class Rendered:
     """One rendering of a page: its body, ETag and, once a client asked for it, its gzip form.
 
     A large body is kept only gzipped (``KEEP_PLAIN_MAX``): ``plain`` is then None.
+    A large page's body is on disk (``spool``), plain and gzipped: both are None.
     """
 
     plain: bytes | None
@@ -79,6 +95,12 @@ class Rendered:
     size: int
     gzipped: bytes | None = None
     _compressing: Coalescer[bytes] = attrs.field(factory=Coalescer)
+    #: The bodies in files, sent from there (a large page's).
+    spool: Spooled | None = None
+
+    @classmethod
+    def spooled(cls, spooled: Spooled) -> Rendered:
+        return cls(None, spooled.etag, spooled.plain.size, spool=spooled)
 
     @classmethod
     def of(cls, body: bytes) -> Rendered:
@@ -92,6 +114,8 @@ class Rendered:
     def body(self) -> bytes:
         if self.plain is not None:
             return self.plain
+        if self.spool is not None:
+            return self.spool.plain.read()
         assert self.gzipped is not None
         return gzip.decompress(self.gzipped)
 
@@ -99,6 +123,8 @@ class Rendered:
         """The body gzip-compressed; compressed once, however many clients ask at the same time."""
         if self.gzipped is not None:
             return self.gzipped
+        if self.spool is not None:
+            return self.spool.gzipped.read()
         return await self._compressing.run("gzip", lambda: self._compress(offload))
 
     async def _compress(self, offload: Offload | None) -> bytes:
@@ -118,13 +144,15 @@ class Rendered:
 class CachedPage:
     """A project page (or the project list) with what is needed to revalidate it."""
 
-    content: ProjectPage | tuple[str, ...]
+    #: A project page, a (small) list of names, or a project list kept in files.
+    content: ProjectPage | tuple[str, ...] | NamesContent
     etag: str | None
     serial: int | None
     fetched_at: float
     #: Until when a failed revalidation lets the stale page be served without retrying.
     retry_at: float = 0.0
     _renders: dict[tuple[str, LinkRenderer], Rendered] = attrs.field(factory=dict)
+    _spooling: Coalescer[Rendered] = attrs.field(factory=Coalescer)
 
     def is_fresh(self, now: float, expiry: float, stale_mark: bool = False) -> bool:
         """Young enough and not marked stale, or in the back-off after a failed refresh."""
@@ -144,6 +172,7 @@ class CachedPage:
             if isinstance(self.content, ProjectPage):
                 body = render_project_page(self.content, media_type, urls, select)
             else:
+                assert not isinstance(self.content, NamesContent)  # sent from its files
                 body = render_project_list(self.content, media_type, urls)
             if len(self._renders) > 8:  # a few media types x outside URLs at most
                 self._renders.clear()
@@ -152,6 +181,42 @@ class CachedPage:
                 del body  # it may be kept only gzipped now
                 release_freed_memory()  # and what rendering built it from
         return rendered
+
+    async def render(
+        self,
+        media_type: str,
+        urls: LinkRenderer,
+        select: Callable[[Link], Link | None] | None = None,
+        offload: Offload | None = None,
+        spool_dir: Path | None = None,
+    ) -> Rendered:
+        """``rendered``; a large page's in a thread, to files in ``spool_dir``, each
+        rendering once however many clients ask for it at the same time."""
+        page = self.content
+        if (
+            spool_dir is None
+            or not isinstance(page, ProjectPage)
+            or len(page.links) < LARGE_PAGE_LINKS
+        ):
+            return self.rendered(media_type, urls, select)
+        key = (media_type, urls)
+        rendered = self._renders.get(key)
+        if rendered is not None:
+            return rendered
+
+        async def work() -> Rendered:
+            def write() -> Spooled:
+                return spool(project_page_pieces(page, media_type, urls, select), spool_dir)
+
+            spooled = write() if offload is None else await offload(write)
+            release_freed_memory()  # the links decoded, the text encoded and compressed
+            made = Rendered.spooled(spooled)
+            if len(self._renders) > 8:
+                self._renders.clear()
+            self._renders[key] = made
+            return made
+
+        return await self._spooling.run(f"{media_type} {urls.prefix} {urls.index}", work)
 
     def meta(self) -> dict[str, Any]:
         return {"etag": self.etag, "serial": self.serial, "fetched_at": self.fetched_at}
@@ -167,17 +232,26 @@ class PageCache:
     #: Project pages kept in memory.
     memory_pages: int
     _memory: OrderedDict[str, CachedPage] = attrs.field(factory=OrderedDict)
+    #: Reads of one page file share one read.
+    _loading: Coalescer[ProjectPage | None] = attrs.field(factory=Coalescer)
     log = Logger()
 
     def _document_key(self, project: str) -> str:
         return f"page:{self.index}:{project}"
 
-    async def get(self, project: str) -> CachedPage | None:
-        """The cached page, fresh or not, from memory or the serverdir."""
+    async def get(self, project: str, offload: Offload | None = None) -> CachedPage | None:
+        """The cached page, fresh or not, from memory or the serverdir (a large page
+        file read in a thread, with ``offload``)."""
         entry = self._memory.get(project)
         if entry is not None:
             self._memory.move_to_end(project)
             return entry
+        if project != PROJECT_LIST:
+            page = await self._loading.run(project, lambda: self._load(project, offload))
+            entry = self._memory.get(project)  # another caller's read got there first
+            if entry is not None or page is None:
+                return entry
+            return await self._with_meta(project, page)
         data = self.files.read_page(self.index, project)
         if data is None:
             return None
@@ -200,27 +274,76 @@ class PageCache:
         self._remember(project, entry)
         return entry
 
+    async def _load(self, project: str, offload: Offload | None) -> ProjectPage | None:
+        """The page file of ``project`` read link by link (either form it was written in);
+        None when there is none, or it is damaged."""
+        path = self.files.page_path(self.index, project)
+        try:
+            size = os.stat(path).st_size
+        except FileNotFoundError:
+            return None
+
+        def read() -> ProjectPage | None:
+            try:
+                with open(path, "rb") as f:
+                    return parse_stored_page(f)
+            except FileNotFoundError:
+                return None
+            except (KeyError, TypeError, ValueError, IndexError):
+                self.log.warn("ignoring a damaged cached page for {project}", project=project)
+                return None
+
+        if offload is None or size < LOAD_OFFLOAD_BYTES:
+            return read()
+        page: ProjectPage | None = await offload(read)
+        release_freed_memory()
+        return page
+
+    async def _with_meta(self, project: str, page: ProjectPage) -> CachedPage:
+        try:
+            meta = await self.store.get_document(self._document_key(project)) or {}
+        except StoreUnavailable:
+            meta = {}  # no ETag or age known: it revalidates (or is served stale)
+        entry = self._memory.get(project)
+        if entry is not None:  # saved meanwhile (a refetch): newer
+            return entry
+        entry = CachedPage(
+            page, meta.get("etag"), meta.get("serial"), float(meta.get("fetched_at", 0.0))
+        )
+        self._remember(project, entry)
+        return entry
+
     def _remember(self, project: str, entry: CachedPage) -> None:
         self._memory[project] = entry
         self._memory.move_to_end(project)
         while len(self._memory) > self.memory_pages:
             self._memory.popitem(last=False)
 
-    def put(self, project: str, entry: CachedPage) -> None:
-        """Keep a newly fetched page in the serverdir and in memory."""
-        if isinstance(entry.content, ProjectPage):
-            data = entry.content.to_json()
-        else:
-            data = {"names": list(entry.content)}
+    async def put(self, project: str, entry: CachedPage, offload: Offload | None = None) -> None:
+        """Keep a newly fetched page in the serverdir and in memory; a project page is
+        written a link at a time (a large one in a thread, with ``offload``)."""
+        self._remember(project, entry)
         try:
-            self.files.write_page(self.index, project, data)
+            if isinstance(entry.content, ProjectPage):
+                page = entry.content
+
+                def write() -> None:
+                    self.files.write_page(self.index, project, page.json_chunks())
+
+                if offload is None or len(page.links) < LARGE_PAGE_LINKS:
+                    write()
+                else:
+                    await offload(write)
+                    release_freed_memory()
+            else:
+                assert isinstance(entry.content, tuple)  # a NamesContent is in its file already
+                self.files.write_page(self.index, project, {"names": list(entry.content)})
         except OSError as e:  # a full disk, say: the page is good, serve it from memory
             self.log.warn(
                 "cannot save the page of {project}: {error}; serving it from memory",
                 project=project,
                 error=e.strerror or str(e),
             )
-        self._remember(project, entry)
 
     async def put_meta(self, project: str, entry: CachedPage) -> None:
         """Record in the store when ``project`` was fetched or confirmed, and its ETag.

@@ -142,7 +142,7 @@ def describe_failure(failure: Failure | BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-class _PageBody(Protocol):
+class PageBody(Protocol):
     """Collects a response body, refusing one larger than ``limit`` or one that stalls.
 
     Each ``timeout`` seconds must bring ``MIN_PROGRESS`` bytes (or the end of the
@@ -217,7 +217,7 @@ def read_body(
     ):
         response.deliverBody(Protocol())  # drain nothing; the connection is dropped
         raise PageTooLarge(f"page of {response.length} bytes is larger than {limit}")
-    body: _PageBody
+    body: PageBody
 
     def cancel(_: Deferred[bytes]) -> None:
         # Given up on from outside: drop the connection too, or a stalled
@@ -227,18 +227,19 @@ def read_body(
             body.transport.stopProducing()  # type: ignore[attr-defined]
 
     finished: Deferred[bytes] = Deferred(cancel)
-    body = _PageBody(finished, limit, clock, timeout)
+    body = PageBody(finished, limit, clock, timeout)
     response.deliverBody(body)
     return finished
 
 
-def _header(response: IResponse, name: str) -> str | None:
+def response_header(response: IResponse, name: str) -> str | None:
+    """The last value of a response's header ``name``, if any."""
     values = response.headers.getRawHeaders(name)
     return values[-1] if values else None
 
 
 def _retry_after(response: IResponse) -> float:
-    value = _header(response, "Retry-After")
+    value = response_header(response, "Retry-After")
     try:
         seconds = float(value) if value is not None else DEFAULT_RETRY_AFTER
     except ValueError:  # an HTTP date: not worth parsing, wait the default
@@ -246,8 +247,9 @@ def _retry_after(response: IResponse) -> float:
     return seconds if seconds >= 0 else DEFAULT_RETRY_AFTER
 
 
-def _serial(response: IResponse) -> int | None:
-    value = _header(response, "X-PyPI-Last-Serial")
+def last_serial(response: IResponse) -> int | None:
+    """``X-PyPI-Last-Serial`` of a response, when it is a number."""
+    value = response_header(response, "X-PyPI-Last-Serial")
     try:
         return int(value) if value is not None else None
     except ValueError:
@@ -279,29 +281,47 @@ class UpstreamClient:
         try:
             page = await self._get_page(url, headers)
         except Exception as e:
-            reason = f"GET {url}: {describe_failure(e)}"
-            self.health.failed(reason)
-            self.log.warn("upstream {reason}", reason=reason)
-            raise UpstreamError(reason) from None
-        elapsed = self.clock.seconds() - started
+            raise self.fetch_failed(url, e) from None
+        self.fetched(url, page.status, len(page.body), page.serial, started)
+        return page
+
+    def fetch_failed(self, url: str, error: Exception) -> UpstreamError:
+        """A page GET that failed (connection, timeout, body): kept in ``health`` and
+        logged; the one-line error to raise."""
+        reason = f"GET {url}: {describe_failure(error)}"
+        self.health.failed(reason)
+        self.log.warn("upstream {reason}", reason=reason)
+        return UpstreamError(reason)
+
+    def fetched(self, url: str, status: int, size: int, serial: int | None, started: float) -> None:
+        """A page GET answered: kept in ``health`` and logged. Raises ``UpstreamError``
+        for an error status other than 404 and 410 (which say the project is gone)."""
         self.health.fetches += 1
-        self.health.bytes_fetched += len(page.body)
-        if page.status >= 400 and page.status not in (404, 410):
-            reason = f"GET {url}: upstream answered {page.status}"
+        self.health.bytes_fetched += size
+        if status >= 400 and status not in (404, 410):
+            reason = f"GET {url}: upstream answered {status}"
             self.health.failed(reason)
             self.log.warn("upstream {reason}", reason=reason)
             raise UpstreamError(reason)
         self.health.succeeded()
-        self.health.saw_serial(page.serial)
+        self.health.saw_serial(serial)
         self.log.info(
             "upstream GET {url} -> {status} {size} bytes in {seconds:.3f}s serial={serial}",
             url=url,
-            status=page.status,
-            size=len(page.body),
-            seconds=elapsed,
-            serial=page.serial,
+            status=status,
+            size=size,
+            seconds=self.clock.seconds() - started,
+            serial=serial,
         )
-        return page
+
+    async def open_page(self, project: str | None, etag: str | None = None) -> IResponse:
+        """Start a page GET as ``fetch_page`` would; the caller reads (streams) the body
+        and keeps ``health`` (the project list goes to a file: ``devpid.mirror.listfetch``)."""
+        url = self.simple_url if project is None else self.project_url(project)
+        headers = {"Accept": [PAGE_ACCEPT], "User-Agent": [USER_AGENT], "Via": [self.via]}
+        if etag:
+            headers["If-None-Match"] = [etag]
+        return await self._get(url, headers)
 
     async def _get_page(self, url: str, headers: dict[str, list[str]]) -> PageResponse:
         response = await self._get(url, headers)
@@ -313,9 +333,9 @@ class UpstreamClient:
         return PageResponse(
             status=response.code,
             body=body,
-            content_type=_header(response, "Content-Type") or "",
-            etag=_header(response, "ETag"),
-            serial=_serial(response),
+            content_type=response_header(response, "Content-Type") or "",
+            etag=response_header(response, "ETag"),
+            serial=last_serial(response),
             url=str(response.request.absoluteURI.decode("utf-8"))
             if hasattr(response, "request") and response.request is not None
             else url,
@@ -426,7 +446,7 @@ class UpstreamClient:
         answer = await read_body(response, self.clock, self.timeout)
         return (
             response.code,
-            _header(response, "Content-Type") or "",
+            response_header(response, "Content-Type") or "",
             _retry_after(response),
             answer,
         )

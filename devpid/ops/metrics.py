@@ -24,6 +24,7 @@ from prometheus_client.metrics_core import (
 )
 from twisted.internet.interfaces import IReactorTime
 
+from devpid.common.gctune import GENERATIONS, GcPauses
 from devpid.ops.requests import RequestMetrics
 from devpid.ops.snapshot import Snapshot, Sources
 
@@ -44,6 +45,8 @@ class DevpidCollector:
 
     sources: Sources
     requests: RequestMetrics
+    #: The garbage collector's pauses (devpid.common.gctune), in a real process only.
+    gc: GcPauses | None = None
 
     def describe(self) -> list[Metric]:
         return []  # names are not checked for clashes: this is the registry's only collector
@@ -59,6 +62,7 @@ class DevpidCollector:
         yield from self._health(snapshot)
         yield from self._replica()
         yield from self._webhooks()
+        yield from self._gc()
         yield InfoMetricFamily(
             "devpid_build", "devpid's version", value={"version": snapshot.version}
         )
@@ -308,6 +312,33 @@ class DevpidCollector:
                 hooks["oldest_pending_age"],
             )
 
+    def _gc(self) -> Iterator[Metric]:
+        if self.gc is None:
+            return
+        collections = CounterMetricFamily(
+            "devpid_gc_collections",
+            "garbage collections, by generation (2: full)",
+            labels=["generation"],
+        )
+        paused = CounterMetricFamily(
+            "devpid_gc_pause_seconds",
+            "time the garbage collector held the process, by generation",
+            labels=["generation"],
+        )
+        longest = GaugeMetricFamily(
+            "devpid_gc_longest_pause_seconds",
+            "the longest single collection so far, by generation",
+            labels=["generation"],
+        )
+        for generation in GENERATIONS:
+            label = [str(generation)]
+            collections.add_metric(label, self.gc.counts[generation])
+            paused.add_metric(label, self.gc.seconds[generation])
+            longest.add_metric(label, self.gc.longest[generation])
+        yield collections
+        yield paused
+        yield longest
+
     def _health(self, snapshot: Snapshot) -> Iterator[Metric]:
         disk = snapshot.disk
         health = snapshot.health
@@ -338,11 +369,22 @@ class Metrics:
     clock: IReactorTime
     requests: RequestMetrics = attrs.field(init=False)
     registry: CollectorRegistry = attrs.field(init=False, factory=CollectorRegistry)
+    _collector: DevpidCollector = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.requests = RequestMetrics.with_clock(self.clock)
-        self.registry.register(DevpidCollector(self.sources, self.requests))
+        self._collector = DevpidCollector(self.sources, self.requests)
+        self.registry.register(self._collector)
         ProcessCollector(namespace="devpid", registry=self.registry)
+
+    @property
+    def gc(self) -> GcPauses | None:
+        """The garbage collector's pauses, shown as ``devpid_gc_*`` when set."""
+        return self._collector.gc
+
+    @gc.setter
+    def gc(self, pauses: GcPauses | None) -> None:
+        self._collector.gc = pauses
 
     def render(self, accept: str | None = None) -> tuple[bytes, str]:
         """The exposition and its content type (OpenMetrics when asked for it)."""

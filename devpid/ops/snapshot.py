@@ -119,6 +119,8 @@ class Snapshot:
     mirror_bytes: int | None = None
     #: The evictor's status, with --cache-max-size.
     eviction: dict[str, Any] | None = None
+    #: The serverdir is still being counted at start-up: ``cache`` is not known yet.
+    counting: bool = False
 
 
 @attrs.define
@@ -210,6 +212,9 @@ class Sources:
             else PeerCounts(peers.lock_ttl, peers.takeovers, peers.uncoordinated, peers.lost_locks),
             poller=poller,
             health=self._judge(disk, store_health, poller),
-            mirror_bytes=None if self.mirrors is None else self.files.mirror_bytes(self.mirrors()),
+            mirror_bytes=None
+            if self.mirrors is None or not self.files.counted
+            else self.files.mirror_bytes(self.mirrors()),
             eviction=None if self.eviction is None else self.eviction.status(),
+            counting=not self.files.counted,
         )

@@ -49,9 +49,11 @@ def render_status(snapshot: Snapshot) -> dict[str, Any]:
             "bytes_fetched": upstream.bytes_fetched,
         },
         "cache": {
-            "projects": snapshot.cache.pages,
-            "files": snapshot.cache.files,
-            "bytes": snapshot.cache.bytes,
+            # null until the start-up count is over (devpid.files.census)
+            "counting": snapshot.counting,
+            "projects": None if snapshot.counting else snapshot.cache.pages,
+            "files": None if snapshot.counting else snapshot.cache.files,
+            "bytes": None if snapshot.counting else snapshot.cache.bytes,
             "files_without_hash": counters["files_without_hash"],
             "mirror_bytes": snapshot.mirror_bytes,
             "max_bytes": None if snapshot.eviction is None else snapshot.eviction["max_bytes"],

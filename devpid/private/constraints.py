@@ -22,11 +22,9 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.specifiers import SpecifierSet
 from packaging.utils import (
     InvalidSdistFilename,
     InvalidWheelFilename,
@@ -35,6 +33,12 @@ from packaging.utils import (
     parse_wheel_filename,
 )
 from packaging.version import InvalidVersion, Version
+
+if TYPE_CHECKING:
+    from packaging.specifiers import SpecifierSet
+
+# ``packaging.requirements`` (and the specifiers and markers it brings) is imported where
+# a constraint is parsed, not at start-up: most indexes have none.
 
 from devpid.private.names import InvalidConfig, shown
 
@@ -77,6 +81,8 @@ def constraint_line(text: str) -> str:
         raise InvalidConfig(f"constraint {shown(text)} is longer than {MAX_LINE} characters")
     if text == ALL:
         return ALL
+    from packaging.requirements import InvalidRequirement, Requirement
+
     try:
         requirement = Requirement(text)
     except InvalidRequirement as e:
@@ -126,6 +132,8 @@ def normalise_constraints(value: object) -> list[str]:
 
 
 def _project_of(line: str) -> str:
+    from packaging.requirements import Requirement
+
     return canonicalize_name(Requirement(line).name)
 
 
@@ -206,6 +214,8 @@ class Constraints:
 
 @functools.lru_cache(maxsize=64)
 def _parsed(lines: tuple[str, ...]) -> Constraints:
+    from packaging.requirements import InvalidRequirement, Requirement
+
     rules: dict[str, SpecifierSet] = {}
     only_listed = False
     for line in lines:

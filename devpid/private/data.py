@@ -69,6 +69,10 @@ class PrivateData:
     def catch_up(self) -> bool:
         return self.database.catch_up()
 
+    def catch_up_in_this_turn(self) -> bool:
+        """``catch_up``, at most once per reactor turn: before each request."""
+        return self.database.catch_up_in_this_turn()
+
     def users(self) -> Mapping[str, Mapping[str, Any]]:
         return self.database.records.of("user")
 

@@ -42,6 +42,7 @@ from typing import Any, TypeVar
 import attrs
 from twisted.logger import Logger
 
+from devpid.common.turns import ReactorTurns
 from devpid.private.events import KINDS, Change, Event
 
 _log = Logger()
@@ -260,6 +261,9 @@ class PrivateDatabase:
     _generation: str = ""
     #: Called with each event this process learns of (its own and others').
     listeners: list[Callable[[Event], None]] = attrs.field(factory=list)
+    #: The reactor's turns, when ``catch_up_in_this_turn`` may look once per turn.
+    turns: ReactorTurns | None = None
+    _looked_in_turn: int | None = None
 
     @classmethod
     def in_serverdir(cls, serverdir: Path) -> PrivateDatabase:
@@ -269,6 +273,14 @@ class PrivateDatabase:
 
     def open(self) -> None:
         """Open (creating if needed) and read every record into memory."""
+        if self._db is not None:
+            return
+        self.connect()
+        self._load_all()
+
+    def connect(self) -> None:
+        """Open (creating if needed) without reading the records: for what only needs
+        the ``meta`` table (reading every record is most of the cost of ``open``)."""
         if self._db is not None:
             return
         try:
@@ -288,7 +300,6 @@ class PrivateDatabase:
             raise DatabaseError(f"cannot open {self.path}: {e}") from None
         self._db = db
         self.uuid = str(row[0])
-        self._load_all()
 
     def close(self) -> None:
         if self._db is not None:
@@ -321,8 +332,10 @@ class PrivateDatabase:
         last = self.db.execute(
             "SELECT serial, at FROM events ORDER BY serial DESC LIMIT 1"
         ).fetchone()
-        for kind, name, value, serial in rows:
-            records.apply(Change(kind, name, json.loads(value)), serial)
+        # one parse of all the values: a third faster than one call per record
+        values = json.loads("[" + ",".join(row[2] for row in rows) + "]")
+        for (kind, name, _, serial), value in zip(rows, values, strict=True):
+            records.apply(Change(kind, name, value), serial)
         if last is not None:
             records.serial, records.last_commit_at = int(last[0]), float(last[1])
         self.records = records
@@ -375,6 +388,17 @@ class PrivateDatabase:
             self._reload()
             return True
         return self._apply_rows(rows)
+
+    def catch_up_in_this_turn(self) -> bool:
+        """``catch_up``, once per reactor turn (``devpid.common.turns`` says why that
+        sees every commit a request of this turn can know of): what runs before each
+        request. Anything else that must see a commit at once calls ``catch_up``."""
+        turn = self.turns.count if self.turns is not None else None
+        if turn is not None and turn == self._looked_in_turn:
+            return False
+        changed = self.catch_up()
+        self._looked_in_turn = turn
+        return changed
 
     def _read_new(self) -> tuple[bool, list[Any]]:
         """``(True, [])`` when the records were replaced (another generation), else the

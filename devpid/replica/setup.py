@@ -84,7 +84,7 @@ def promote_if_replica(path: Path) -> None:
         return
     database = PrivateDatabase(path)
     try:
-        database.open()
+        database.connect()  # the mark only: the records are read by the caller's open
         before = database.mark_replica(None)
     except DatabaseError:
         return  # opened again, and reported, by the caller

@@ -46,7 +46,7 @@ class IndexRoutes:
     mirrors: Any  # Mapping[str, MirrorIndex]
     outside_url: str | None
     #: The project list route, for installers asking for ``/<user>/<index>``.
-    project_list: Callable[[Request, str, str], Awaitable[bytes]]
+    project_list: Callable[[Request, str, str], Awaitable[bytes | None]]
 
     def register(self, app: Klein) -> None:
         index = "/<user>/<index>"
@@ -93,7 +93,7 @@ class IndexRoutes:
 
     # -- one index -------------------------------------------------------------------
 
-    async def get_index(self, request: Request, user: str, index: str) -> bytes:
+    async def get_index(self, request: Request, user: str, index: str) -> bytes | None:
         if is_installer(request):
             return await self.project_list(request, user, index)
         not_for_browsers(request)

@@ -105,7 +105,7 @@ class ProjectRoutes:
     mirrors: Mapping[str, MirrorIndex]
     outside_url: str | None
     #: The simple page route, for installers asking for ``/<user>/<index>/<project>``.
-    simple_page: Callable[[Request, str, str, str], Awaitable[bytes]]
+    simple_page: Callable[[Request, str, str, str], Awaitable[bytes | None]]
     #: Answers kept per process: ``(index, project, root, ignore_bases) -> (stamp, body)``.
     _answers: OrderedDict[tuple[str, str, str, bool], tuple[tuple[Any, ...], bytes]] = attrs.field(
         factory=OrderedDict
@@ -118,7 +118,9 @@ class ProjectRoutes:
             labelled("api", self.get_version)
         )
 
-    async def get_project(self, request: Request, user: str, index: str, project: str) -> bytes:
+    async def get_project(
+        self, request: Request, user: str, index: str, project: str
+    ) -> bytes | None:
         if user.startswith("+") or index.startswith("+") or project.startswith("+"):
             raise unrouted(request)
         if is_installer(request):

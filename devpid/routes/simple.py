@@ -32,8 +32,11 @@ from devpid.mirror.pages import GZIP_MIN_BYTES, gzip_etag
 from devpid.private.data import PrivateData
 from devpid.private.resolve import resolve_project
 from devpid.routes import labelled
+from devpid.routes.listsend import send_list
+from devpid.routes.pagesend import send_spooled
 from devpid.routes.stagepages import StagePages
 from devpid.simple.model import METADATA, PROVENANCE, Link, is_valid_project_name
+from devpid.simple.namelist import NamesContent
 from devpid.simple.render import CONTENT_TYPES, LinkRenderer
 
 #: Keeps pip's and uv's HTTP caches from re-asking more than once a minute,
@@ -64,7 +67,7 @@ class SimpleRoutes:
             labelled("refresh", self.refresh)
         )
 
-    async def project_list(self, request: Request, user: str, index: str) -> bytes:
+    async def project_list(self, request: Request, user: str, index: str) -> bytes | None:
         name = f"{user}/{index}"
         mirror = self.indexes.get(name)
         if mirror is None:
@@ -83,9 +86,13 @@ class SimpleRoutes:
         except ProjectNotFound as e:
             raise HTTPError(502, f"the upstream has no project list: {e}") from None
         urls = links_for(request, self.outside_url, name)
+        if isinstance(entry.content, NamesContent):  # rendered to files, sent from them
+            return await send_list(request, entry, answer_type, urls)
         return await self._send_page(request, mirror, entry, answer_type, urls)
 
-    async def project_page(self, request: Request, user: str, index: str, project: str) -> bytes:
+    async def project_page(
+        self, request: Request, user: str, index: str, project: str
+    ) -> bytes | None:
         name = f"{user}/{index}"
         self._must_exist(user, index)
         if not is_valid_project_name(project):
@@ -194,10 +201,16 @@ class SimpleRoutes:
         answer_type: str,
         urls: LinkRenderer,
         select: Callable[[Link], Link | None] | None = None,
-    ) -> bytes:
+    ) -> bytes | None:
         """The page, gzipped (compressed once, kept) when the client accepts it and it is
-        not tiny; each encoding has its own ETag, and a 304 answers either."""
-        rendered = entry.rendered(answer_type, urls, select)
+        not tiny; each encoding has its own ETag, and a 304 answers either. A large
+        page is rendered in a thread to files, and sent from them."""
+        offload = (
+            mirror.offload
+            if mirror
+            else next((m.offload for m in self.indexes.values() if m.offload is not None), None)
+        )
+        rendered = await entry.render(answer_type, urls, select, offload, self.files.pages_root)
         etag = rendered.etag
         compress = rendered.size >= GZIP_MIN_BYTES and accepts_gzip(request)
         request.setHeader(b"content-type", CONTENT_TYPES[answer_type].encode())
@@ -213,6 +226,8 @@ class SimpleRoutes:
                 request.setHeader(b"etag", tag)
                 request.setResponseCode(304)
                 return b""
+        if rendered.spool is not None:
+            return await send_spooled(request, rendered.spool, compress)
         if compress:
             body, etag = await rendered.gzip(mirror.offload if mirror else None), gzip_etag(etag)
             request.setHeader(b"content-encoding", b"gzip")

@@ -14,19 +14,29 @@ the resolution walk and a handful of comparisons.
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
 from twisted.logger import Logger
 
 from devpid.mirror.index import CachedPage, IndexUnavailable, MirrorIndex, ProjectNotFound
+from devpid.mirror.pages import LARGE_PAGE_LINKS, release_freed_memory
 from devpid.private.constraints import Constraints
 from devpid.private.data import PrivateData
 from devpid.private.releases import RELEASE, basename
 from devpid.private.resolve import resolution_order, resolve_project
-from devpid.simple.model import Link, ProjectPage
+from devpid.simple.model import (
+    Link,
+    LinkTableBuilder,
+    ProjectPage,
+    record_filename,
+    record_has_provenance,
+    record_with_index,
+)
+from devpid.simple.namelist import NamesContent, Source
 
 #: Merged pages (and project lists) kept per process.
 MAX_CACHED = 2048
@@ -110,7 +120,11 @@ class StagePages:
         key = (f"{index}/{CONSTRAINED_KEY}", project)
         page = self._cached(key, stamp)
         if page is None:
-            page = constrained_page(entry, project, constraints, mirror_name)
+            page = await _off_the_reactor(
+                self.mirrors,
+                entry.content,
+                lambda: constrained_page(entry, project, constraints, mirror_name),
+            )
             self._remember(key, stamp, page)
         return PageSource(merged=page)
 
@@ -162,37 +176,39 @@ class StagePages:
         key = (index, project)
         page = self._cached(key, stamp)
         if page is None:
-            page = self._merge(project, holding, mirrors, entries)
+            page = await self._merge(project, holding, mirrors, entries)
             self._remember(key, stamp, page)
         return PageSource(merged=page)
 
-    def _merge(
+    async def _merge(
         self,
         project: str,
         holding: list[str],
         mirrors: list[MirrorIndex],
         entries: list[CachedPage | None],
     ) -> CachedPage:
-        links: list[Link] = []
-        seen: set[str] = set()
-        for stage in holding:
-            for link in stage_links(stage, self.data.versions(stage, project)):
-                if link.filename not in seen:
-                    seen.add(link.filename)
-                    links.append(link)
-        for mirror, entry in zip(mirrors, entries, strict=True):
-            content = entry.content if entry is not None else None
-            if not isinstance(content, ProjectPage):
-                continue
-            for link in content.links:
-                if link.filename not in seen:
-                    seen.add(link.filename)
-                    links.append(attrs.evolve(link, index=mirror.name))
-        return CachedPage(ProjectPage(project, tuple(links)), None, None, 0.0)
+        own = [
+            link
+            for stage in holding
+            for link in stage_links(stage, self.data.versions(stage, project))
+        ]
+        pages = [
+            (mirror.name, entry.content)
+            for mirror, entry in zip(mirrors, entries, strict=True)
+            if entry is not None and isinstance(entry.content, ProjectPage)
+        ]
+        largest = max((page for _, page in pages), key=lambda page: len(page.links), default=None)
+        return await _off_the_reactor(
+            self.mirrors, largest, lambda: merged_page(project, own, pages)
+        )
 
     async def project_list(self, index: str) -> CachedPage:
         """Every project name of the stage and its bases: the stages' names first (sorted),
-        then each mirror's list in resolution order; behind ``*``, only the named ones."""
+        then each mirror's list in resolution order; behind ``*``, only the named ones.
+
+        A mirror's list kept in files (``NamesContent``) is joined in files too: the
+        answer is a ``NamesContent`` of the joined sources, rendered by a child process
+        (never 700,000 names in a set here)."""
         constraints = self.data.constraints(index)
         entry = await self._base_list(index)
         if constraints is None or not constraints.only_listed:
@@ -201,10 +217,16 @@ class StagePages:
         stamp = (tuple(sorted(constraints.rules)), entry)
         page = self._cached(key, stamp)
         if page is None:
-            names = entry.content if isinstance(entry.content, tuple) else ()
-            # the lists' names are normalised (parse_project_list, the stages' records)
-            allowed = tuple(name for name in names if name in constraints.rules)
-            page = CachedPage(allowed, None, None, 0.0)
+            if isinstance(entry.content, NamesContent):
+                only = frozenset(constraints.rules)
+                content = entry.content
+                tag = _join_tag(content.tag, "only", *sorted(only))
+                page = CachedPage(attrs.evolve(content, tag=tag, only=only), None, None, 0.0)
+            else:
+                names = entry.content if isinstance(entry.content, tuple) else ()
+                # the lists' names are normalised (parse_project_list, the stages' records)
+                allowed = tuple(name for name in names if name in constraints.rules)
+                page = CachedPage(allowed, None, None, 0.0)
             self._remember(key, stamp, page)
         return page
 
@@ -226,6 +248,11 @@ class StagePages:
         if page is not None:
             return page
         names = sorted({name for stage in private for name in self.data.projects(stage)})
+        in_files = [e.content for e in entries if isinstance(e.content, NamesContent)]
+        if in_files:
+            page = CachedPage(_joined(names, entries, in_files[0]), None, None, 0.0)
+            self._remember(key, stamp, page)
+            return page
         seen = set(names)
         for entry in entries:
             if isinstance(entry.content, tuple):
@@ -237,10 +264,93 @@ class StagePages:
         return page
 
 
+def _join_tag(*parts: str) -> str:
+    digest = hashlib.blake2b(digest_size=12)
+    for part in parts:
+        digest.update(part.encode() + b"\n")
+    return digest.hexdigest()
+
+
+def _joined(names: list[str], entries: list[CachedPage], first: NamesContent) -> NamesContent:
+    """The stages' ``names`` then the mirrors' lists, as sources of one list in files."""
+    sources = [Source(names=tuple(names))] if names else []
+    parts = ["join", *names, ""]
+    for entry in entries:
+        if isinstance(entry.content, NamesContent):
+            sources.extend(entry.content.sources)
+            parts.append(entry.content.tag)
+        elif isinstance(entry.content, tuple):
+            sources.append(Source(names=entry.content))
+            parts.extend([*entry.content, ""])
+    return NamesContent(_join_tag(*parts), tuple(sources), first.renderer)
+
+
 #: Where a constrained index's filtered pages are kept (``+`` is in no index name).
 CONSTRAINED_KEY = "+constrained"
 #: The stamp of a project its index's constraints leave as it is.
 UNCONSTRAINED = (True, None)
+
+
+def merged_page(project: str, own: list[Link], pages: list[tuple[str, ProjectPage]]) -> CachedPage:
+    """The stages' links, then the mirrors' (each served from its mirror), the first of
+    each file name kept. A mirror's page may have 200,000 links: they are copied packed,
+    never all as objects at once."""
+    links = LinkTableBuilder()
+    seen: set[str] = set()
+    for link in own:
+        if link.filename not in seen:
+            seen.add(link.filename)
+            links.append(link)
+    # Names already taken are found by their hashes (a set of ints is a third of a set of
+    # the names); a hash seen before is checked against the names themselves.
+    taken = {hash(name) for name in seen}
+    for number, (mirror, page) in enumerate(pages):
+        provenance = page.links.has_provenance
+        for position, (record, key) in enumerate(
+            zip(page.links.records(), page.links.name_hashes(), strict=True)
+        ):
+            filename = record_filename(record)
+            if key in taken and _taken(filename, seen, pages[:number], page, position):
+                continue
+            taken.add(key)
+            links.append_record(
+                record_with_index(record, mirror),
+                filename,
+                provenance and record_has_provenance(record),
+            )
+    return CachedPage(ProjectPage(project, links.build()), None, None, 0.0)
+
+
+def _taken(
+    filename: str,
+    own: set[str],
+    earlier: list[tuple[str, ProjectPage]],
+    page: ProjectPage,
+    position: int,
+) -> bool:
+    """Whether ``filename`` came before: a stage's, an earlier mirror's, or earlier on
+    its own page."""
+    if filename in own or any(p.links.first_position(filename) is not None for _, p in earlier):
+        return True
+    first = page.links.first_position(filename)
+    return first is not None and first < position
+
+
+async def _off_the_reactor(
+    mirrors: Mapping[str, MirrorIndex], source: object, work: Callable[[], CachedPage]
+) -> CachedPage:
+    """``work()`` made from ``source``, a mirror's page: in a thread (the mirrors') when the
+    page is large (seconds of work for 200,000 links), else here and now."""
+    offload = next((m.offload for m in mirrors.values() if m.offload is not None), None)
+    if (
+        offload is None
+        or not isinstance(source, ProjectPage)
+        or len(source.links) < LARGE_PAGE_LINKS
+    ):
+        return work()
+    made: CachedPage = await offload(work)
+    release_freed_memory()
+    return made
 
 
 def constrained_page(
@@ -250,7 +360,7 @@ def constrained_page(
     page (``mirror``) keep pointing at that mirror."""
     page = entry.content
     assert isinstance(page, ProjectPage)
-    links = tuple(
+    links = (  # packed as they come: the page may have 200,000 links
         link if link.index is not None or mirror is None else attrs.evolve(link, index=mirror)
         for link in page.links
         if constraints.allows_file(project, link.filename)

@@ -44,6 +44,7 @@ from devpid.search.stages import (
     match_project,
     stage_project,
 )
+from devpid.simple.namelist import NamesContent, joined
 
 T = TypeVar("T")
 
@@ -51,6 +52,8 @@ T = TypeVar("T")
 MAX_LIMIT = 500
 #: Ties in score: better kinds first.
 _KIND_ORDER = {"exact": 0, "prefix": 1, "substring": 2, "metadata": 3, "fuzzy": 4}
+#: A name index built from a list in files works at most this long between the reactor's turns.
+BUILD_SLICE_SECONDS = 0.002
 #: Where a mirror's names came from.
 PROJECT_LIST_SOURCE = "project list"
 CACHED_PAGES_SOURCE = "cached pages"
@@ -364,6 +367,13 @@ class SearchCatalog:
                 error=e,
             )
             page = None
+        if page is not None and isinstance(page.content, NamesContent):
+            if state.source == PROJECT_LIST_SOURCE and _tagged(page.content) == state.fingerprint:
+                state.file_signature = signature
+                return
+            await self._build_from_files(state, page.content, page.etag)
+            state.file_signature = signature
+            return
         if page is not None and isinstance(page.content, tuple):
             same = _fingerprint(page.content, PROJECT_LIST_SOURCE) == state.fingerprint or (
                 page.etag is not None and page.etag == state.etag
@@ -405,9 +415,41 @@ class SearchCatalog:
             return
         finally:
             state.fetching = False
-        if isinstance(page.content, tuple):
+        if isinstance(page.content, NamesContent):
+            await self._build_from_files(state, page.content, page.etag)
+            state.file_signature = _file_signature(mirror)
+        elif isinstance(page.content, tuple):
             await self._build(state, page.content, PROJECT_LIST_SOURCE, page.etag)
             state.file_signature = _file_signature(mirror)
+
+    async def _build_from_files(
+        self, state: _MirrorNames, content: NamesContent, etag: str | None
+    ) -> None:
+        """The index of a list kept in files, built on the reactor a block of names at a
+        time (a thread would hold the GIL, and the reactor, for the whole build).
+
+        Meanwhile the old index answers without its fuzzy part: two whole indexes of
+        700,000 names at once would raise the worker's peak RSS by a third."""
+        started = self.timer()
+        if state.index is not None:
+            state.index = attrs.evolve(state.index, by_length=())
+        # background work: it gives the reactor back after every block or two
+        slicer = Slicer(self.clock, min(self.slice_seconds, BUILD_SLICE_SECONDS), self.timer)
+        index = await slicer.run(NameIndex.building(joined(content.sources, content.only)))
+        state.index = index
+        # the blocks' transient strings are garbage by now: give their memory back
+        self.clock.callLater(0, release_freed_memory)
+        state.source = PROJECT_LIST_SOURCE
+        state.fingerprint = _tagged(content)
+        state.etag = etag
+        state.built_at = self.clock.seconds()
+        state.build_seconds = self.timer() - started
+        self.log.info(
+            "search: indexed {count} names of {index} from its project list in {seconds:.3f}s",
+            count=index.size,
+            index=state.mirror.name,
+            seconds=state.build_seconds,
+        )
 
     async def _build(
         self, state: _MirrorNames, names: tuple[str, ...], source: str, etag: str | None
@@ -430,6 +472,10 @@ class SearchCatalog:
         if index.size >= 100_000:
             # the names' transient copies (a set, a sorted list) are garbage by now
             self.clock.callLater(0, release_freed_memory)
+
+
+def _tagged(content: NamesContent) -> tuple[object, ...]:
+    return PROJECT_LIST_SOURCE, "tag", content.tag
 
 
 def _fingerprint(names: tuple[str, ...], source: str) -> tuple[object, ...]:

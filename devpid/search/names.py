@@ -154,6 +154,38 @@ class NameIndex:
         )
         return cls(chunks, by_length, tuple(c.first() for c in chunks), len(ordered))
 
+    @classmethod
+    def building(
+        cls, groups: Iterable[list[str]], chunk_names: int = CHUNK_NAMES
+    ) -> Generator[None, None, NameIndex]:
+        """The index of ``groups`` of names already sorted, normalised and unique (a names
+        file's blocks, ``devpid.simple.namelist``), built a group at a time: a step per
+        group, for the caller to give the reactor back in between. Never holds the names
+        as strings of their own beyond one group."""
+        chunks: list[_Chunk] = []
+        pieces: dict[int, list[str]] = {}
+        size = 0
+        for names in groups:
+            if not names:
+                continue
+            chunks.append(_Chunk.of(names))
+            lengths: dict[int, list[str]] = {}
+            for name in names:
+                lengths.setdefault(len(name), []).append(name)
+            for length, group in lengths.items():
+                pieces.setdefault(length, []).append("\n".join(group))
+            size += len(names)
+            yield
+        by_length: list[tuple[int, str]] = []
+        for length in sorted(pieces):
+            # names of one length: a block of k names is k * (length + 1) - 1 characters
+            text = "\n".join(pieces.pop(length))
+            step = chunk_names * (length + 1)
+            by_length.extend((length, text[i : i + step - 1]) for i in range(0, len(text), step))
+            del text
+            yield
+        return cls(tuple(chunks), tuple(by_length), tuple(c.first() for c in chunks), size)
+
     def __contains__(self, name: str) -> bool:
         i = bisect_right(self.firsts, name) - 1
         return i >= 0 and self.chunks[i].text.find("\n" + name + "\n") != -1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from html import escape
 
 import attrs
@@ -137,29 +137,59 @@ def render_project_page(
     select: Callable[[Link], Link | None] | None = None,
 ) -> bytes:
     """Render ``page``; ``select`` may drop (None) or change each link first."""
+    return "".join(project_page_pieces(page, media_type, urls, select)).encode("utf-8")
+
+
+def project_page_pieces(
+    page: ProjectPage,
+    media_type: str,
+    urls: LinkRenderer,
+    select: Callable[[Link], Link | None] | None = None,
+) -> Iterator[str]:
+    """``render_project_page``'s text in pieces, a link at a time: a page of 200,000
+    links is written out (``devpid.mirror.spool``) without being built whole."""
     if select is None:
-        links = list(page.links)
+        has_provenance = page.links.has_provenance
+
+        def links() -> Iterator[Link]:
+            return iter(page.links)
     else:
-        links = [chosen for link in page.links if (chosen := select(link)) is not None]
+
+        def links() -> Iterator[Link]:
+            return (chosen for link in page.links if (chosen := select(link)) is not None)
+
+        # what is left after ``select`` decides the API version: one more pass
+        has_provenance = page.links.has_provenance and any(
+            link.provenance is not None for link in links()
+        )
+    version = _api_version(page, has_provenance)
     if media_type == JSON_V1:
-        return _project_json(page, links, urls)
-    return _project_html(page, links, urls)
+        return _project_json(page, links(), urls, version)
+    return _project_html(page, links(), urls, version)
 
 
-def _api_version(page: ProjectPage, links: list[Link]) -> str:
+def _api_version(page: ProjectPage, has_provenance: bool) -> str:
     """The lowest API version that has every key the page uses."""
     if page.status:
         return API_VERSION_WITH_STATUS
-    if any(link.provenance is not None for link in links):
+    if has_provenance:
         return API_VERSION_WITH_PROVENANCE
     return API_VERSION
 
 
-def _project_json(page: ProjectPage, links: list[Link], urls: LinkRenderer) -> bytes:
-    meta: dict[str, object] = {"api-version": _api_version(page, links)}
+def _compact(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _project_json(
+    page: ProjectPage, links: Iterator[Link], urls: LinkRenderer, version: str
+) -> Iterator[str]:
+    meta: dict[str, object] = {"api-version": version}
     if page.serial is not None:
         meta["_last-serial"] = page.serial
-    files = []
+    yield f'{{"meta":{_compact(meta)},"name":{_compact(page.name)},"files":['
+    versions: set[str] | None = set() if page.versions is None else None
+    separator = ""
     for link in links:
         entry: dict[str, object] = {
             "filename": link.filename,
@@ -177,32 +207,40 @@ def _project_json(page: ProjectPage, links: list[Link], urls: LinkRenderer) -> b
             entry["upload-time"] = link.upload_time
         if link.provenance is not None:
             entry["provenance"] = urls.provenance_url(link)
-        files.append(entry)
-    data: dict[str, object] = {"meta": meta, "name": page.name, "files": files}
-    data["versions"] = list(page.versions) if page.versions is not None else _versions(links)
+        yield separator + _compact(entry)
+        separator = ","
+        if versions is not None:
+            _add_version(versions, link.filename)
+    listed = list(page.versions) if page.versions is not None else sorted(versions or ())
+    yield f'],"versions":{_compact(listed)}'
     if page.status:
         status: dict[str, str] = {"status": page.status.status}
         if page.status.reason:
             status["reason"] = page.status.reason
-        data["project-status"] = status
-    return json.dumps(data, separators=(",", ":")).encode("utf-8")
+        yield f',"project-status":{_compact(status)}'
+    yield "}"
+
+
+def _add_version(found: set[str], filename: str) -> None:
+    try:
+        if filename.endswith(".whl"):
+            found.add(str(parse_wheel_filename(filename)[1]))
+        else:
+            found.add(str(parse_sdist_filename(filename)[1]))
+    except (InvalidWheelFilename, InvalidSdistFilename):
+        pass
 
 
 def _versions(links: Iterable[Link]) -> list[str]:
-    found = set()
+    found: set[str] = set()
     for link in links:
-        try:
-            if link.filename.endswith(".whl"):
-                found.add(str(parse_wheel_filename(link.filename)[1]))
-            else:
-                found.add(str(parse_sdist_filename(link.filename)[1]))
-        except (InvalidWheelFilename, InvalidSdistFilename):
-            continue
+        _add_version(found, link.filename)
     return sorted(found)
 
 
-def _project_html(page: ProjectPage, links: list[Link], urls: LinkRenderer) -> bytes:
-    version = _api_version(page, links)
+def _project_html(
+    page: ProjectPage, links: Iterator[Link], urls: LinkRenderer, version: str
+) -> Iterator[str]:
     head = [f'<meta name="pypi:repository-version" content="{version}">']
     if page.status:
         head.append(f'<meta name="pypi:project-status" content="{escape(page.status.status)}">')
@@ -211,11 +249,9 @@ def _project_html(page: ProjectPage, links: list[Link], urls: LinkRenderer) -> b
                 f'<meta name="pypi:project-status-reason" content="{escape(page.status.reason)}">'
             )
     title = escape(page.name)
-    lines = [
-        "<!DOCTYPE html>",
-        f"<html><head>{''.join(head)}<title>Links for {title}</title></head>",
-        f"<body><h1>Links for {title}</h1>",
-    ]
+    yield "<!DOCTYPE html>\n"
+    yield f"<html><head>{''.join(head)}<title>Links for {title}</title></head>\n"
+    yield f"<body><h1>Links for {title}</h1>\n"
     for link in links:
         href = urls.file_url(link)
         if link.sha256:
@@ -234,9 +270,8 @@ def _project_html(page: ProjectPage, links: list[Link], urls: LinkRenderer) -> b
             attributes.append(f'data-dist-info-metadata="{value}"')
         if link.provenance is not None:
             attributes.append(f'data-provenance="{escape(urls.provenance_url(link))}"')
-        lines.append(f"<a {' '.join(attributes)}>{escape(link.filename)}</a><br/>")
-    lines.append("</body></html>\n")
-    return "\n".join(lines).encode("utf-8")
+        yield f"<a {' '.join(attributes)}>{escape(link.filename)}</a><br/>\n"
+    yield "</body></html>\n"
 
 
 def render_project_list(names: Iterable[str], media_type: str, urls: LinkRenderer) -> bytes:

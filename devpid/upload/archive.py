@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-from packaging.metadata import parse_email
 
 from devpid.private.metadata import LIST_KEYS, METADATA_KEYS
 
@@ -215,6 +214,9 @@ def _info_from(raw: bytes, core_metadata: bytes | None) -> DistributionInfo:
 
 def metadata_from_core(raw: bytes) -> dict[str, Any]:
     """devpi's keys from core metadata (METADATA or PKG-INFO); fields it lacks are left out."""
+    # at the first upload, not at start-up (the email parser behind it is not small)
+    from packaging.metadata import parse_email
+
     parsed, unparsed = parse_email(raw)
     found: dict[str, Any] = {}
     for raw_key, value in parsed.items():

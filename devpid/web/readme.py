@@ -16,7 +16,6 @@ from collections import OrderedDict
 
 import attrs
 from markupsafe import Markup
-from readme_renderer import markdown, rst, txt
 
 from devpid.common.offload import Offload
 
@@ -47,6 +46,10 @@ def _images_as_links(html: str) -> str:
 
 def render_description(text: str, content_type: str | None) -> str:
     """The sanitised HTML of a description (blocking: call it through the offload)."""
+    # Imported at the first description, not at start-up: docutils, pygments and
+    # markdown are a tenth of devpid's start-up time, and most requests never need them.
+    from readme_renderer import markdown, rst, txt
+
     kind, _, params = (content_type or "").partition(";")
     kind = kind.strip().lower()
     html: str | None = None

@@ -11,16 +11,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
-from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from devpid import __version__
 from devpid.web.format import human_bytes, human_time
 
+if TYPE_CHECKING:
+    from jinja2 import Environment
+
 
 def _environment() -> Environment:
+    # Jinja2 is imported with the first page, not at start-up (a few percent of it).
+    from jinja2 import Environment, PackageLoader, StrictUndefined
+
     environment = Environment(
         loader=PackageLoader("devpid.web", "templates"),
         autoescape=True,
@@ -36,9 +41,16 @@ def _environment() -> Environment:
 
 @attrs.define
 class Templates:
-    """Renders a page by name; the templates are compiled once per process."""
+    """Renders a page by name; the templates are compiled once per process, and the
+    environment made at the first page."""
 
-    environment: Environment = attrs.field(factory=_environment)
+    _environment: Environment | None = None
+
+    @property
+    def environment(self) -> Environment:
+        if self._environment is None:
+            self._environment = _environment()
+        return self._environment
 
     def render(self, name: str, context: Mapping[str, Any]) -> bytes:
         started = time.perf_counter()
