@@ -13,13 +13,11 @@ import os
 from pathlib import Path
 
 import attrs
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import IResponse
 
 from devpid.mirror.upstream import (
     PageBody,
@@ -45,10 +43,8 @@ class ListResponse(PageResponse):
 class _FileBody(PageBody):
     """``PageBody`` (the size cap, the progress timeout) writing the body to ``fd``."""
 
-    def __init__(
-        self, fd: int, finished: Deferred[int], limit: int, clock: IReactorTime, timeout: float
-    ) -> None:
-        super().__init__(finished, limit, clock, timeout)  # type: ignore[arg-type]
+    def __init__(self, fd: int, limit: int, clock: IReactorTime, timeout: float) -> None:
+        super().__init__(limit, clock, timeout)
         self.fd = fd
 
     def dataReceived(self, data: bytes) -> None:
@@ -68,23 +64,9 @@ class _FileBody(PageBody):
         if self.finished.called:
             return
         if reason.check(ResponseDone, PotentialDataLoss):
-            self.finished.callback(self.size)  # type: ignore[arg-type]
+            self.finished.callback(self.size)
         else:
             self.finished.errback(reason)
-
-
-def _save_body(response: IResponse, fd: int, clock: IReactorTime, timeout: float) -> Deferred[int]:
-    body: _FileBody
-
-    def cancel(_: Deferred[int]) -> None:
-        body.stop_timer()
-        if body.transport is not None:
-            body.transport.stopProducing()  # type: ignore[attr-defined]
-
-    finished: Deferred[int] = Deferred(cancel)
-    body = _FileBody(fd, finished, MAX_LIST_BYTES, clock, timeout)
-    response.deliverBody(body)
-    return finished
 
 
 async def fetch_list(upstream: UpstreamClient, etag: str | None, target: Path) -> ListResponse:
@@ -99,7 +81,9 @@ async def fetch_list(upstream: UpstreamClient, etag: str | None, target: Path) -
             target.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
-                size = await _save_body(response, fd, upstream.clock, upstream.timeout)
+                body = _FileBody(fd, MAX_LIST_BYTES, upstream.clock, upstream.timeout)
+                response.deliverBody(body)
+                size = await body.finished
             finally:
                 os.close(fd)
         else:

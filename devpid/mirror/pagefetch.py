@@ -57,15 +57,8 @@ class SpooledPageResponse(PageResponse):
 class _SpoolingBody(PageBody):
     """``PageBody`` (limit, progress timeout) that moves the body to a file once large."""
 
-    def __init__(
-        self,
-        finished: Deferred[Any],
-        limit: int,
-        clock: IReactorTime,
-        timeout: float,
-        directory: Path,
-    ) -> None:
-        super().__init__(finished, limit, clock, timeout)
+    def __init__(self, limit: int, clock: IReactorTime, timeout: float, directory: Path) -> None:
+        super().__init__(limit, clock, timeout)
         self.directory = directory
         self.fd: int | None = None
 
@@ -88,6 +81,10 @@ class _SpoolingBody(PageBody):
             self.fail(UpstreamError(f"cannot keep the page body: {e.strerror or e}"))
             self._close()
 
+    def abandon(self) -> None:
+        self._close()
+        super().abandon()
+
     def _close(self) -> None:
         if self.fd is not None:
             os.close(self.fd)
@@ -103,7 +100,7 @@ class _SpoolingBody(PageBody):
         elif reason.check(ResponseDone, PotentialDataLoss):
             fd, self.fd = self.fd, None
             os.lseek(fd, 0, os.SEEK_SET)
-            self.finished.callback(os.fdopen(fd, "rb"))  # type: ignore[arg-type]
+            self.finished.callback(os.fdopen(fd, "rb"))
         else:
             self._close()
             self.finished.errback(reason)
@@ -115,18 +112,9 @@ def _read_body(
     if isinstance(response.length, int) and response.length > MAX_SPOOLED_BYTES:
         response.deliverBody(Protocol())
         raise PageTooLarge(f"page of {response.length} bytes is larger than {MAX_SPOOLED_BYTES}")
-    body: _SpoolingBody
-
-    def cancel(_: Deferred[Any]) -> None:
-        body.stop_timer()
-        body._close()
-        if body.transport is not None:
-            body.transport.stopProducing()  # type: ignore[attr-defined]
-
-    finished: Deferred[Any] = Deferred(cancel)
-    body = _SpoolingBody(finished, MAX_SPOOLED_BYTES, clock, timeout, directory)
+    body = _SpoolingBody(MAX_SPOOLED_BYTES, clock, timeout, directory)
     response.deliverBody(body)
-    return finished
+    return body.finished
 
 
 async def fetch_project_page(

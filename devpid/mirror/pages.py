@@ -192,6 +192,10 @@ class CachedPage:
     ) -> Rendered:
         """``rendered``; a large page's in a thread, to files in ``spool_dir``, each
         rendering once however many clients ask for it at the same time."""
+        key = (media_type, urls)
+        rendered = self._renders.get(key)
+        if rendered is not None:  # a cached page's hit: nothing else to look at
+            return rendered
         page = self.content
         if (
             spool_dir is None
@@ -199,10 +203,6 @@ class CachedPage:
             or len(page.links) < LARGE_PAGE_LINKS
         ):
             return self.rendered(media_type, urls, select)
-        key = (media_type, urls)
-        rendered = self._renders.get(key)
-        if rendered is not None:
-            return rendered
 
         async def work() -> Rendered:
             def write() -> Spooled:

@@ -150,10 +150,9 @@ class PageBody(Protocol):
     keep it open, and the body fails.
     """
 
-    def __init__(
-        self, finished: Deferred[bytes], limit: int, clock: IReactorTime, timeout: float
-    ) -> None:
-        self.finished = finished
+    def __init__(self, limit: int, clock: IReactorTime, timeout: float) -> None:
+        #: The body, or why not; cancelling it abandons the body.
+        self.finished: Deferred[Any] = Deferred(lambda _: self.abandon())
         self.limit = limit
         self.timeout = timeout
         self.parts: list[bytes] = []
@@ -191,6 +190,13 @@ class PageBody(Protocol):
         if self.transport is not None:
             self.transport.stopProducing()  # type: ignore[attr-defined]
 
+    def abandon(self) -> None:
+        """Given up on from outside (``finished`` cancelled): drop the connection too, or
+        a stalled upstream keeps it open."""
+        self.stop_timer()
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
     def stop_timer(self) -> None:
         if self.idle_timer is not None and self.idle_timer.active():
             self.idle_timer.cancel()
@@ -217,19 +223,9 @@ def read_body(
     ):
         response.deliverBody(Protocol())  # drain nothing; the connection is dropped
         raise PageTooLarge(f"page of {response.length} bytes is larger than {limit}")
-    body: PageBody
-
-    def cancel(_: Deferred[bytes]) -> None:
-        # Given up on from outside: drop the connection too, or a stalled
-        # upstream keeps it open.
-        body.stop_timer()
-        if body.transport is not None:
-            body.transport.stopProducing()  # type: ignore[attr-defined]
-
-    finished: Deferred[bytes] = Deferred(cancel)
-    body = PageBody(finished, limit, clock, timeout)
+    body = PageBody(limit, clock, timeout)
     response.deliverBody(body)
-    return finished
+    return body.finished
 
 
 def response_header(response: IResponse, name: str) -> str | None:

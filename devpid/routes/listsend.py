@@ -15,17 +15,15 @@ from html import escape
 from twisted.web.server import Request
 
 from devpid.files.sender import FileSender, read_whole
-from devpid.http.request import accepts_gzip, etag_matches, until_finished
+from devpid.http.request import accepts_gzip, until_finished
 from devpid.mirror.pages import GZIP_MIN_BYTES, CachedPage, gzip_etag
 from devpid.mirror.projectlist import variant_key
+from devpid.routes.pagesend import page_headers
 from devpid.simple.namelist import NamesContent, RenderedFiles
-from devpid.simple.render import CONTENT_TYPES, LinkRenderer
+from devpid.simple.render import LinkRenderer
 
 #: Smaller bodies are read and answered as bytes.
 INLINE_MAX = 64 * 1024
-#: Keeps pip's and uv's HTTP caches from re-asking more than once a minute
-#: (as ``devpid.routes.simple.PAGE_CACHE_CONTROL``).
-CACHE_CONTROL = b"max-age=60, public"
 
 
 def links_base(urls: LinkRenderer) -> str:
@@ -57,18 +55,9 @@ async def _send(
     etag = gzip_etag(files.etag) if compress else files.etag
     path = files.gzipped if compress else files.plain
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # before any header: it may be gone
-    request.setHeader(b"content-type", CONTENT_TYPES[answer_type].encode())
-    request.setHeader(b"vary", b"Accept, Accept-Encoding, X-Outside-URL")
-    request.setHeader(b"cache-control", CACHE_CONTROL)
-    if entry.serial is not None:
-        request.setHeader(b"x-pypi-last-serial", str(entry.serial).encode())
-    if_none_match = request.getHeader(b"if-none-match")
-    for tag in (etag, gzip_etag(files.etag) if not compress else files.etag):
-        if etag_matches(if_none_match, tag):
-            os.close(fd)
-            request.setHeader(b"etag", tag)
-            request.setResponseCode(304)
-            return b""
+    if page_headers(request, answer_type, entry.serial, files.etag, compress):
+        os.close(fd)
+        return b""
     size = os.fstat(fd).st_size
     request.setHeader(b"etag", etag)
     if compress:

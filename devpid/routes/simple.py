@@ -21,7 +21,6 @@ from devpid.files.store import FileStore, UnsafePath
 from devpid.http.errors import HTTPError
 from devpid.http.request import (
     accepts_gzip,
-    etag_matches,
     is_cross_site,
     is_installer,
     links_for,
@@ -33,15 +32,11 @@ from devpid.private.data import PrivateData
 from devpid.private.resolve import resolve_project
 from devpid.routes import labelled
 from devpid.routes.listsend import send_list
-from devpid.routes.pagesend import send_spooled
+from devpid.routes.pagesend import page_headers, send_spooled
 from devpid.routes.stagepages import StagePages
 from devpid.simple.model import METADATA, PROVENANCE, Link, is_valid_project_name
 from devpid.simple.namelist import NamesContent
-from devpid.simple.render import CONTENT_TYPES, LinkRenderer
-
-#: Keeps pip's and uv's HTTP caches from re-asking more than once a minute,
-#: and lets them revalidate cheaply (ETag) after that.
-PAGE_CACHE_CONTROL = b"max-age=60, public"
+from devpid.simple.render import LinkRenderer
 
 
 @attrs.define
@@ -213,23 +208,12 @@ class SimpleRoutes:
         rendered = await entry.render(answer_type, urls, select, offload, self.files.pages_root)
         etag = rendered.etag
         compress = rendered.size >= GZIP_MIN_BYTES and accepts_gzip(request)
-        request.setHeader(b"content-type", CONTENT_TYPES[answer_type].encode())
-        request.setHeader(b"vary", b"Accept, Accept-Encoding, X-Outside-URL")
-        request.setHeader(b"cache-control", PAGE_CACHE_CONTROL)
-        if entry.serial is not None:
-            request.setHeader(b"x-pypi-last-serial", str(entry.serial).encode())
-        tags = (gzip_etag(etag), etag) if compress else (etag, gzip_etag(etag))
-        if_none_match = request.getHeader(b"if-none-match")
-        for tag in tags:
-            if etag_matches(if_none_match, tag):
-                # the client's copy is current, whichever encoding it was sent in
-                request.setHeader(b"etag", tag)
-                request.setResponseCode(304)
-                return b""
+        if page_headers(request, answer_type, entry.serial, etag, compress):
+            return b""
         if rendered.spool is not None:
             return await send_spooled(request, rendered.spool, compress)
         if compress:
-            body, etag = await rendered.gzip(mirror.offload if mirror else None), gzip_etag(etag)
+            body, etag = await rendered.gzip(offload), gzip_etag(etag)
             request.setHeader(b"content-encoding", b"gzip")
         else:
             body = rendered.body

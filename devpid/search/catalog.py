@@ -436,29 +436,23 @@ class SearchCatalog:
         # background work: it gives the reactor back after every block or two
         slicer = Slicer(self.clock, min(self.slice_seconds, BUILD_SLICE_SECONDS), self.timer)
         index = await slicer.run(NameIndex.building(joined(content.sources, content.only)))
-        state.index = index
         # the blocks' transient strings are garbage by now: give their memory back
         self.clock.callLater(0, release_freed_memory)
-        state.source = PROJECT_LIST_SOURCE
-        state.fingerprint = _tagged(content)
-        state.etag = etag
-        state.built_at = self.clock.seconds()
-        state.build_seconds = self.timer() - started
-        self.log.info(
-            "search: indexed {count} names of {index} from its project list in {seconds:.3f}s",
-            count=index.size,
-            index=state.mirror.name,
-            seconds=state.build_seconds,
-        )
+        self._built(state, index, PROJECT_LIST_SOURCE, _tagged(content), etag, started)
 
-    async def _build(
-        self, state: _MirrorNames, names: tuple[str, ...], source: str, etag: str | None
+    def _built(
+        self,
+        state: _MirrorNames,
+        index: NameIndex,
+        source: str,
+        fingerprint: tuple[object, ...],
+        etag: str | None,
+        started: float,
     ) -> None:
-        started = self.timer()
-        index: NameIndex = await self.offload(lambda: NameIndex.build(names))
+        """A mirror's new name index is in place: what it was built from, and when."""
         state.index = index
         state.source = source
-        state.fingerprint = _fingerprint(names, source)
+        state.fingerprint = fingerprint
         state.etag = etag
         state.built_at = self.clock.seconds()
         state.build_seconds = self.timer() - started
@@ -469,6 +463,13 @@ class SearchCatalog:
             source=source,
             seconds=state.build_seconds,
         )
+
+    async def _build(
+        self, state: _MirrorNames, names: tuple[str, ...], source: str, etag: str | None
+    ) -> None:
+        started = self.timer()
+        index: NameIndex = await self.offload(lambda: NameIndex.build(names))
+        self._built(state, index, source, _fingerprint(names, source), etag, started)
         if index.size >= 100_000:
             # the names' transient copies (a set, a sorted list) are garbage by now
             self.clock.callLater(0, release_freed_memory)
